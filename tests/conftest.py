@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stanfleet.broker import Broker, BrokerConfig
+from stanfleet.streaming import ServerOptions, StreamingServer
 
 
 @pytest.fixture
@@ -15,3 +16,38 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
+
+
+class RunningStan:
+    """What tests need to reach a running streaming server."""
+
+    def __init__(self, server: StreamingServer):
+        self.server = server
+        self.nats_url = server.nats_url
+        self.cluster_id = server.opts.cluster_id
+
+
+@pytest.fixture
+async def make_stan_server(broker):
+    """Factory: start our streaming server in-process on the test's broker.
+
+    Options default to the server's defaults; pass e.g. hb_interval=0.2 to
+    exercise heartbeats quickly."""
+    started = []
+
+    async def start(**options) -> RunningStan:
+        opts = ServerOptions(nats_url=broker.url, **options)
+        server = StreamingServer(opts)
+        await server.start()
+        started.append(server)
+        return RunningStan(server)
+
+    yield start
+    for server in reversed(started):
+        await server.stop()
+
+
+@pytest.fixture
+async def stan_server(make_stan_server):
+    """Our streaming server (cluster 'test-cluster') on a fresh nats-server."""
+    return await make_stan_server()

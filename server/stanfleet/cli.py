@@ -1,0 +1,53 @@
+"""The `stanfleet` command: one entry point, one table of subcommands.
+
+Each subcommand module offers `configure(parser)` and `run(args) -> int`.
+User errors are raised as CommandError (or a known exception type) and
+printed as `stanfleet: message` with exit status 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, help). Modules are imported lazily so `stanfleet --help`
+# and light commands stay fast.
+COMMANDS = {
+    "streaming-server": ("stanfleet.streaming.main", "run the STAN streaming server"),
+}
+
+
+class CommandError(Exception):
+    """A problem the user can fix: printed as one line, exit status 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stanfleet", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module)
+        importlib.import_module(module).configure(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (CommandError, ValueError, OSError) as e:
+        print(f"stanfleet: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

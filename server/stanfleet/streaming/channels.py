@@ -1,0 +1,292 @@
+"""Channels: one JetStream stream per STAN channel, and the publish hot path.
+
+The STAN sequence of a message is its stream sequence, the channel limits are
+the stream limits, and the PubMsg guid is the Nats-Msg-Id so a republish is
+deduplicated by JetStream.
+
+Hot path: a PubMsg is re-published to the channel's stream subject with a reply
+subject of ours that carries a token; JetStream's store-ack lands on one
+wildcard subscription, which maps the token back to the client's ack inbox and
+sends the PubAck. No future per message, so publishes stay pipelined, and the
+PubAck still only goes out after JetStream has stored the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import APIError
+
+from ..pb import protocol_pb2 as pb
+from .naming import InvalidName, Subjects, check_channel
+
+log = logging.getLogger("stanfleet.streaming.channels")
+
+DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
+# Room for bursts on the hot path. Past this a publish is dropped unanswered
+# (nats-py "slow consumer"): the publisher times out and retries, nothing acked is lost.
+INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
+
+
+class ChannelError(Exception):
+    """A channel cannot be created or used (limit reached, JetStream refused)."""
+
+
+@dataclass
+class ChannelLimits:
+    max_msgs: int = 1_000_000
+    max_bytes: int = 1_000_000 * 1024
+    max_age: float = 0.0  # seconds, 0 = unlimited
+    max_subs: int = 1000
+
+
+@dataclass
+class Channel:
+    name: str
+    stream: str
+    store_subject: str
+    ready: asyncio.Future
+    # PubMsgs that arrived while the stream was being created, kept in order.
+    waiting: deque = field(default_factory=deque)
+    msgs_in: int = 0
+    bytes_in: int = 0
+
+
+@dataclass
+class _PendingStore:
+    reply: str
+    guid: str
+    started: float
+
+
+class ChannelStore:
+    """Knows every channel, creates streams on first use, relays publishes."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
+                 max_channels: int, limits: ChannelLimits, pub_ack_timeout: float,
+                 is_known_client, on_stored=None):
+        self.nc = nc
+        self.jsm = nc.jsm()
+        self.subjects = subjects
+        self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
+        self.replicas = replicas
+        self.max_channels = max_channels
+        self.limits = limits
+        self.pub_ack_timeout = pub_ack_timeout
+        self._is_known_client = is_known_client  # (client_id, conn_id) -> error str or ""
+        self._on_stored = on_stored
+        self.channels: dict[str, Channel] = {}
+        self._pending: dict[str, _PendingStore] = {}
+        self._next_token = 0
+        self._ack_sub = None
+        self._pub_sub = None
+        self._sweeper: asyncio.Task | None = None
+        self.msgs_in = 0
+        self.bytes_in = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._load_existing()
+        self._ack_sub = await self.nc.subscribe(
+            self.subjects.js_ack_prefix + ".*", cb=self._on_store_ack, **INGRESS_LIMITS)
+        self._pub_sub = await self.nc.subscribe(
+            self.subjects.pub_prefix + ".>", cb=self._on_pub_msg, **INGRESS_LIMITS)
+        self._sweeper = asyncio.create_task(self._sweep_pending())
+
+    async def stop(self) -> None:
+        for sub in (self._pub_sub,):
+            if sub is not None:
+                await sub.unsubscribe()
+        # Let in-flight stores be answered before the ack subscription goes.
+        deadline = time.monotonic() + 5
+        while self._pending and time.monotonic() < deadline:
+            await self.nc.flush()
+            await asyncio.sleep(0.01)
+        if self._ack_sub is not None:
+            await self._ack_sub.unsubscribe()
+        if self._sweeper:
+            self._sweeper.cancel()
+
+    async def _load_existing(self) -> None:
+        offset = 0
+        while True:
+            it = await self.jsm.streams_info_iterator(offset=offset)
+            batch = list(it)
+            for info in batch:
+                meta = info.config.metadata or {}
+                name = meta.get("stan_channel")
+                if info.config.name.startswith(self.subjects.stream_prefix) and name:
+                    fut = asyncio.get_running_loop().create_future()
+                    fut.set_result(True)
+                    self.channels[name] = Channel(name, info.config.name,
+                                                  self.subjects.store_subject(name), fut)
+            offset += len(batch)
+            if not batch or offset >= it.total:
+                break
+        if self.channels:
+            log.info("loaded %d channels from JetStream", len(self.channels))
+
+    # -- channel creation --------------------------------------------------
+
+    def lookup_or_create(self, name: str) -> Channel:
+        """The channel, creating its stream in the background if new. Raises ChannelError."""
+        ch = self.channels.get(name)
+        if ch is not None:
+            return ch
+        check_channel(name)
+        if self.max_channels and len(self.channels) >= self.max_channels:
+            raise ChannelError(f"too many channels (max {self.max_channels})")
+        fut = asyncio.get_running_loop().create_future()
+        ch = Channel(name, self.subjects.stream_for(name), self.subjects.store_subject(name), fut)
+        self.channels[name] = ch
+        asyncio.create_task(self._create_stream(ch))
+        return ch
+
+    async def ensure(self, name: str) -> Channel:
+        ch = self.lookup_or_create(name)
+        if not ch.ready.done():
+            await asyncio.shield(ch.ready)
+        if ch.ready.exception() is not None:
+            raise ch.ready.exception()
+        return ch
+
+    async def _create_stream(self, ch: Channel) -> None:
+        lim = self.limits
+        cfg = api.StreamConfig(
+            name=ch.stream,
+            description=f"STAN channel {ch.name}"[:1024],
+            subjects=[ch.store_subject],
+            retention=api.RetentionPolicy.LIMITS,
+            max_msgs=lim.max_msgs or -1,
+            max_bytes=lim.max_bytes or -1,
+            max_age=lim.max_age or 0,
+            discard=api.DiscardPolicy.OLD,
+            storage=self.storage,
+            num_replicas=self.replicas,
+            duplicate_window=DUPLICATE_WINDOW,
+            allow_direct=True,
+            metadata={"stan_channel": ch.name, "stan_cluster": self.subjects.cluster_id},
+        )
+        try:
+            await self.jsm.add_stream(cfg)
+        except Exception as e:  # JetStream refused: tell every waiting publisher
+            log.error("channel=%s stream=%s cannot be created: %s", ch.name, ch.stream, e)
+            self.channels.pop(ch.name, None)
+            err = ChannelError(f"cannot create channel {ch.name!r}: {_api_text(e)}")
+            ch.ready.set_exception(err)
+            ch.ready.exception()  # mark retrieved: waiters may be none
+            while ch.waiting:
+                reply, guid = ch.waiting.popleft()[:2]
+                await self._pub_ack(reply, guid, str(err))
+            return
+        log.info("channel=%s created (stream %s)", ch.name, ch.stream)
+        ch.ready.set_result(True)
+        while ch.waiting:
+            reply, guid, data = ch.waiting.popleft()
+            await self._store(ch, reply, guid, data)
+
+    # -- publish hot path --------------------------------------------------
+
+    async def _on_pub_msg(self, msg: Msg) -> None:
+        reply = msg.reply
+        try:
+            pm = pb.PubMsg.FromString(msg.data)
+        except Exception:
+            log.warning("malformed PubMsg on %s (%d bytes) rejected", msg.subject, len(msg.data))
+            if reply:
+                await self._pub_ack(reply, "", "malformed PubMsg")
+            return
+        guid = pm.guid
+        channel = msg.subject[len(self.subjects.pub_prefix) + 1 :]
+        if pm.subject != channel:
+            await self._pub_ack(reply, guid, "channel in PubMsg does not match the subject")
+            return
+        err = self._is_known_client(pm.client_id, pm.conn_id)
+        if err:
+            await self._pub_ack(reply, guid, err)
+            return
+        if not guid:
+            await self._pub_ack(reply, guid, "PubMsg has no guid")
+            return
+        try:
+            ch = self.lookup_or_create(channel)
+        except (ChannelError, InvalidName) as e:
+            log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
+            await self._pub_ack(reply, guid, str(e))
+            return
+        if not ch.ready.done():
+            ch.waiting.append((reply, guid, pm.data))
+            return
+        await self._store(ch, reply, guid, pm.data)
+
+    async def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes) -> None:
+        self._next_token += 1
+        token = str(self._next_token)
+        self._pending[token] = _PendingStore(reply or "", guid, time.monotonic())
+        ch.msgs_in += 1
+        ch.bytes_in += len(data)
+        self.msgs_in += 1
+        self.bytes_in += len(data)
+        await self.nc.publish(ch.store_subject, data,
+                              reply=f"{self.subjects.js_ack_prefix}.{token}",
+                              headers={"Nats-Msg-Id": guid})
+
+    async def _on_store_ack(self, msg: Msg) -> None:
+        token = msg.subject[len(self.subjects.js_ack_prefix) + 1 :]
+        p = self._pending.pop(token, None)
+        if p is None:
+            return  # already answered by the timeout sweep
+        error = ""
+        if msg.headers and msg.headers.get("Status") == "503":
+            error = "no JetStream stream for this channel"
+        elif b'"error"' in msg.data:
+            error = _js_error_text(msg.data)
+        if error:
+            log.error("store failed guid=%s: %s", p.guid, error)
+        elif self._on_stored is not None:
+            self._on_stored(time.monotonic() - p.started)
+        if p.reply:
+            await self._pub_ack(p.reply, p.guid, error)
+
+    async def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
+        if not reply:
+            return
+        await self.nc.publish(reply, pb.PubAck(guid=guid, error=error).SerializeToString())
+
+    async def _sweep_pending(self) -> None:
+        """Answer publishes whose store-ack never came (JetStream down or leader lost)."""
+        while True:
+            await asyncio.sleep(1.0)
+            cutoff = time.monotonic() - self.pub_ack_timeout
+            while self._pending:
+                token = next(iter(self._pending))
+                p = self._pending[token]
+                if p.started > cutoff:
+                    break
+                del self._pending[token]
+                log.error("store of guid=%s timed out", p.guid)
+                if p.reply:
+                    await self._pub_ack(p.reply, p.guid, "timeout storing the message")
+
+
+def _js_error_text(data: bytes) -> str:
+    try:
+        err = json.loads(data).get("error") or {}
+        return err.get("description") or str(err)
+    except ValueError:
+        return "JetStream error"
+
+
+def _api_text(e: Exception) -> str:
+    if isinstance(e, APIError):
+        return e.description or str(e)
+    return str(e) or type(e).__name__

@@ -1,0 +1,111 @@
+"""Connected STAN clients and their liveness.
+
+The server heartbeats each client on its heartbeat inbox; after `hb_fail_count`
+missed heartbeats the client is declared dead and removed (its durables are
+kept). A protocol-1 client also pings us, which counts as a sign of life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+log = logging.getLogger("stanfleet.streaming.clients")
+
+
+@dataclass(eq=False)
+class ClientInfo:
+    client_id: str
+    conn_id: bytes
+    hb_inbox: str
+    protocol: int
+    ping_interval: int
+    ping_max_out: int
+    created: float = field(default_factory=time.time)
+    hb_failures: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class ClientRegistry:
+    def __init__(self, nc: NATS, *, hb_interval: float, hb_timeout: float, hb_fail_count: int,
+                 on_dead):
+        self.nc = nc
+        self.hb_interval = hb_interval
+        self.hb_timeout = hb_timeout
+        self.hb_fail_count = hb_fail_count
+        self._on_dead = on_dead  # async (ClientInfo) -> None
+        self.clients: dict[str, ClientInfo] = {}
+        self.by_conn_id: dict[bytes, ClientInfo] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._heartbeat_loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def add(self, info: ClientInfo) -> None:
+        self.clients[info.client_id] = info
+        if info.conn_id:
+            self.by_conn_id[info.conn_id] = info
+
+    def remove(self, client_id: str) -> ClientInfo | None:
+        info = self.clients.pop(client_id, None)
+        if info is not None and info.conn_id:
+            self.by_conn_id.pop(info.conn_id, None)
+        return info
+
+    def check(self, client_id: str, conn_id: bytes) -> str:
+        """'' if (client_id, conn_id) is a current session, else the error to return."""
+        info = self.clients.get(client_id)
+        if info is None:
+            return "stan: unknown clientID"
+        if conn_id and info.conn_id and conn_id != info.conn_id:
+            return "client has been replaced or is no longer registered"
+        return ""
+
+    def seen(self, info: ClientInfo) -> None:
+        info.hb_failures = 0
+        info.last_seen = time.monotonic()
+
+    async def is_alive(self, info: ClientInfo, timeout: float) -> bool:
+        try:
+            await self.nc.request(info.hb_inbox, b"", timeout=timeout)
+            return True
+        except (NatsTimeout, NoRespondersError, asyncio.TimeoutError):
+            return False
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.hb_interval)
+            clients = list(self.clients.values())
+            if clients:
+                await asyncio.gather(*(self._heartbeat(c) for c in clients))
+
+    async def _heartbeat(self, info: ClientInfo) -> None:
+        if await self.is_alive(info, self.hb_timeout):
+            self.seen(info)
+            return
+        if self.clients.get(info.client_id) is not info:
+            return  # closed or replaced meanwhile
+        info.hb_failures += 1
+        log.debug("client=%s missed heartbeat %d/%d", info.client_id, info.hb_failures,
+                  self.hb_fail_count)
+        if info.hb_failures >= self.hb_fail_count:
+            log.warning("client=%s declared dead after %d missed heartbeats", info.client_id,
+                        info.hb_failures)
+            self.remove(info.client_id)
+            try:
+                await self._on_dead(info)
+            except Exception:
+                log.exception("client=%s cleanup failed", info.client_id)

@@ -1,0 +1,36 @@
+"""`stanfleet streaming-server`: run the server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from .options import add_arguments, from_args
+from .server import StreamingServer
+
+log = logging.getLogger("stanfleet.streaming")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_arguments(p)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    opts = from_args(args)
+    logging.getLogger("stanfleet").setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    server = StreamingServer(opts)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args))

@@ -1,0 +1,115 @@
+"""Streaming server options and the command-line flags that set them.
+
+Flags follow nats-streaming-server where they mean the same thing, so people
+who ran the original feel at home. This is the only place options are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+DEFAULT_CLUSTER_ID = "test-cluster"
+DEFAULT_PORT = 4222
+DEFAULT_HB_INTERVAL = 30.0
+DEFAULT_HB_TIMEOUT = 10.0
+DEFAULT_HB_FAIL_COUNT = 10
+DEFAULT_DUP_CHECK_TIMEOUT = 0.5  # liveness check of a clientID that connects twice
+DEFAULT_PUB_ACK_TIMEOUT = 30.0  # give up on a JetStream store and answer with an error
+DEFAULT_DIR = "stanfleet-data"
+
+
+@dataclass
+class ServerOptions:
+    cluster_id: str = DEFAULT_CLUSTER_ID
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    monitor_port: int | None = None
+    store: str = "file"  # file | memory
+    data_dir: str = DEFAULT_DIR
+    nats_url: str | None = None  # None: embed a nats-server child
+    replicas: int = 1
+    hb_interval: float = DEFAULT_HB_INTERVAL
+    hb_timeout: float = DEFAULT_HB_TIMEOUT
+    hb_fail_count: int = DEFAULT_HB_FAIL_COUNT
+    dup_check_timeout: float = DEFAULT_DUP_CHECK_TIMEOUT
+    pub_ack_timeout: float = DEFAULT_PUB_ACK_TIMEOUT
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    debug: bool = False
+    trace: bool = False
+
+
+def _duration(text: str) -> float:
+    """'30s', '500ms', '2m', '1h' or a plain number of seconds, as in the original flags."""
+    text = text.strip()
+    for suffix, scale in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(text[: -len(suffix)]) * scale
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 30s, 500ms, 2m)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("streaming server")
+    g.add_argument("-cid", "--cluster_id", dest="cluster_id", default=DEFAULT_CLUSTER_ID,
+                   help="cluster ID clients connect to (default: %(default)s)")
+    g.add_argument("-store", "--store", dest="store", choices=("file", "memory"), default="file",
+                   help="JetStream storage for channels (default: %(default)s)")
+    g.add_argument("-dir", "--dir", dest="data_dir", default=DEFAULT_DIR,
+                   help="data directory of the embedded nats-server (default: %(default)s)")
+    g.add_argument("--replicas", type=int, default=1,
+                   help="JetStream replicas per channel, for a clustered NATS (default: 1)")
+    g.add_argument("-hbi", "--hb_interval", dest="hb_interval", type=_duration,
+                   default=DEFAULT_HB_INTERVAL, help="interval between client heartbeats (30s)")
+    g.add_argument("-hbt", "--hb_timeout", dest="hb_timeout", type=_duration,
+                   default=DEFAULT_HB_TIMEOUT, help="how long to wait for a heartbeat reply (10s)")
+    g.add_argument("-hbf", "--hb_fail_count", dest="hb_fail_count", type=int,
+                   default=DEFAULT_HB_FAIL_COUNT,
+                   help="missed heartbeats before a client is declared dead (10)")
+    n = p.add_argument_group("NATS")
+    n.add_argument("-ns", "--nats_server", "--nats", dest="nats_url", default=None,
+                   help="attach to this NATS URL instead of starting an embedded nats-server")
+    n.add_argument("-a", "--addr", dest="host", default="0.0.0.0",
+                   help="embedded nats-server: host to listen on (default: %(default)s)")
+    n.add_argument("-p", "--port", dest="port", type=int, default=DEFAULT_PORT,
+                   help="embedded nats-server: client port, -1 for random (default: %(default)s)")
+    n.add_argument("-m", "--http_port", dest="monitor_port", type=int, default=None,
+                   help="HTTP port for monitoring endpoints")
+    n.add_argument("--user", default=None, help="user required from clients / used to connect")
+    n.add_argument("--pass", dest="password", default=None, help="password for --user")
+    n.add_argument("--auth", dest="token", default=None, help="authorization token")
+    lg = p.add_argument_group("logging")
+    lg.add_argument("-SD", "--stan_debug", dest="debug", action="store_true",
+                    help="debug logging of the streaming server")
+    lg.add_argument("-SV", "--stan_trace", dest="trace", action="store_true",
+                    help="trace every protocol message")
+    lg.add_argument("-SDV", dest="debug_trace", action="store_true", help="-SD and -SV")
+
+
+def from_args(args: argparse.Namespace) -> ServerOptions:
+    if args.hb_fail_count < 1:
+        raise ValueError("-hbf must be at least 1")
+    if args.replicas < 1 or args.replicas > 5:
+        raise ValueError("--replicas must be between 1 and 5")
+    return ServerOptions(
+        cluster_id=args.cluster_id,
+        host=args.host,
+        port=args.port,
+        monitor_port=args.monitor_port,
+        store=args.store,
+        data_dir=args.data_dir,
+        nats_url=args.nats_url,
+        replicas=args.replicas,
+        hb_interval=args.hb_interval,
+        hb_timeout=args.hb_timeout,
+        hb_fail_count=args.hb_fail_count,
+        user=args.user,
+        password=args.password,
+        token=args.token,
+        debug=args.debug or args.debug_trace,
+        trace=args.trace or args.debug_trace,
+    )

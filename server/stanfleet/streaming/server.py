@@ -1,0 +1,271 @@
+"""The streaming server: STAN client protocol in, JetStream underneath.
+
+Wires the parts together and answers the request subjects: discover
+(connect), subscribe, unsubscribe, subscription close, close and pings.
+Every request is decoded defensively: a malformed protobuf gets an error
+response where there is a reply subject and a log line otherwise, and the
+server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from ..broker import Broker, BrokerConfig
+from ..pb import protocol_pb2 as pb
+from . import errors as E
+from .channels import ChannelLimits, ChannelStore
+from .clients import ClientInfo, ClientRegistry
+from .naming import InvalidName, Subjects, check_client_id, check_subject
+from .options import ServerOptions
+from .subscriptions import SubscriptionManager
+
+log = logging.getLogger("stanfleet.streaming")
+
+PROTOCOL_VERSION = 1
+DEFAULT_PING_INTERVAL = 5
+DEFAULT_PING_MAX_OUT = 3
+REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 1024 * 1024}
+
+
+class StreamingServer:
+    def __init__(self, options: ServerOptions, *, max_channels: int = 100,
+                 limits: ChannelLimits | None = None):
+        self.opts = options
+        self.subjects = Subjects(options.cluster_id)
+        self.max_channels = max_channels
+        self.limits = limits or ChannelLimits()
+        self.broker: Broker | None = None
+        self.nc: NATS | None = None
+        self.channels: ChannelStore | None = None
+        self.subs: SubscriptionManager | None = None
+        self.clients: ClientRegistry | None = None
+        self._nats_subs = []
+        self.started = 0.0
+        self._closed = asyncio.Event()
+
+    @property
+    def nats_url(self) -> str:
+        return self.opts.nats_url or (self.broker.url if self.broker else "")
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.opts.nats_url:
+            self.broker = self._start_embedded_broker()
+        self.nc = await nats.connect(
+            self.nats_url, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
+            password=self.opts.password, token=self.opts.token, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024,
+            error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect)
+        self.clients = ClientRegistry(self.nc, hb_interval=self.opts.hb_interval,
+                                      hb_timeout=self.opts.hb_timeout,
+                                      hb_fail_count=self.opts.hb_fail_count,
+                                      on_dead=self._client_dead)
+        self.channels = ChannelStore(self.nc, self.subjects, storage=self.opts.store,
+                                     replicas=self.opts.replicas, max_channels=self.max_channels,
+                                     limits=self.limits, pub_ack_timeout=self.opts.pub_ack_timeout,
+                                     is_known_client=self.clients.check)
+        self.subs = SubscriptionManager(self.nc, self.subjects, self.channels)
+        await self.channels.start()
+        await self.subs.start()
+        s = self.subjects
+        for subject, handler in ((s.discover, self._on_connect), (s.pings, self._on_ping),
+                                 (s.sub, self._on_subscribe), (s.unsub, self._on_unsubscribe),
+                                 (s.subclose, self._on_subclose), (s.close, self._on_close)):
+            self._nats_subs.append(
+                await self.nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
+        await self.nc.flush()
+        self.clients.start()
+        self.started = time.time()
+        log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
+                 self.nats_url, self.opts.store)
+
+    def _start_embedded_broker(self) -> Broker:
+        store_dir = None
+        if self.opts.store == "file":
+            store_dir = os.path.join(self.opts.data_dir, "jetstream")
+            os.makedirs(store_dir, exist_ok=True)
+        args = []
+        if self.opts.user:
+            args += ["--user", self.opts.user, "--pass", self.opts.password or ""]
+        elif self.opts.token:
+            args += ["--auth", self.opts.token]
+        cfg = BrokerConfig(host=self.opts.host, port=self.opts.port, store_dir=store_dir,
+                           server_name=f"stanfleet-{self.opts.cluster_id}", extra_args=args)
+        broker = Broker(cfg)
+        broker.start()
+        log.info("embedded nats-server listening on %s:%s", self.opts.host, broker.port)
+        return broker
+
+    async def stop(self) -> None:
+        """Graceful: stop taking requests, answer in-flight publishes, then the broker."""
+        for sub in self._nats_subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        self._nats_subs.clear()
+        if self.clients:
+            await self.clients.stop()
+        if self.channels:
+            await self.channels.stop()
+        if self.subs:
+            await self.subs.stop()
+        if self.nc and not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()
+        if self.broker:
+            self.broker.stop()
+            self.broker = None
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def _on_nats_error(self, e: Exception) -> None:
+        log.error("nats: %s", e)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnect(self) -> None:
+        log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc else "?")
+
+    # -- request plumbing ----------------------------------------------------------
+
+    def _guarded(self, handler):
+        async def run(msg: Msg) -> None:
+            try:
+                await handler(msg)
+            except Exception:
+                # A bug must not take the subscription down with it.
+                log.exception("handler for %s failed", msg.subject)
+        return run
+
+    async def _respond(self, msg: Msg, response) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, response.SerializeToString())
+
+    def _decode(self, msg: Msg, cls):
+        try:
+            return cls.FromString(msg.data)
+        except Exception:
+            log.warning("malformed %s on %s (%d bytes) rejected", cls.__name__, msg.subject,
+                        len(msg.data))
+            return None
+
+    # -- connect / close -------------------------------------------------------------
+
+    async def _on_connect(self, msg: Msg) -> None:
+        req = self._decode(msg, pb.ConnectRequest)
+        if req is None:
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
+        try:
+            check_client_id(req.client_id)
+            check_subject(req.heartbeat_inbox, "heartbeat inbox")
+        except InvalidName as e:
+            log.warning("connect refused: %s", e)
+            return await self._respond(msg, pb.ConnectResponse(error=f"stan: {e}"))
+        old = self.clients.clients.get(req.client_id)
+        if old is not None:
+            # Liveness check of the registered client: the original server's rule.
+            if await self.clients.is_alive(old, self.opts.dup_check_timeout):
+                log.warning("connect client=%s refused: already registered and alive",
+                            req.client_id)
+                return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
+            if self.clients.clients.get(req.client_id) is old:
+                log.info("client=%s replaced (old session did not answer)", req.client_id)
+                self.clients.remove(req.client_id)
+                await self.subs.remove_client(req.client_id)
+        if req.client_id in self.clients.clients:
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
+        ping_interval = req.ping_interval if req.ping_interval > 0 else DEFAULT_PING_INTERVAL
+        ping_max_out = req.ping_max_out if req.ping_max_out > 0 else DEFAULT_PING_MAX_OUT
+        self.clients.add(ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
+                                    hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
+                                    ping_interval=ping_interval, ping_max_out=ping_max_out))
+        s = self.subjects
+        log.info("client=%s connected (protocol %d)", req.client_id, req.protocol)
+        await self._respond(msg, pb.ConnectResponse(
+            pub_prefix=s.pub_prefix, sub_requests=s.sub, unsub_requests=s.unsub,
+            close_requests=s.close, sub_close_requests=s.subclose, ping_requests=s.pings,
+            ping_interval=ping_interval, ping_max_out=ping_max_out, protocol=PROTOCOL_VERSION))
+
+    async def _on_close(self, msg: Msg) -> None:
+        req = self._decode(msg, pb.CloseRequest)
+        if req is None:
+            return await self._respond(msg, pb.CloseResponse(error=E.ERR_INVALID_CLOSE_REQ))
+        if self.clients.remove(req.client_id) is None:
+            return await self._respond(msg, pb.CloseResponse(error=E.ERR_UNKNOWN_CLIENT))
+        await self.subs.remove_client(req.client_id)
+        log.info("client=%s closed", req.client_id)
+        await self._respond(msg, pb.CloseResponse())
+
+    async def _client_dead(self, info: ClientInfo) -> None:
+        await self.subs.remove_client(info.client_id)
+
+    async def _on_ping(self, msg: Msg) -> None:
+        req = self._decode(msg, pb.Ping)
+        if req is None:
+            return await self._respond(msg, pb.PingResponse(error="stan: invalid ping request"))
+        info = self.clients.by_conn_id.get(bytes(req.conn_id))
+        if info is None:
+            return await self._respond(msg, pb.PingResponse(error=E.ERR_REPLACED))
+        self.clients.seen(info)
+        await self._respond(msg, pb.PingResponse())
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    async def _on_subscribe(self, msg: Msg) -> None:
+        req = self._decode(msg, pb.SubscriptionRequest)
+        if req is None:
+            return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_INVALID_SUB_REQ))
+        if req.client_id not in self.clients.clients:
+            return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_CLIENT))
+        try:
+            member = await self.subs.subscribe(req)
+        except E.StanProtocolError as e:
+            log.warning("subscribe client=%s channel=%r refused: %s", req.client_id, req.subject, e)
+            return await self._respond(msg, pb.SubscriptionResponse(error=str(e)))
+        except (InvalidName, ValueError) as e:
+            log.warning("subscribe client=%s refused: %s", req.client_id, e)
+            return await self._respond(msg, pb.SubscriptionResponse(error=f"stan: {e}"))
+        except Exception as e:  # JetStream refused the consumer
+            log.error("subscribe client=%s channel=%r failed: %s", req.client_id, req.subject, e)
+            return await self._respond(msg, pb.SubscriptionResponse(error=f"stan: {e}"))
+        log.info("client=%s subscribed channel=%s durable=%r queue=%r sub=%s", req.client_id,
+                 req.subject, req.durable_name, req.q_group, member.sub_id)
+        await self._respond(msg, pb.SubscriptionResponse(ack_inbox=member.ack_inbox))
+        await self.subs.start_delivery(member)
+
+    async def _on_unsubscribe(self, msg: Msg) -> None:
+        await self._end_subscription(msg, unsubscribe=True)
+
+    async def _on_subclose(self, msg: Msg) -> None:
+        await self._end_subscription(msg, unsubscribe=False)
+
+    async def _end_subscription(self, msg: Msg, *, unsubscribe: bool) -> None:
+        req = self._decode(msg, pb.UnsubscribeRequest)
+        if req is None:
+            return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_INVALID_UNSUB_REQ))
+        if req.client_id not in self.clients.clients:
+            return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_CLIENT))
+        member = self.subs.find(req.client_id, req.inbox)
+        if member is None or member.channel != req.subject:
+            return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_SUB))
+        await self.subs.remove(member, unsubscribe=unsubscribe)
+        log.info("client=%s %s channel=%s sub=%s", req.client_id,
+                 "unsubscribed" if unsubscribe else "closed subscription", req.subject,
+                 member.sub_id)
+        await self._respond(msg, pb.SubscriptionResponse())

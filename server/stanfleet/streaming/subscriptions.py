@@ -1,0 +1,389 @@
+"""Subscriptions: STAN subscriptions on top of JetStream push consumers.
+
+A *group* is one JetStream consumer together with the STAN subscriptions that
+share it: a plain or durable subscription is a group of one, a queue group has
+one member per queue subscriber. JetStream does the bookkeeping that must
+survive us (ack floor, redelivery after ack_wait, max_ack_pending); we
+translate its messages to MsgProto, spread a queue group's messages over its
+members, and turn STAN Acks back into JetStream acks.
+
+A consumer only receives messages while we are subscribed to its deliver
+subject, so an offline durable gets nothing until it resumes. When the last
+member of a durable leaves we NAK its unacked messages after unsubscribing:
+JetStream then redelivers them first when the durable comes back, as STAN does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import NotFoundError
+from nats.nuid import NUID
+
+from ..pb import protocol_pb2 as pb
+from . import errors as E
+from .channels import Channel, ChannelStore
+from .naming import Subjects, check_subject, escape, js_name
+
+log = logging.getLogger("stanfleet.streaming.subs")
+
+PLAIN_SUB_INACTIVE = 3600.0  # a plain sub's consumer outlives a crash of ours by this long
+DELIVERY_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
+
+
+@dataclass(eq=False)
+class Member:
+    """One STAN subscription."""
+    sub_id: str
+    client_id: str
+    channel: str
+    inbox: str
+    ack_inbox: str
+    max_in_flight: int
+    ack_wait: int
+    durable_name: str
+    queue: str
+    group: "Group"
+    outstanding: dict = field(default_factory=dict)  # seq -> JetStream ack subject
+    last_sent: int = 0
+    created: float = field(default_factory=time.time)
+
+
+@dataclass(eq=False)
+class Group:
+    """One JetStream consumer and the STAN subscriptions sharing it."""
+    key: tuple
+    channel: Channel
+    consumer: str
+    deliver_subject: str
+    durable: bool
+    config: api.ConsumerConfig
+    members: list = field(default_factory=list)
+    owner: dict = field(default_factory=dict)  # seq -> Member it is outstanding at
+    backlog: deque = field(default_factory=deque)  # JetStream msgs no member had room for
+    nats_sub: object = None
+    rr: int = 0
+    redelivered: int = 0
+
+    @property
+    def max_ack_pending(self) -> int:
+        return max(1, sum(m.max_in_flight for m in self.members))
+
+
+class SubscriptionManager:
+    def __init__(self, nc: NATS, subjects: Subjects, channels: ChannelStore):
+        self.nc = nc
+        self.jsm = nc.jsm()
+        self.subjects = subjects
+        self.channels = channels
+        self.groups: dict[tuple, Group] = {}
+        self.members: dict[str, Member] = {}  # sub_id -> member
+        self.by_ack_inbox: dict[str, Member] = {}
+        self.by_client: dict[str, set] = {}
+        self._ack_sub = None
+        self._lock = asyncio.Lock()  # serialises changes of group membership
+        self.msgs_out = 0
+        self.bytes_out = 0
+        self.redeliveries = 0
+
+    async def start(self) -> None:
+        self._ack_sub = await self.nc.subscribe(self.subjects.acks_prefix + ".*", cb=self._on_ack,
+                                                **DELIVERY_LIMITS)
+
+    async def stop(self) -> None:
+        if self._ack_sub is not None:
+            await self._ack_sub.unsubscribe()
+        for g in list(self.groups.values()):
+            if g.nats_sub is not None:
+                await g.nats_sub.unsubscribe()
+
+    # -- subscribe -----------------------------------------------------------
+
+    async def subscribe(self, req: pb.SubscriptionRequest) -> Member:
+        """Create (or resume) a subscription; raises StanProtocolError."""
+        check_subject(req.inbox, "inbox")
+        if req.ack_wait_in_secs < 1:
+            raise E.StanProtocolError(E.ERR_INVALID_ACK_WAIT)
+        if req.max_in_flight < 1:
+            raise E.StanProtocolError(E.ERR_INVALID_MAX_INFLIGHT)
+        channel = await self.channels.ensure(req.subject)
+        async with self._lock:
+            n_subs = sum(len(g.members) for g in self.groups.values() if g.channel is channel)
+            if n_subs >= self.channels.limits.max_subs:
+                raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
+            key = _group_key(req)
+            group = self.groups.get(key)
+            if group is not None and group.members and not req.q_group:
+                raise E.StanProtocolError(E.ERR_DUP_DURABLE)
+            sub_id = _next_id()
+            if group is None:
+                group = await self._open_group(key, channel, req)
+            member = Member(sub_id=sub_id, client_id=req.client_id, channel=channel.name,
+                            inbox=req.inbox, ack_inbox=self.subjects.ack_inbox(sub_id),
+                            max_in_flight=req.max_in_flight, ack_wait=req.ack_wait_in_secs,
+                            durable_name=req.durable_name, queue=req.q_group, group=group)
+            group.members.append(member)
+            if len(group.members) > 1:
+                await self._update_consumer(group)
+            self.members[sub_id] = member
+            self.by_ack_inbox[member.ack_inbox] = member
+            self.by_client.setdefault(req.client_id, set()).add(sub_id)
+        return member
+
+    async def start_delivery(self, member: Member) -> None:
+        """Begin delivering: called after the SubscriptionResponse went out, so a
+        client never sees a message before it knows its ack inbox."""
+        group = member.group
+        if group.nats_sub is None:
+            async def deliver(msg: Msg) -> None:
+                await self._on_js_msg(group, msg)
+            group.nats_sub = await self.nc.subscribe(group.deliver_subject, cb=deliver,
+                                                     **DELIVERY_LIMITS)
+        else:
+            self._drain_backlog(group)
+
+    async def _open_group(self, key: tuple, channel: Channel, req) -> Group:
+        kind = key[0]
+        durable = kind in ("durable", "dqueue")
+        if kind == "durable":
+            name = js_name("D", escape(req.client_id), escape(req.durable_name))
+        elif kind == "dqueue":
+            name = js_name("DQ", escape(req.durable_name), escape(req.q_group))
+        elif kind == "queue":
+            name = js_name("Q", escape(req.q_group), _next_id())
+        else:
+            name = "S_" + _next_id()
+        deliver = f"{self.subjects.deliver_prefix}.{channel.stream}.{name}"
+        cfg = None
+        if durable:
+            try:
+                info = await self.jsm.consumer_info(channel.stream, name)
+                cfg = info.config
+                log.info("resuming durable consumer=%s channel=%s", name, channel.name)
+            except NotFoundError:
+                cfg = None
+        if cfg is None:
+            cfg = await self._start_config(channel, req)
+            cfg.name = name
+            cfg.deliver_subject = deliver
+            cfg.ack_policy = api.AckPolicy.EXPLICIT
+            cfg.max_deliver = -1
+            cfg.replay_policy = api.ReplayPolicy.INSTANT
+            cfg.description = f"STAN {kind} on {channel.name}"
+            if durable:
+                cfg.durable_name = name
+            else:
+                cfg.inactive_threshold = PLAIN_SUB_INACTIVE
+        cfg.ack_wait = float(req.ack_wait_in_secs)
+        cfg.max_ack_pending = req.max_in_flight
+        cfg.deliver_subject = deliver
+        await self.jsm.add_consumer(channel.stream, cfg)
+        group = Group(key=key, channel=channel, consumer=name, deliver_subject=deliver,
+                      durable=durable, config=cfg)
+        self.groups[key] = group
+        return group
+
+    async def _start_config(self, channel: Channel, req) -> api.ConsumerConfig:
+        sp = req.start_position
+        if sp == pb.NewOnly:
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+        if sp == pb.LastReceived:
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST)
+        if sp == pb.First:
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+        if sp == pb.SequenceStart:
+            info = await self.jsm.stream_info(channel.stream)
+            first, last = info.state.first_seq, info.state.last_seq
+            seq = req.start_sequence
+            if seq > last + 1:
+                raise E.StanProtocolError(E.ERR_INVALID_SEQUENCE)
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                      opt_start_seq=max(seq, first, 1))
+        if sp == pb.TimeDeltaStart:
+            if req.start_time_delta < 0:
+                raise E.StanProtocolError(E.ERR_INVALID_TIME)
+            start = time.time() - req.start_time_delta / 1e9
+            when = dt.datetime.fromtimestamp(max(start, 0), tz=dt.timezone.utc)
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                                      opt_start_time=when.isoformat().replace("+00:00", "Z"))
+        raise E.StanProtocolError(E.ERR_INVALID_SUB_REQ)
+
+    async def _update_consumer(self, group: Group) -> None:
+        group.config.max_ack_pending = group.max_ack_pending
+        try:
+            await self.jsm.add_consumer(group.channel.stream, group.config)
+        except Exception as e:  # the group still works, only with a lower in-flight cap
+            log.warning("consumer=%s max_ack_pending update failed: %s", group.consumer, e)
+
+    # -- unsubscribe / close ---------------------------------------------------
+
+    def find(self, client_id: str, inbox: str) -> Member | None:
+        """Clients name a subscription by its ack inbox (Go, Node) or by its inbox."""
+        m = self.by_ack_inbox.get(inbox)
+        if m is not None and m.client_id == client_id:
+            return m
+        for sub_id in self.by_client.get(client_id, ()):
+            m = self.members[sub_id]
+            if m.inbox == inbox:
+                return m
+        return None
+
+    async def remove(self, member: Member, *, unsubscribe: bool) -> None:
+        """unsubscribe=True deletes a durable; False (close, dead client) keeps it."""
+        async with self._lock:
+            if self.members.pop(member.sub_id, None) is None:
+                return
+            self.by_ack_inbox.pop(member.ack_inbox, None)
+            subs = self.by_client.get(member.client_id)
+            if subs is not None:
+                subs.discard(member.sub_id)
+                if not subs:
+                    del self.by_client[member.client_id]
+            group = member.group
+            group.members.remove(member)
+            pending = list(member.outstanding.items())
+            member.outstanding.clear()
+            for seq, _ in pending:
+                group.owner.pop(seq, None)
+            if group.members:
+                # Hand the leaver's unacked messages to the remaining members.
+                await self._nak(pending)
+                await self._update_consumer(group)
+                return
+            del self.groups[group.key]
+            if group.nats_sub is not None:
+                await group.nats_sub.unsubscribe()
+                group.nats_sub = None
+            group.backlog.clear()
+            if group.durable and not unsubscribe:
+                # Unsubscribed first, so these wait in JetStream's redelivery
+                # queue and come first when the durable resumes.
+                await self._nak(pending)
+                return
+            try:
+                await self.jsm.delete_consumer(group.channel.stream, group.consumer)
+            except NotFoundError:
+                pass
+            except Exception as e:
+                log.warning("consumer=%s delete failed: %s", group.consumer, e)
+
+    async def remove_client(self, client_id: str) -> None:
+        for sub_id in list(self.by_client.get(client_id, ())):
+            m = self.members.get(sub_id)
+            if m is not None:
+                await self.remove(m, unsubscribe=False)
+
+    async def _nak(self, pending) -> None:
+        for _, reply in pending:
+            await self.nc.publish(reply, b"-NAK")
+
+    # -- delivery --------------------------------------------------------------
+
+    async def _on_js_msg(self, group: Group, msg: Msg) -> None:
+        reply = msg.reply
+        if not reply or not reply.startswith("$JS.ACK."):
+            return  # status or heartbeat messages: not used by our consumers
+        seq, delivered, ts = _ack_meta(reply)
+        member = group.owner.get(seq)
+        if member is None:
+            member = self._pick(group)
+            if member is None:
+                group.backlog.append(msg)
+                return
+        await self._send(group, member, msg, seq, delivered, ts)
+
+    def _pick(self, group: Group) -> Member | None:
+        members = group.members
+        n = len(members)
+        for i in range(n):
+            m = members[(group.rr + i) % n]
+            if len(m.outstanding) < m.max_in_flight:
+                group.rr = (group.rr + i + 1) % n
+                return m
+        return None
+
+    async def _send(self, group: Group, member: Member, msg: Msg, seq: int, delivered: int,
+                    ts: int) -> None:
+        member.outstanding[seq] = msg.reply
+        group.owner[seq] = member
+        if seq > member.last_sent:
+            member.last_sent = seq
+        redelivered = delivered > 1
+        if redelivered:
+            self.redeliveries += 1
+        out = pb.MsgProto(sequence=seq, subject=group.channel.name, data=msg.data, timestamp=ts,
+                          redelivered=redelivered, redelivery_count=delivered - 1)
+        data = out.SerializeToString()
+        self.msgs_out += 1
+        self.bytes_out += len(msg.data)
+        await self.nc.publish(member.inbox, data)
+
+    def _drain_backlog(self, group: Group) -> None:
+        if group.backlog:
+            asyncio.create_task(self._drain(group))
+
+    async def _drain(self, group: Group) -> None:
+        while group.backlog:
+            member = self._pick(group)
+            if member is None:
+                return
+            msg = group.backlog.popleft()
+            seq, delivered, ts = _ack_meta(msg.reply)
+            await self._send(group, member, msg, seq, delivered, ts)
+
+    # -- acks --------------------------------------------------------------------
+
+    async def _on_ack(self, msg: Msg) -> None:
+        member = self.by_ack_inbox.get(msg.subject)
+        if member is None:
+            return  # sub gone: its messages were handed on or wait in JetStream
+        try:
+            ack = pb.Ack.FromString(msg.data)
+        except Exception:
+            log.warning("malformed Ack on %s (%d bytes) ignored", msg.subject, len(msg.data))
+            return
+        reply = member.outstanding.pop(ack.sequence, None)
+        if reply is None:
+            return  # unknown or already acked sequence: nothing to do
+        group = member.group
+        group.owner.pop(ack.sequence, None)
+        await self.nc.publish(reply, b"+ACK")
+        if group.backlog:
+            await self._drain(group)
+
+
+def _group_key(req) -> tuple:
+    if req.q_group and req.durable_name:
+        return ("dqueue", req.subject, req.durable_name, req.q_group)
+    if req.q_group:
+        return ("queue", req.subject, req.q_group)
+    if req.durable_name:
+        return ("durable", req.subject, req.client_id, req.durable_name)
+    return ("sub", _next_id())
+
+
+def _ack_meta(reply: str) -> tuple[int, int, int]:
+    """(stream seq, delivery count, timestamp ns) from a JetStream ack subject.
+
+    v1: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+    v2: $JS.ACK.<domain>.<acc>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<x>]
+    """
+    t = reply.split(".")
+    if len(t) == 9:
+        return int(t[5]), int(t[4]), int(t[7])
+    return int(t[7]), int(t[6]), int(t[9])
+
+
+_NUID = NUID()
+
+
+def _next_id() -> str:
+    return _NUID.next().decode()
