@@ -83,7 +83,8 @@ class Broker:
         args += cfg.extra_args
         log = open(cfg.log_file, "ab") if cfg.log_file else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()
@@ -140,6 +141,19 @@ class Broker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: if we are SIGKILLed, the kernel stops nats-server too,
+    so a restarted server never finds its port held by an orphan."""
+    try:
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphan must be stopped by hand
 
 
 def _port_of(urls: list[str]) -> int | None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import nats
 import pytest
 
 from stanfleet.pb import protocol_pb2 as pb
 
+from ..waiting import eventually
 from .rawstan import RawStan
 
 
@@ -18,15 +16,6 @@ async def client(stan, client_id="c1", **kw) -> RawStan:
     resp = await c.connect()
     assert resp.error == ""
     return c
-
-
-async def eventually(predicate, timeout=10.0):
-    """Poll a condition the server exposes no event for (e.g. a client declared dead)."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_connect_returns_the_request_subjects(stan_server):

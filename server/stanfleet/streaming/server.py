@@ -25,6 +25,7 @@ from .channels import ChannelLimits, ChannelStore
 from .clients import ClientInfo, ClientRegistry
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
+from .state import StateStore
 from .subscriptions import SubscriptionManager
 
 log = logging.getLogger("stanfleet.streaming")
@@ -74,8 +75,12 @@ class StreamingServer:
                                      replicas=self.opts.replicas, max_channels=self.max_channels,
                                      limits=self.limits, pub_ack_timeout=self.opts.pub_ack_timeout,
                                      is_known_client=self.clients.check)
-        self.subs = SubscriptionManager(self.nc, self.subjects, self.channels)
+        self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
+                                replicas=self.opts.replicas)
+        await self.state.open()
+        self.subs = SubscriptionManager(self.nc, self.subjects, self.channels, self.state)
         await self.channels.start()
+        await self._restore()
         await self.subs.start()
         s = self.subjects
         for subject, handler in ((s.discover, self._on_connect), (s.pings, self._on_ping),
@@ -88,6 +93,25 @@ class StreamingServer:
         self.started = time.time()
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
+
+    async def _restore(self) -> None:
+        """Take over the clients and subscriptions of an earlier run."""
+        for r in await self.state.load_clients():
+            try:
+                self.clients.add(ClientInfo(
+                    client_id=r["client_id"], conn_id=bytes.fromhex(r["conn_id"]),
+                    hb_inbox=r["hb_inbox"], protocol=r["protocol"],
+                    ping_interval=r["ping_interval"], ping_max_out=r["ping_max_out"],
+                    created=r.get("created", time.time())))
+            except (KeyError, ValueError, TypeError):
+                log.error("unreadable client record %r dropped", r)
+        subs = await self.subs.restore(await self.state.load_subs(), self.clients.clients)
+        if self.clients.clients or subs:
+            log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
+
+    async def _forget_client(self, client_id: str) -> None:
+        await self.subs.remove_client(client_id)
+        await self.state.delete_client(client_id)
 
     def _start_embedded_broker(self) -> Broker:
         store_dir = None
@@ -187,14 +211,25 @@ class StreamingServer:
             if self.clients.clients.get(req.client_id) is old:
                 log.info("client=%s replaced (old session did not answer)", req.client_id)
                 self.clients.remove(req.client_id)
-                await self.subs.remove_client(req.client_id)
+                await self._forget_client(req.client_id)
         if req.client_id in self.clients.clients:
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
         ping_interval = req.ping_interval if req.ping_interval > 0 else DEFAULT_PING_INTERVAL
         ping_max_out = req.ping_max_out if req.ping_max_out > 0 else DEFAULT_PING_MAX_OUT
-        self.clients.add(ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
-                                    hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
-                                    ping_interval=ping_interval, ping_max_out=ping_max_out))
+        info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
+                          hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
+                          ping_interval=ping_interval, ping_max_out=ping_max_out)
+        self.clients.add(info)
+        try:
+            await self.state.save_client(info.client_id, {
+                "client_id": info.client_id, "conn_id": info.conn_id.hex(),
+                "hb_inbox": info.hb_inbox, "protocol": info.protocol,
+                "ping_interval": ping_interval, "ping_max_out": ping_max_out,
+                "created": info.created})
+        except Exception as e:
+            self.clients.remove(info.client_id)
+            log.error("client=%s cannot be registered: %s", info.client_id, e)
+            return await self._respond(msg, pb.ConnectResponse(error=f"stan: store error: {e}"))
         s = self.subjects
         log.info("client=%s connected (protocol %d)", req.client_id, req.protocol)
         await self._respond(msg, pb.ConnectResponse(
@@ -208,12 +243,12 @@ class StreamingServer:
             return await self._respond(msg, pb.CloseResponse(error=E.ERR_INVALID_CLOSE_REQ))
         if self.clients.remove(req.client_id) is None:
             return await self._respond(msg, pb.CloseResponse(error=E.ERR_UNKNOWN_CLIENT))
-        await self.subs.remove_client(req.client_id)
+        await self._forget_client(req.client_id)
         log.info("client=%s closed", req.client_id)
         await self._respond(msg, pb.CloseResponse())
 
     async def _client_dead(self, info: ClientInfo) -> None:
-        await self.subs.remove_client(info.client_id)
+        await self._forget_client(info.client_id)
 
     async def _on_ping(self, msg: Msg) -> None:
         req = self._decode(msg, pb.Ping)

@@ -32,6 +32,7 @@ from ..pb import protocol_pb2 as pb
 from . import errors as E
 from .channels import Channel, ChannelStore
 from .naming import Subjects, check_subject, escape, js_name
+from .state import StateStore
 
 log = logging.getLogger("stanfleet.streaming.subs")
 
@@ -79,8 +80,9 @@ class Group:
 
 
 class SubscriptionManager:
-    def __init__(self, nc: NATS, subjects: Subjects, channels: ChannelStore):
+    def __init__(self, nc: NATS, subjects: Subjects, channels: ChannelStore, state: StateStore):
         self.nc = nc
+        self.state = state
         self.jsm = nc.jsm()
         self.subjects = subjects
         self.channels = channels
@@ -119,24 +121,67 @@ class SubscriptionManager:
             n_subs = sum(len(g.members) for g in self.groups.values() if g.channel is channel)
             if n_subs >= self.channels.limits.max_subs:
                 raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
-            key = _group_key(req)
+            sub_id = _next_id()
+            key = _group_key(req, sub_id)
             group = self.groups.get(key)
             if group is not None and group.members and not req.q_group:
                 raise E.StanProtocolError(E.ERR_DUP_DURABLE)
-            sub_id = _next_id()
             if group is None:
                 group = await self._open_group(key, channel, req)
             member = Member(sub_id=sub_id, client_id=req.client_id, channel=channel.name,
                             inbox=req.inbox, ack_inbox=self.subjects.ack_inbox(sub_id),
                             max_in_flight=req.max_in_flight, ack_wait=req.ack_wait_in_secs,
                             durable_name=req.durable_name, queue=req.q_group, group=group)
+            try:
+                await self.state.save_sub(sub_id, _record(member))
+            except Exception:
+                if not group.members:
+                    await self._close_group(group, keep=group.durable)
+                raise
             group.members.append(member)
             if len(group.members) > 1:
                 await self._update_consumer(group)
-            self.members[sub_id] = member
-            self.by_ack_inbox[member.ack_inbox] = member
-            self.by_client.setdefault(req.client_id, set()).add(sub_id)
+            self._index(member)
         return member
+
+    def _index(self, member: Member) -> None:
+        self.members[member.sub_id] = member
+        self.by_ack_inbox[member.ack_inbox] = member
+        self.by_client.setdefault(member.client_id, set()).add(member.sub_id)
+
+    async def restore(self, records: list[dict], known_clients) -> int:
+        """Rebuild subscriptions saved by an earlier run and resume their deliveries."""
+        restored = 0
+        for r in records:
+            channel = self.channels.channels.get(r.get("channel", ""))
+            key = tuple(r.get("key") or ())
+            if r.get("client_id") not in known_clients or channel is None or not key:
+                await self.state.delete_sub(r.get("sub_id", ""))
+                continue
+            group = self.groups.get(key)
+            if group is None:
+                try:
+                    info = await self.jsm.consumer_info(channel.stream, r["consumer"])
+                except NotFoundError:
+                    log.warning("sub=%s lost its consumer %s; dropped", r["sub_id"], r["consumer"])
+                    await self.state.delete_sub(r["sub_id"])
+                    continue
+                group = Group(key=key, channel=channel, consumer=r["consumer"],
+                              deliver_subject=info.config.deliver_subject,
+                              durable=bool(r.get("durable")), config=info.config)
+                self.groups[key] = group
+            member = Member(sub_id=r["sub_id"], client_id=r["client_id"], channel=channel.name,
+                            inbox=r["inbox"], ack_inbox=self.subjects.ack_inbox(r["sub_id"]),
+                            max_in_flight=r["max_in_flight"], ack_wait=r["ack_wait"],
+                            durable_name=r.get("durable_name", ""), queue=r.get("queue", ""),
+                            group=group, created=r.get("created", time.time()))
+            group.members.append(member)
+            self._index(member)
+            restored += 1
+        for group in self.groups.values():
+            if group.members:
+                await self.start_delivery(group.members[0])
+        return restored
 
     async def start_delivery(self, member: Member) -> None:
         """Begin delivering: called after the SubscriptionResponse went out, so a
@@ -257,23 +302,29 @@ class SubscriptionManager:
                 # Hand the leaver's unacked messages to the remaining members.
                 await self._nak(pending)
                 await self._update_consumer(group)
+                await self.state.delete_sub(member.sub_id)
                 return
-            del self.groups[group.key]
-            if group.nats_sub is not None:
-                await group.nats_sub.unsubscribe()
-                group.nats_sub = None
-            group.backlog.clear()
-            if group.durable and not unsubscribe:
-                # Unsubscribed first, so these wait in JetStream's redelivery
-                # queue and come first when the durable resumes.
-                await self._nak(pending)
-                return
-            try:
-                await self.jsm.delete_consumer(group.channel.stream, group.consumer)
-            except NotFoundError:
-                pass
-            except Exception as e:
-                log.warning("consumer=%s delete failed: %s", group.consumer, e)
+            await self._close_group(group, keep=group.durable and not unsubscribe,
+                                    pending=pending)
+        await self.state.delete_sub(member.sub_id)
+
+    async def _close_group(self, group: Group, *, keep: bool, pending=()) -> None:
+        self.groups.pop(group.key, None)
+        if group.nats_sub is not None:
+            await group.nats_sub.unsubscribe()
+            group.nats_sub = None
+        group.backlog.clear()
+        if keep:
+            # Unsubscribed first, so these wait in JetStream's redelivery
+            # queue and come first when the durable resumes.
+            await self._nak(pending)
+            return
+        try:
+            await self.jsm.delete_consumer(group.channel.stream, group.consumer)
+        except NotFoundError:
+            pass
+        except Exception as e:
+            log.warning("consumer=%s delete failed: %s", group.consumer, e)
 
     async def remove_client(self, client_id: str) -> None:
         for sub_id in list(self.by_client.get(client_id, ())):
@@ -360,14 +411,22 @@ class SubscriptionManager:
             await self._drain(group)
 
 
-def _group_key(req) -> tuple:
+def _group_key(req, sub_id: str) -> tuple:
     if req.q_group and req.durable_name:
         return ("dqueue", req.subject, req.durable_name, req.q_group)
     if req.q_group:
         return ("queue", req.subject, req.q_group)
     if req.durable_name:
         return ("durable", req.subject, req.client_id, req.durable_name)
-    return ("sub", _next_id())
+    return ("sub", req.subject, sub_id)
+
+
+def _record(m: Member) -> dict:
+    g = m.group
+    return {"sub_id": m.sub_id, "client_id": m.client_id, "channel": m.channel,
+            "inbox": m.inbox, "max_in_flight": m.max_in_flight, "ack_wait": m.ack_wait,
+            "durable_name": m.durable_name, "queue": m.queue, "created": m.created,
+            "key": list(g.key), "consumer": g.consumer, "durable": g.durable}
 
 
 def _ack_meta(reply: str) -> tuple[int, int, int]:

@@ -1,0 +1,75 @@
+"""Run `stanfleet streaming-server` as a real process, for crash and signal tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+READY_LINE = "streaming server ready"
+
+
+def free_port() -> int:
+    """An ephemeral port for a server that must come back on the same port after a restart."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, *args: str, log_path: str | None = None):
+        self.args = args
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self.log_path = log_path
+        self._reader: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self, timeout: float = 30) -> "ServerProcess":
+        exe = os.path.join(os.path.dirname(sys.executable), "stanfleet")
+        self._ready = asyncio.Event()
+        self.proc = await asyncio.create_subprocess_exec(
+            exe, "streaming-server", *self.args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        self._reader = asyncio.create_task(self._read(self.proc))
+        done = asyncio.create_task(self.proc.wait())
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({done, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.is_set():
+            ready.cancel()
+            raise AssertionError("server did not start:\n" + "\n".join(self.lines[-30:]))
+        done.cancel()
+        return self
+
+    async def _read(self, proc) -> None:
+        log = open(self.log_path, "a") if self.log_path else None
+        while True:
+            raw = await proc.stdout.readline()
+            if not raw:
+                break
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            if log:
+                log.write(line + "\n")
+                log.flush()
+            if READY_LINE in line:
+                self._ready.set()
+        if log:
+            log.close()
+
+    async def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        await self._reader
+
+    async def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = await self.proc.wait()
+        await self._reader
+        return rc
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            await self.terminate()
