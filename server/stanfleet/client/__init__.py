@@ -7,8 +7,31 @@ only its import::
 """
 
 from .client import DEFAULT_SERVERS, Client
-from .errors import *  # noqa: F403 - the error hierarchy is part of the API
-from .errors import __all__ as _errors_all
+from .errors import (
+    ErrBadAck,
+    ErrBadConnection,
+    ErrBadSubscription,
+    ErrCloseRejected,
+    ErrCloseReqTimeout,
+    ErrConnectionClosed,
+    ErrConnectionLost,
+    ErrConnectRejected,
+    ErrConnectReqTimeout,
+    ErrDuplicateClientID,
+    ErrInvalidOption,
+    ErrMaxPings,
+    ErrNoResponders,
+    ErrNoServerSupport,
+    ErrPublishRejected,
+    ErrServerResponse,
+    ErrSubReqTimeout,
+    ErrSubscriptionRejected,
+    ErrTimeout,
+    ErrTimeoutError,
+    ErrUnsubReqTimeout,
+    ErrUnsubscribeRejected,
+    StanError,
+)
 from .msg import Msg
 from .options import (
     DEFAULT_ACK_WAIT,
@@ -22,10 +45,6 @@ from .options import (
 from .subscription import Subscription
 
 __all__ = [
-    "Client",
-    "Msg",
-    "Subscription",
-    "DEFAULT_SERVERS",
     "DEFAULT_ACK_WAIT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_INFLIGHT",
@@ -33,5 +52,31 @@ __all__ = [
     "DEFAULT_PENDING_LIMIT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_MAX_OUT",
-    *_errors_all,
+    "DEFAULT_SERVERS",
+    "Client",
+    "ErrBadAck",
+    "ErrBadConnection",
+    "ErrBadSubscription",
+    "ErrCloseRejected",
+    "ErrCloseReqTimeout",
+    "ErrConnectRejected",
+    "ErrConnectReqTimeout",
+    "ErrConnectionClosed",
+    "ErrConnectionLost",
+    "ErrDuplicateClientID",
+    "ErrInvalidOption",
+    "ErrMaxPings",
+    "ErrNoResponders",
+    "ErrNoServerSupport",
+    "ErrPublishRejected",
+    "ErrServerResponse",
+    "ErrSubReqTimeout",
+    "ErrSubscriptionRejected",
+    "ErrTimeout",
+    "ErrTimeoutError",
+    "ErrUnsubReqTimeout",
+    "ErrUnsubscribeRejected",
+    "Msg",
+    "StanError",
+    "Subscription",
 ]

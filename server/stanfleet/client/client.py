@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -32,8 +33,8 @@ from .errors import (
     ErrNoResponders,
     ErrPublishRejected,
     ErrServerResponse,
-    ErrSubscriptionRejected,
     ErrSubReqTimeout,
+    ErrSubscriptionRejected,
     ErrTimeoutError,
     StanError,
 )
@@ -158,7 +159,12 @@ class Client:
         if self._state == _CONNECTED:
             raise ErrBadConnection("stan: already connected")
         validate_connect(
-            cluster_id, client_id, connect_timeout, max_pub_acks_inflight, ping_interval, ping_max_out
+            cluster_id,
+            client_id,
+            connect_timeout,
+            max_pub_acks_inflight,
+            ping_interval,
+            ping_max_out,
         )
         if nats is not None and servers is not None:
             raise ErrInvalidOption("stan: pass either nats= or servers=, not both")
@@ -332,6 +338,8 @@ class Client:
             raise ErrInvalidOption(f"stan: invalid subject {subject!r}")
         if ack_wait <= 0:
             raise ErrInvalidOption(f"stan: ack_wait must be > 0, got {ack_wait!r}")
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
         tracker = self._pub_acks
         await tracker.reserve()
         if self._state != _CONNECTED:  # closed while we waited for a slot
@@ -394,8 +402,10 @@ class Client:
         self._check_connected()
         if cb is None or not callable(cb):
             raise ErrInvalidOption("stan: subscribe needs a callback (cb=)")
-        if isinstance(pending_limits, bool) or not isinstance(pending_limits, int) or (
-            pending_limits < 1
+        if (
+            isinstance(pending_limits, bool)
+            or not isinstance(pending_limits, int)
+            or (pending_limits < 1)
         ):
             raise ErrInvalidOption(f"stan: pending_limits must be >= 1, got {pending_limits!r}")
         sub = Subscription(
@@ -506,6 +516,13 @@ class Client:
             log.exception("client=%s conn_lost_cb raised", self._client_id)
 
 
+def _as_bytes(payload) -> bytes:
+    """Protobuf bytes fields take only ``bytes``; accept any bytes-like payload."""
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise ErrInvalidOption(f"stan: payload must be bytes, got {type(payload).__name__}")
+
+
 async def _open_nats(servers: list[str] | str | None, nats_kwargs: dict[str, Any] | None) -> NATS:
     options = dict(nats_kwargs or {})
     options["servers"] = servers or DEFAULT_SERVERS
@@ -515,4 +532,4 @@ async def _open_nats(servers: list[str] | str | None, nats_kwargs: dict[str, Any
         raise ErrBadConnection(f"stan: cannot connect to NATS: {exc}") from exc
 
 
-__all__ = ["Client", "DEFAULT_SERVERS"]
+__all__ = ["DEFAULT_SERVERS", "Client"]

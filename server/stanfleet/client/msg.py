@@ -60,4 +60,3 @@ class Msg:
             f"<stan msg subject={self.proto.subject!r} seq={self.proto.sequence} "
             f"time={self.proto.timestamp} redelivered={self.proto.redelivered}>"
         )
-

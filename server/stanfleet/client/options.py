@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import time as _time
-from typing import Union
 
 from stanfleet.pb import protocol_pb2 as pb
 
@@ -32,7 +31,7 @@ START_POSITIONS: dict[str, int] = {
     "first": pb.First,
 }
 
-StartTime = Union[int, float, _dt.datetime]
+StartTime = int | float | _dt.datetime
 
 
 def _positive(name: str, value, minimum: float = 0, integer: bool = False) -> None:
@@ -134,7 +133,7 @@ def start_position(
         current = _time.time() if now is None else now
         # The protocol carries "how long ago", not an absolute time. A start in
         # the future means "only new messages", which a zero delta also gives.
-        delta_ns = int(round((current - _unix_seconds(time)) * 1e9))
+        delta_ns = round((current - _unix_seconds(time)) * 1e9)
         return position, 0, max(0, delta_ns)
 
     return position, 0, 0

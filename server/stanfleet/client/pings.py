@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError

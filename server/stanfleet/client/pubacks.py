@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import ErrTimeout
 
@@ -23,7 +24,7 @@ AckHandler = Callable[[Any], Any]
 
 
 class PendingAck:
-    __slots__ = ("guid", "wait", "deadline", "handler", "future")
+    __slots__ = ("deadline", "future", "guid", "handler", "wait")
 
     def __init__(self, guid: str, wait: float, deadline: float, handler, future):
         self.guid = guid

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from nats.errors import ConnectionClosedError
 from nats.errors import Error as NatsError
@@ -129,7 +130,12 @@ class Subscription:
         queue = self._msgs_queue
         while not self._closed:
             raw = await queue.get()
-            await self._deliver(raw)
+            try:
+                await self._deliver(raw)
+            except Exception:
+                # E.g. the ack could not be queued (NATS outbound buffer full
+                # while reconnecting): the server redelivers; keep delivering.
+                log.exception("%s delivery failed", self._where)
 
     async def _deliver(self, raw) -> None:
         proto = decode(pb.MsgProto, raw.data, self._where)
@@ -143,7 +149,7 @@ class Subscription:
                 result = self.cb(msg)
                 if inspect.isawaitable(result):
                     await result
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any cb failure goes to error_cb
             # Not acked: the server redelivers after ack_wait, as with stan.py.
             await self._report(exc)
             return
@@ -173,9 +179,9 @@ class Subscription:
 
     async def ack(self, msg: Msg) -> None:
         """Acknowledge ``msg`` (needed with ``manual_acks=True``)."""
+        self._sc._check_connected()
         if self._closed:
             raise ErrBadSubscription()
-        self._sc._check_connected()
         ack = pb.Ack(subject=msg.proto.subject, sequence=msg.proto.sequence)
         try:
             await self._nc.publish(self.ack_inbox, ack.SerializeToString())
@@ -192,9 +198,9 @@ class Subscription:
 
     async def _remove(self, close: bool) -> None:
         sc = self._sc
+        sc._check_connected()
         if self._closed:
             raise ErrBadSubscription()
-        sc._check_connected()
         subject = sc._sub_close_req_subject if close else sc._unsub_req_subject
         if not subject:
             raise ErrNoServerSupport()
@@ -211,4 +217,3 @@ class Subscription:
         if resp.error:
             raise ErrUnsubscribeRejected(resp.error)
         log.debug("%s %s", self._where, "closed" if close else "unsubscribed")
-

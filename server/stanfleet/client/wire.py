@@ -27,9 +27,7 @@ def decode(cls: type[M], data: bytes, where: str) -> M | None:
     try:
         msg.ParseFromString(data)
     except (DecodeError, ValueError, TypeError) as exc:
-        log.warning(
-            "%s malformed %s dropped bytes=%d err=%s", where, cls.__name__, len(data), exc
-        )
+        log.warning("%s malformed %s dropped bytes=%d err=%s", where, cls.__name__, len(data), exc)
         return None
     return msg
 

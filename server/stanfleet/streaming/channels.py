@@ -46,6 +46,7 @@ class ChannelLimits:
     max_bytes: int = 1_000_000 * 1024
     max_age: float = 0.0  # seconds, 0 = unlimited
     max_subs: int = 1000
+    max_inactivity: float = 0.0  # seconds without messages or subscriptions; 0 = forever
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Channel:
     waiting: deque = field(default_factory=deque)
     msgs_in: int = 0
     bytes_in: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -71,15 +73,15 @@ class ChannelStore:
     """Knows every channel, creates streams on first use, relays publishes."""
 
     def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
-                 max_channels: int, limits: ChannelLimits, pub_ack_timeout: float,
-                 is_known_client, on_stored=None):
+                 limits, pub_ack_timeout: float, is_known_client, on_stored=None,
+                 has_subscriptions=None):
         self.nc = nc
         self.jsm = nc.jsm()
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
         self.replicas = replicas
-        self.max_channels = max_channels
-        self.limits = limits
+        self.limits = limits  # StoreLimits: defaults and per-channel overrides
+        self._has_subscriptions = has_subscriptions or (lambda name: False)
         self.pub_ack_timeout = pub_ack_timeout
         self._is_known_client = is_known_client  # (client_id, conn_id) -> error str or ""
         self._on_stored = on_stored
@@ -89,6 +91,7 @@ class ChannelStore:
         self._ack_sub = None
         self._pub_sub = None
         self._sweeper: asyncio.Task | None = None
+        self._reaper: asyncio.Task | None = None
         self.msgs_in = 0
         self.bytes_in = 0
 
@@ -101,6 +104,7 @@ class ChannelStore:
         self._pub_sub = await self.nc.subscribe(
             self.subjects.pub_prefix + ".>", cb=self._on_pub_msg, **INGRESS_LIMITS)
         self._sweeper = asyncio.create_task(self._sweep_pending())
+        self._reaper = asyncio.create_task(self._reap_inactive())
 
     async def stop(self) -> None:
         for sub in (self._pub_sub,):
@@ -115,6 +119,8 @@ class ChannelStore:
             await self._ack_sub.unsubscribe()
         if self._sweeper:
             self._sweeper.cancel()
+        if self._reaper:
+            self._reaper.cancel()
 
     async def _load_existing(self) -> None:
         offset = 0
@@ -129,6 +135,7 @@ class ChannelStore:
                     fut.set_result(True)
                     self.channels[name] = Channel(name, info.config.name,
                                                   self.subjects.store_subject(name), fut)
+                    await self._apply_limits(name, info.config)
             offset += len(batch)
             if not batch or offset >= it.total:
                 break
@@ -137,14 +144,36 @@ class ChannelStore:
 
     # -- channel creation --------------------------------------------------
 
+    async def _apply_limits(self, name: str, cfg: api.StreamConfig) -> None:
+        """Bring an existing stream in line with the limits configured now."""
+        want = self._stream_limits(self.limits.for_channel(name))
+        if all(getattr(cfg, k) == v for k, v in want.items()):
+            return
+        for k, v in want.items():
+            setattr(cfg, k, v)
+        try:
+            await self.jsm.update_stream(cfg)
+            log.info("channel=%s limits updated: %s", name, want)
+        except Exception as e:
+            log.error("channel=%s limits could not be updated: %s", name, _api_text(e))
+
+    @staticmethod
+    def _stream_limits(lim: ChannelLimits) -> dict:
+        return {"max_msgs": lim.max_msgs or -1, "max_bytes": lim.max_bytes or -1,
+                "max_age": float(lim.max_age or 0)}
+
+    def limits_for(self, name: str) -> ChannelLimits:
+        return self.limits.for_channel(name)
+
     def lookup_or_create(self, name: str) -> Channel:
         """The channel, creating its stream in the background if new. Raises ChannelError."""
         ch = self.channels.get(name)
         if ch is not None:
             return ch
         check_channel(name)
-        if self.max_channels and len(self.channels) >= self.max_channels:
-            raise ChannelError(f"too many channels (max {self.max_channels})")
+        max_channels = self.limits.max_channels
+        if max_channels and len(self.channels) >= max_channels:
+            raise ChannelError(f"stan: too many channels (max {max_channels})")
         fut = asyncio.get_running_loop().create_future()
         ch = Channel(name, self.subjects.stream_for(name), self.subjects.store_subject(name), fut)
         self.channels[name] = ch
@@ -160,15 +189,12 @@ class ChannelStore:
         return ch
 
     async def _create_stream(self, ch: Channel) -> None:
-        lim = self.limits
         cfg = api.StreamConfig(
             name=ch.stream,
             description=f"STAN channel {ch.name}"[:1024],
             subjects=[ch.store_subject],
             retention=api.RetentionPolicy.LIMITS,
-            max_msgs=lim.max_msgs or -1,
-            max_bytes=lim.max_bytes or -1,
-            max_age=lim.max_age or 0,
+            **self._stream_limits(self.limits.for_channel(ch.name)),
             discard=api.DiscardPolicy.OLD,
             storage=self.storage,
             num_replicas=self.replicas,
@@ -234,6 +260,7 @@ class ChannelStore:
         self._pending[token] = _PendingStore(reply or "", guid, time.monotonic())
         ch.msgs_in += 1
         ch.bytes_in += len(data)
+        ch.last_activity = time.monotonic()
         self.msgs_in += 1
         self.bytes_in += len(data)
         await self.nc.publish(ch.store_subject, data,
@@ -276,6 +303,32 @@ class ChannelStore:
                 log.error("store of guid=%s timed out", p.guid)
                 if p.reply:
                     await self._pub_ack(p.reply, p.guid, "timeout storing the message")
+
+
+    async def _reap_inactive(self) -> None:
+        """Delete channels that had neither messages nor subscriptions for their
+        max_inactivity (offline durables count as subscriptions)."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for ch in list(self.channels.values()):
+                limit = self.limits.for_channel(ch.name).max_inactivity
+                if not limit or not ch.ready.done() or now - ch.last_activity < limit:
+                    continue
+                if self._has_subscriptions(ch.name):
+                    ch.last_activity = now
+                    continue
+                try:
+                    info = await self.jsm.stream_info(ch.stream)
+                    if info.state.consumer_count:
+                        ch.last_activity = now
+                        continue
+                    await self.jsm.delete_stream(ch.stream)
+                except Exception as e:
+                    log.error("channel=%s inactivity check failed: %s", ch.name, _api_text(e))
+                    continue
+                self.channels.pop(ch.name, None)
+                log.info("channel=%s deleted after %.0fs of inactivity", ch.name, limit)
 
 
 def _js_error_text(data: bytes) -> str:

@@ -7,7 +7,10 @@ who ran the original feel at home. This is the only place options are read.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .channels import ChannelLimits
+from .limits import DEFAULT_MAX_CHANNELS, LimitsError, StoreLimits, load, parse_duration, parse_size
 
 DEFAULT_CLUSTER_ID = "test-cluster"
 DEFAULT_PORT = 4222
@@ -39,18 +42,15 @@ class ServerOptions:
     token: str | None = None
     debug: bool = False
     trace: bool = False
+    limits: StoreLimits = field(default_factory=StoreLimits)
 
 
 def _duration(text: str) -> float:
     """'30s', '500ms', '2m', '1h' or a plain number of seconds, as in the original flags."""
-    text = text.strip()
-    for suffix, scale in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
-        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(text[: -len(suffix)]) * scale
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 30s, 500ms, 2m)")
+        return parse_duration(text)
+    except LimitsError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,6 +70,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-hbf", "--hb_fail_count", dest="hb_fail_count", type=int,
                    default=DEFAULT_HB_FAIL_COUNT,
                    help="missed heartbeats before a client is declared dead (10)")
+    lim = p.add_argument_group("store limits (0 = unlimited)")
+    d = ChannelLimits()
+    lim.add_argument("-mc", "--max_channels", type=int, default=DEFAULT_MAX_CHANNELS,
+                     help="max number of channels (default: %(default)s)")
+    lim.add_argument("-msu", "--max_subs", type=int, default=d.max_subs,
+                     help="max subscriptions per channel (default: %(default)s)")
+    lim.add_argument("-mm", "--max_msgs", type=int, default=d.max_msgs,
+                     help="max messages per channel (default: %(default)s)")
+    lim.add_argument("-mb", "--max_bytes", type=_size, default=d.max_bytes,
+                     help="max bytes per channel, e.g. 1GB (default: %(default)s)")
+    lim.add_argument("-ma", "--max_age", type=_duration, default=0,
+                     help="max age of messages, e.g. 24h (default: unlimited)")
+    lim.add_argument("-mi", "--max_inactivity", type=_duration, default=0,
+                     help="delete a channel without messages or subscriptions for this long")
+    lim.add_argument("-sc", "--stan_config", dest="limits_file", default=None,
+                     help="JSON file with store_limits and per-channel overrides "
+                          "(wildcard keys allowed, e.g. devices.*.events)")
     n = p.add_argument_group("NATS")
     n.add_argument("-ns", "--nats_server", "--nats", dest="nats_url", default=None,
                    help="attach to this NATS URL instead of starting an embedded nats-server")
@@ -90,7 +107,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lg.add_argument("-SDV", dest="debug_trace", action="store_true", help="-SD and -SV")
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except LimitsError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def from_args(args: argparse.Namespace) -> ServerOptions:
+    for name in ("max_channels", "max_subs", "max_msgs", "max_bytes"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must not be negative")
+    flags = StoreLimits(max_channels=args.max_channels, defaults=ChannelLimits(
+        max_msgs=args.max_msgs, max_bytes=args.max_bytes, max_age=args.max_age,
+        max_subs=args.max_subs, max_inactivity=args.max_inactivity))
+    limits = load(args.limits_file, flags)
     if args.hb_fail_count < 1:
         raise ValueError("-hbf must be at least 1")
     if args.replicas < 1 or args.replicas > 5:
@@ -112,4 +143,5 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         token=args.token,
         debug=args.debug or args.debug_trace,
         trace=args.trace or args.debug_trace,
+        limits=limits,
     )

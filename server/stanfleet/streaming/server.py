@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from ..broker import Broker, BrokerConfig
 from ..pb import protocol_pb2 as pb
 from . import errors as E
-from .channels import ChannelLimits, ChannelStore
+from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
@@ -37,12 +37,9 @@ REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 10
 
 
 class StreamingServer:
-    def __init__(self, options: ServerOptions, *, max_channels: int = 100,
-                 limits: ChannelLimits | None = None):
+    def __init__(self, options: ServerOptions):
         self.opts = options
         self.subjects = Subjects(options.cluster_id)
-        self.max_channels = max_channels
-        self.limits = limits or ChannelLimits()
         self.broker: Broker | None = None
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
@@ -72,9 +69,10 @@ class StreamingServer:
                                       hb_fail_count=self.opts.hb_fail_count,
                                       on_dead=self._client_dead)
         self.channels = ChannelStore(self.nc, self.subjects, storage=self.opts.store,
-                                     replicas=self.opts.replicas, max_channels=self.max_channels,
-                                     limits=self.limits, pub_ack_timeout=self.opts.pub_ack_timeout,
-                                     is_known_client=self.clients.check)
+                                     replicas=self.opts.replicas, limits=self.opts.limits,
+                                     pub_ack_timeout=self.opts.pub_ack_timeout,
+                                     is_known_client=self.clients.check,
+                                     has_subscriptions=self._has_subscriptions)
         self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         await self.state.open()
@@ -108,6 +106,9 @@ class StreamingServer:
         subs = await self.subs.restore(await self.state.load_subs(), self.clients.clients)
         if self.clients.clients or subs:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
+
+    def _has_subscriptions(self, channel: str) -> bool:
+        return any(g.channel.name == channel and g.members for g in self.subs.groups.values())
 
     async def _forget_client(self, client_id: str) -> None:
         await self.subs.remove_client(client_id)

@@ -119,7 +119,8 @@ class SubscriptionManager:
         channel = await self.channels.ensure(req.subject)
         async with self._lock:
             n_subs = sum(len(g.members) for g in self.groups.values() if g.channel is channel)
-            if n_subs >= self.channels.limits.max_subs:
+            max_subs = self.channels.limits_for(channel.name).max_subs
+            if max_subs and n_subs >= max_subs:
                 raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
             sub_id = _next_id()
             key = _group_key(req, sub_id)
