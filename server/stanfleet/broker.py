@@ -45,6 +45,10 @@ class BrokerConfig:
     monitor_port: int | None = None
     config_file: str | None = None  # an extra nats-server config (TLS, accounts, cluster)
     server_name: str | None = None
+    # Clustering: nodes name the same cluster and list each other's route URLs.
+    cluster_name: str | None = None
+    cluster_port: int | None = None
+    routes: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     log_file: str | None = None
 
@@ -80,6 +84,11 @@ class Broker:
             args += ["-m", str(cfg.monitor_port)]
         if cfg.server_name:
             args += ["-n", cfg.server_name]
+        if cfg.cluster_port is not None:
+            args += ["--cluster_name", cfg.cluster_name or "stanfleet",
+                     "--cluster", f"nats://{cfg.host}:{cfg.cluster_port}"]
+            if cfg.routes:
+                args += ["--routes", ",".join(cfg.routes)]
         args += cfg.extra_args
         log = open(cfg.log_file, "ab") if cfg.log_file else subprocess.DEVNULL
         try:

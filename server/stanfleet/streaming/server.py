@@ -58,8 +58,10 @@ class StreamingServer:
     async def start(self) -> None:
         if not self.opts.nats_url:
             self.broker = self._start_embedded_broker()
+        # A comma-separated list names several servers of one cluster.
+        servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
         self.nc = await nats.connect(
-            self.nats_url, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
+            servers=servers, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
             password=self.opts.password, token=self.opts.token, max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024,
             error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect,

@@ -1,0 +1,121 @@
+"""Clustered storage: channels replicated over a 3-node JetStream cluster.
+
+Kill the node that leads a channel's stream while clients publish: publishing
+carries on once a new leader is elected, and no acknowledged message is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from stanfleet.broker import Broker, BrokerConfig
+from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.streaming import ServerOptions, StreamingServer
+
+from ..waiting import eventually
+from .rawstan import RawStan
+from .serverproc import free_port
+
+PUBLISHERS = 4
+PER_PUBLISHER = 150
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    ports = [free_port() for _ in range(3)]
+    routes = [f"nats://127.0.0.1:{p}" for p in ports]
+    nodes = []
+    try:
+        for i, port in enumerate(ports):
+            nodes.append(Broker(BrokerConfig(
+                server_name=f"n{i}", cluster_name="stanfleet-test", cluster_port=port,
+                routes=[r for r in routes if not r.endswith(f":{port}")],
+                store_dir=str(tmp_path / f"n{i}"), log_file=str(tmp_path / f"n{i}.log"))).start())
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+async def jetstream_ready(url: str) -> None:
+    """Wait until the cluster can place a 3-replica stream (all peers known)."""
+    nc = await nats.connect(url)
+
+    async def can_place_r3():
+        try:
+            await nc.jsm().add_stream(name="PROBE", subjects=["probe"], num_replicas=3)
+            await nc.jsm().delete_stream("PROBE")
+            return True
+        except Exception:
+            return False
+    try:
+        await eventually(can_place_r3, timeout=30, interval=0.2)
+    finally:
+        await nc.close()
+
+
+async def publish_until_acked(c: RawStan, channel: str, data: bytes, guid: str) -> int:
+    """Publish with retries under the same guid, as a STAN client does after a timeout."""
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            ack = await asyncio.wait_for(c.publish(channel, data, guid=guid), 5)
+            if not ack.error:
+                return attempts
+        except (asyncio.TimeoutError, nats.errors.Error):
+            pass
+        await asyncio.sleep(0.1)  # back off before retrying, as clients do
+
+
+async def test_killing_the_stream_leader_loses_no_acknowledged_message(cluster):
+    urls = ",".join(n.url for n in cluster)
+    await jetstream_ready(cluster[0].url)
+    server = StreamingServer(ServerOptions(nats_url=urls, replicas=3, pub_ack_timeout=3))
+    await server.start()
+    try:
+        c = await RawStan.open(urls, "test-cluster", "loader")
+        assert (await c.connect()).error == ""
+        assert (await c.publish("events", b"first", guid="g-first")).error == ""
+        stream = server.channels.channels["events"].stream
+        info = await c.nc.jsm().stream_info(stream)
+        assert info.config.num_replicas == 3
+        leader = info.cluster.leader
+        acked: list[str] = ["g-first"]
+        half = asyncio.Event()
+
+        async def publisher(p: int):
+            for i in range(PER_PUBLISHER):
+                guid = f"g-{p}-{i}"
+                await publish_until_acked(c, "events", guid.encode(), guid)
+                acked.append(guid)
+                if len(acked) >= PUBLISHERS * PER_PUBLISHER // 2:
+                    half.set()
+
+        tasks = [asyncio.create_task(publisher(p)) for p in range(PUBLISHERS)]
+        await half.wait()
+        victim = next(n for n in cluster if n.config.server_name == leader)
+        victim.kill()
+        await asyncio.gather(*tasks)
+
+        async def new_leader():
+            i = await c.nc.jsm().stream_info(stream)
+            return i.cluster.leader not in (None, leader)
+        await eventually(new_leader, timeout=30, interval=0.2)
+        # Every acknowledged message is in the channel, exactly once.
+        sub = await c.subscribe("events", "in.check", start_position=pb.First,
+                                max_in_flight=10000)
+        seen = []
+        while len(seen) < len(acked):
+            m = await sub.next(timeout=15)
+            seen.append(m.data.decode() if m.data != b"first" else "g-first")
+            await sub.ack(m)
+        assert sorted(seen) == sorted(acked)
+        info = await c.nc.jsm().stream_info(stream)
+        assert info.state.messages == len(acked)
+        await c.close()
+    finally:
+        await server.stop()
