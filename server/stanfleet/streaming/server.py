@@ -48,6 +48,7 @@ class StreamingServer:
         self._nats_subs = []
         self.started = 0.0
         self._closed = asyncio.Event()
+        self._stopping = False
 
     @property
     def nats_url(self) -> str:
@@ -134,28 +135,35 @@ class StreamingServer:
         return broker
 
     async def stop(self) -> None:
-        """Graceful: stop taking requests, answer in-flight publishes, then the broker."""
-        for sub in self._nats_subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
-        self._nats_subs.clear()
-        if self.clients:
-            await self.clients.stop()
-        if self.channels:
-            await self.channels.stop()
-        if self.subs:
-            await self.subs.stop()
-        if self.nc and not self.nc.is_closed:
-            try:
-                await self.nc.drain()
-            except Exception:
-                await self.nc.close()
-        if self.broker:
-            self.broker.stop()
-            self.broker = None
-        self._closed.set()
+        """Graceful: stop taking requests, answer in-flight publishes, then the broker.
+        Safe to call more than once."""
+        if self._stopping:
+            await self._closed.wait()
+            return
+        self._stopping = True
+        try:
+            for sub in self._nats_subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception:
+                    pass
+            self._nats_subs.clear()
+            if self.clients:
+                await self.clients.stop()
+            if self.channels:
+                await self.channels.stop()
+            if self.subs:
+                await self.subs.stop()
+            if self.nc and not self.nc.is_closed:
+                try:
+                    await self.nc.drain()
+                except Exception:
+                    await self.nc.close()
+        finally:
+            if self.broker:
+                self.broker.stop()
+                self.broker = None
+            self._closed.set()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -164,7 +172,8 @@ class StreamingServer:
         log.error("nats: %s", e)
 
     async def _on_disconnect(self) -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not self._stopping:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnect(self) -> None:
         log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc else "?")
