@@ -51,6 +51,12 @@ class BrokerConfig:
     routes: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     log_file: str | None = None
+    # JetStream reserves every stream's max_bytes against these ceilings, so
+    # STAN's 1 GB-per-channel default needs room far beyond the disk's actual
+    # use: 100 channels reserve 100 GB while holding a few MB. None: nats-server's
+    # default (75% of the disk / memory).
+    js_max_file_store: str | None = "64TB"
+    js_max_memory_store: str | None = "64TB"
 
 
 class Broker:
@@ -74,9 +80,7 @@ class Broker:
         self._tmp = tempfile.TemporaryDirectory(prefix="stanfleet-broker-")
         self._ports_dir = self._tmp.name
         store = cfg.store_dir or os.path.join(self._tmp.name, "js")
-        args = [nats_server_binary()]
-        if cfg.config_file:
-            args += ["-c", cfg.config_file]
+        args = [nats_server_binary(), "-c", self._write_config()]
         args += ["-a", cfg.host, "-p", str(cfg.port), "--ports_file_dir", self._ports_dir]
         if cfg.jetstream:
             args += ["-js", "-sd", store]
@@ -90,15 +94,50 @@ class Broker:
             if cfg.routes:
                 args += ["--routes", ",".join(cfg.routes)]
         args += cfg.extra_args
-        log = open(cfg.log_file, "ab") if cfg.log_file else subprocess.DEVNULL
+        self._log_path = cfg.log_file or os.path.join(self._ports_dir, "nats-server.log")
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self._log_path, "ab") as log:
+                self.proc = subprocess.Popen(args, stdout=log, stderr=log,
+                                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            try:
+                self._wait_ready(max(deadline - time.monotonic(), 0.5))
+                return self
+            except BrokerError:
+                # A killed predecessor may still hold the port while it flushes
+                # its streams to disk: wait for it instead of failing.
+                if "address already in use" not in self._log_tail() or \
+                        time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.1)
+
+    def _log_tail(self) -> str:
         try:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         preexec_fn=_die_with_parent)
-        finally:
-            if log is not subprocess.DEVNULL:
-                log.close()
-        self._wait_ready(timeout)
-        return self
+            with open(self._log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(f.tell() - 2000, 0))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _write_config(self) -> str:
+        """Our settings that have no command-line flag, plus the user's config file."""
+        cfg = self.config
+        lines = []
+        if cfg.config_file:
+            lines.append(f"include {json.dumps(os.path.relpath(os.path.abspath(cfg.config_file), self._ports_dir))}")
+        if cfg.jetstream:
+            js = []
+            if cfg.js_max_file_store:
+                js.append(f"max_file_store: {cfg.js_max_file_store}")
+            if cfg.js_max_memory_store:
+                js.append(f"max_memory_store: {cfg.js_max_memory_store}")
+            lines.append("jetstream {" + ", ".join(js) + "}")
+        path = os.path.join(self._ports_dir, "stanfleet-nats.conf")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return path
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None
@@ -106,10 +145,9 @@ class Broker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BrokerError(
-                    f"nats-server exited with code {self.proc.returncode} during start-up"
-                    + (f" (see {self.config.log_file})" if self.config.log_file else "")
-                )
+                last = self._log_tail().strip().splitlines()[-1:] or [""]
+                raise BrokerError(f"nats-server exited with code {self.proc.returncode} during "
+                                  f"start-up: {last[0]}")
             try:
                 with open(ports_file) as f:
                     ports = json.load(f)
@@ -122,7 +160,6 @@ class Broker:
             if self.port:
                 return
             time.sleep(0.02)
-        self.stop()
         raise BrokerError(f"nats-server did not report its ports within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:
