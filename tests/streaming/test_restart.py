@@ -93,3 +93,24 @@ async def test_sigterm_exits_cleanly_and_stops_the_embedded_nats(tmp_path):
     assert any("shutting down" in line for line in proc.lines)
     with pytest.raises(ConnectionRefusedError):  # the embedded nats-server is gone too
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_embedded_nats_requires_the_configured_user(tmp_path):
+    import nats
+
+    port = free_port()
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "memory",
+                         "--user", "stan", "--pass", "s3cret", "-SV",
+                         log_path=str(tmp_path / "server.log"))
+    await proc.start()
+    try:
+        with pytest.raises(Exception):
+            await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False,
+                               max_reconnect_attempts=0)
+        c = await RawStan.open(f"nats://stan:s3cret@127.0.0.1:{port}", "test-cluster", "authed")
+        assert (await c.connect()).error == ""
+        assert (await c.publish("x", b"1")).error == ""
+        await c.close()
+        assert any("trace <- _STAN.discover.test-cluster" in line for line in proc.lines)
+    finally:
+        await proc.stop()

@@ -19,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 async def serve(args: argparse.Namespace) -> int:
     opts = from_args(args)
-    logging.getLogger("stanfleet").setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    verbose = opts.debug or opts.trace
+    logging.getLogger("stanfleet").setLevel(logging.DEBUG if verbose else logging.INFO)
     server = StreamingServer(opts)
     await server.start()
     stop = asyncio.Event()

@@ -181,7 +181,12 @@ class StreamingServer:
     # -- request plumbing ----------------------------------------------------------
 
     def _guarded(self, handler):
+        trace = self.opts.trace
+
         async def run(msg: Msg) -> None:
+            if trace:
+                log.debug("trace <- %s reply=%s %d bytes: %s", msg.subject, msg.reply,
+                          len(msg.data), msg.data[:200].hex())
             try:
                 await handler(msg)
             except Exception:
