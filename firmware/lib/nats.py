@@ -1,0 +1,456 @@
+# Minimal NATS client for MicroPython asyncio (ESP32 and the unix port).
+#
+# Layering follows mqtt_as: the protocol code never handles network failure
+# itself. Every OSError/EOFError on the link ends in _lost(), and one task
+# (_keeper) turns that into a reconnect with capped exponential backoff and
+# jitter. Only connect() raises to the application.
+#
+# All socket writes go through one writer task. Callers append whole frames to
+# an output buffer (publish() is synchronous and never blocks), so a cancelled
+# caller can never leave half a frame on the wire, and no two tasks ever drain
+# the same stream. The buffer survives a reconnect and is sent after CONNECT
+# and the restored SUBs, like nats.go's reconnect buffer; it is bounded by
+# cfg["max_pending"].
+#
+# Subjects may be str or bytes: MicroPython's bytearray takes either without a copy.
+#
+# Message callbacks are called from the reader task as cb(msg). A plain
+# function must not block; a coroutine function is started as a task.
+
+import gc
+import asyncio
+from micropython import const
+
+DEFAULTS = {
+    "host": "127.0.0.1",
+    "port": 4222,
+    "user": None,
+    "password": None,
+    "token": None,
+    "name": None,
+    "tls": False,  # True: require TLS; also upgraded when the server says tls_required
+    "ca_der": None,  # path of the CA certificate in DER form; required for TLS
+    "server_hostname": None,  # name checked against the certificate; default: host
+    "connect_timeout": 5,  # s, open + INFO + CONNECT/PING..PONG
+    "ping_interval": 30,  # s between our PINGs
+    "max_pings_out": 2,  # unanswered PINGs before the link is declared dead
+    "reconnect_min_ms": 250,
+    "reconnect_max_ms": 30000,
+    "max_pending": 32768,  # bytes buffered for the writer (also across a reconnect)
+    "log": None,  # callable(str); default print
+    "on_error": None,  # callable(NatsError): -ERR from the server, auth failures on reconnect
+    "on_connected": None,  # callable(reconnected: bool), after subscriptions are restored
+    "on_disconnected": None,  # callable(reason: str)
+}
+
+_ST_DOWN = const(0)
+_ST_UP = const(1)
+_ST_CLOSED = const(2)
+_KEEP_OUT = const(1024)
+
+
+class NatsError(Exception):
+    pass
+
+
+class AuthError(NatsError):
+    pass
+
+
+class Msg:
+    def __init__(self, subject, reply, data, sid):
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.sid = sid
+
+
+class Sub:
+    def __init__(self, sid, subject, queue, cb):
+        self.sid = sid
+        self.subject = subject
+        self.queue = queue
+        self.cb = cb
+
+
+def _rand_hex(n):
+    try:
+        from os import urandom
+
+        b = urandom(n)
+    except (ImportError, AttributeError):
+        from random import getrandbits
+
+        b = bytes(getrandbits(8) for _ in range(n))
+    from binascii import hexlify
+
+    return hexlify(b).decode()
+
+
+def new_inbox():
+    return "_INBOX." + _rand_hex(11)
+
+
+class Client:
+    def __init__(self, cfg):
+        c = dict(DEFAULTS)
+        c.update(cfg)
+        self.cfg = c
+        self._log = c["log"] or print
+        self._state = _ST_DOWN
+        self._stream = None
+        self._tasks = ()  # reader, writer, pinger of the current link
+        self._keeper = None
+        self._out = bytearray()
+        self._wev = asyncio.Event()  # writer has something to send
+        self._up = asyncio.Event()
+        self._lost_ev = asyncio.Event()
+        self._lost_reason = None
+        self._pings_out = 0
+        self._pongs = []  # one entry per PING in flight: None (keepalive) or a flush() Event
+        self._subs = {}
+        self._sid = 0
+        self._resp_prefix = None  # request/reply inbox, "_INBOX.<rand>."
+        self._resp = {}  # token -> [Event, Msg]
+        self._token = 0
+        self.info = {}
+        self.last_error = None
+        self.reconnects = 0
+
+    # ---- public API ----------------------------------------------------------
+
+    @property
+    def connected(self):
+        return self._state == _ST_UP
+
+    async def connect(self):
+        """First connection. Raises OSError, AuthError or asyncio.TimeoutError."""
+        await self._open()
+        self._keeper = asyncio.create_task(self._keep())
+
+    def publish(self, subject, data=b"", reply=None):
+        """Queue a PUB. Never blocks; raises NatsError if the buffer is full or closed."""
+        if self._state == _ST_CLOSED:
+            raise NatsError("closed")
+        n = len(data)
+        o = self._out
+        if len(o) + n + len(subject) + 40 > self.cfg["max_pending"] and o:
+            raise NatsError("pending buffer full")
+        o += b"PUB "
+        o += subject
+        if reply:
+            o += b" "
+            o += reply
+        o += b" %d\r\n" % n
+        o += data
+        o += b"\r\n"
+        self._wev.set()
+
+    def subscribe(self, subject, cb, queue=None):
+        """Subscribe now, or when the link is next up: _open() (re)sends all SUBs."""
+        self._sid += 1
+        s = Sub(self._sid, subject, queue, cb)
+        self._subs[s.sid] = s
+        if self._state == _ST_UP:
+            self._sub_frame(s, self._out)
+            self._wev.set()
+        return s
+
+    def unsubscribe(self, sub):
+        # While the link is down there is nothing to undo on the server.
+        if self._subs.pop(sub.sid, None) is not None and self._state == _ST_UP:
+            self._out += b"UNSUB %d\r\n" % sub.sid
+            self._wev.set()
+
+    async def flush(self, timeout=5):
+        """Round trip to the server (PING/PONG): everything sent before has been processed."""
+        ev = asyncio.Event()
+        await asyncio.wait_for(self._up.wait(), timeout)
+        self._pongs.append(ev)
+        self._out += b"PING\r\n"
+        self._wev.set()
+        await asyncio.wait_for(ev.wait(), timeout)
+
+    async def request(self, subject, data=b"", timeout=5):
+        """Publish with a reply subject; returns the first reply (a Msg).
+        Raises asyncio.TimeoutError."""
+        if self._resp_prefix is None:
+            self._resp_prefix = new_inbox() + "."
+            self.subscribe(self._resp_prefix + "*", self._on_resp)
+        self._token += 1
+        tok = "%x" % self._token
+        w = [asyncio.Event(), None]
+        self._resp[tok] = w
+        try:
+            self.publish(subject, data, self._resp_prefix + tok)
+            await asyncio.wait_for(w[0].wait(), timeout)
+            return w[1]
+        finally:
+            self._resp.pop(tok, None)
+
+    async def wait_connected(self, timeout=None):
+        if timeout is None:
+            await self._up.wait()
+        else:
+            await asyncio.wait_for(self._up.wait(), timeout)
+
+    async def close(self):
+        if self._state == _ST_CLOSED:
+            return
+        if self._state == _ST_UP:
+            try:
+                await self.flush(2)
+            except Exception:  # closing anyway
+                pass
+        self._state = _ST_CLOSED
+        if self._keeper:
+            self._keeper.cancel()
+        self._teardown()
+        self._out = bytearray()
+
+    # ---- connection ------------------------------------------------------------
+
+    async def _open(self):
+        # One attempt: TCP, INFO, optional TLS, CONNECT + PING, wait for PONG or -ERR.
+        c = self.cfg
+        t = c["connect_timeout"]
+        # MicroPython's open_connection returns the same Stream as reader and writer
+        s = (await asyncio.wait_for(asyncio.open_connection(c["host"], c["port"]), t))[0]
+        try:
+            await asyncio.wait_for(self._handshake(s), t)
+        except BaseException:  # close the socket on any failure, timeouts included
+            s.close()
+            raise
+        self._stream = s
+        self._pings_out = 0
+        self._lost_ev.clear()
+        gc.collect()  # the handshake's JSON and line buffers are garbage now
+        # Restore subscriptions before anything buffered while we were away.
+        hdr = bytearray()
+        for sub in self._subs.values():
+            self._sub_frame(sub, hdr)
+        self._out[0:0] = hdr
+        self._state = _ST_UP
+        self._tasks = (
+            asyncio.create_task(self._reader(s)),
+            asyncio.create_task(self._writer(s)),
+            asyncio.create_task(self._pinger()),
+        )
+        self._wev.set()
+        self._up.set()
+        self._log("nats event=connected host=%s port=%d reconnects=%d"
+                  % (c["host"], c["port"], self.reconnects))
+        cb = c["on_connected"]
+        if cb:
+            cb(self._keeper is not None)  # True: a reconnect
+
+    async def _handshake(self, s):
+        import json
+
+        line = await s.readline()
+        if not line:
+            raise OSError("closed before INFO")
+        if not line.startswith(b"INFO "):
+            raise NatsError("expected INFO")
+        self.info = info = json.loads(line[5:])
+        c = self.cfg
+        tls = c["tls"] or info.get("tls_required", False)
+        if tls:
+            self._tls_upgrade(s)
+        opts = {"verbose": False, "pedantic": False, "headers": False, "protocol": 1}
+        opts["lang"] = "micropython"
+        opts["version"] = "0.1"
+        opts["tls_required"] = bool(tls)
+        if c["name"]:
+            opts["name"] = c["name"]
+        if c["user"] is not None:
+            opts["user"] = c["user"]
+            opts["pass"] = c["password"] or ""
+        if c["token"] is not None:
+            opts["auth_token"] = c["token"]
+        s.write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
+        await s.drain()
+        while True:
+            line = await s.readline()
+            if not line:
+                raise OSError("closed during handshake")
+            if line.startswith(b"PONG"):
+                return
+            if line.startswith(b"-ERR"):
+                e = _err_text(line)
+                if "uthoriz" in e or "uthentic" in e:
+                    raise AuthError(e)
+                raise NatsError(e)
+            if line.startswith(b"PING"):
+                s.write(b"PONG\r\n")
+                await s.drain()
+            # +OK and async INFO are ignored here
+
+    def _tls_upgrade(self, s):
+        # PLATFORM-NOTES "TLS upgrade in asyncio": wrap the socket after INFO;
+        # the next write drives the handshake. MicroPython wants DER and does
+        # not verify unless told to.
+        import ssl
+
+        c = self.cfg
+        if not c["ca_der"]:
+            raise NatsError("TLS required but no ca_der configured")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        with open(c["ca_der"], "rb") as f:
+            ctx.load_verify_locations(cadata=f.read())
+        name = c["server_hostname"] or c["host"]
+        s.s = ctx.wrap_socket(s.s, server_hostname=name, do_handshake_on_connect=False)
+        s.s.setblocking(False)
+
+    def _lost(self, reason):
+        # The one place a link failure is recorded; _keep() does the rest.
+        if self._state == _ST_UP:
+            self._state = _ST_DOWN
+            self._up.clear()
+            self._lost_reason = reason
+            self._lost_ev.set()
+
+    def _teardown(self):
+        # PINGs written to the dead link get no PONG; flush() callers time out.
+        self._pongs = []
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = ()
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except OSError:
+                pass
+            self._stream = None
+
+    async def _keep(self):
+        c = self.cfg
+        from random import getrandbits
+
+        while True:
+            await self._lost_ev.wait()
+            self._teardown()
+            self._log("nats event=disconnected reason=%s" % self._lost_reason)
+            cb = c["on_disconnected"]
+            if cb:
+                cb(self._lost_reason)
+            delay = c["reconnect_min_ms"]
+            while True:
+                # full jitter on top of half the delay avoids a herd of devices in step
+                await asyncio.sleep_ms(delay // 2 + getrandbits(16) % (delay // 2 + 1))
+                try:
+                    await self._open()
+                    self.reconnects += 1
+                    break
+                except (OSError, EOFError, asyncio.TimeoutError, NatsError, ValueError) as e:
+                    self.last_error = e
+                    self._log("nats event=reconnect_failed error=%r delay_ms=%d" % (e, delay))
+                    if isinstance(e, NatsError) and c["on_error"]:
+                        c["on_error"](e)
+                delay = min(delay * 2, c["reconnect_max_ms"])
+
+    # ---- link tasks --------------------------------------------------------------
+
+    async def _writer(self, s):
+        o = None
+        try:
+            while True:
+                await self._wev.wait()
+                self._wev.clear()
+                o = self._out
+                if not o:
+                    continue
+                # Stream.write copies what the socket does not take at once,
+                # so the buffer can be emptied before drain() yields.
+                s.write(o)
+                if len(o) > _KEEP_OUT:
+                    self._out = bytearray()  # let a large buffer go rather than keep its capacity
+                else:
+                    o[0 : len(o)] = b""
+                await s.drain()
+        except (OSError, EOFError) as e:
+            self._lost("write:%r" % e)
+
+    async def _reader(self, s):
+        try:
+            while True:
+                line = await s.readline()
+                if not line:
+                    raise EOFError
+                if line.startswith(b"MSG "):
+                    await self._on_msg(s, line)
+                elif line.startswith(b"PING"):
+                    self._out += b"PONG\r\n"
+                    self._wev.set()
+                elif line.startswith(b"PONG"):
+                    self._pings_out = 0
+                    q = self._pongs
+                    if q:
+                        ev = q.pop(0)
+                        if ev is not None:
+                            ev.set()
+                elif line.startswith(b"-ERR"):
+                    self._on_err(_err_text(line))
+                # +OK, INFO: nothing to do (verbose is off; cluster INFO updates unused)
+        except (OSError, EOFError) as e:
+            self._lost("read:%r" % e)
+
+    async def _on_msg(self, s, line):
+        # MSG <subject> <sid> [reply-to] <#bytes>
+        p = line.split()
+        n = int(p[-1])
+        data = await s.readexactly(n) if n else b""
+        await s.readexactly(2)
+        sub = self._subs.get(int(p[2]))
+        if sub is None:
+            return  # unsubscribed meanwhile
+        m = Msg(p[1].decode(), p[3].decode() if len(p) == 5 else None, data, sub.sid)
+        try:
+            r = sub.cb(m)
+            if r is not None:
+                asyncio.create_task(r)
+        except Exception as e:  # a faulty callback must not kill the link
+            self._log("nats event=callback_error subject=%s error=%r" % (m.subject, e))
+
+    def _on_err(self, text):
+        e = AuthError(text) if ("uthoriz" in text or "uthentic" in text) else NatsError(text)
+        self.last_error = e
+        self._log("nats event=server_error error=%s" % text)
+        cb = self.cfg["on_error"]
+        if cb:
+            cb(e)
+
+    async def _pinger(self):
+        c = self.cfg
+        while True:
+            await asyncio.sleep(c["ping_interval"])
+            if self._pings_out >= c["max_pings_out"]:
+                self._lost("stale")
+                return
+            self._pings_out += 1
+            self._pongs.append(None)
+            self._out += b"PING\r\n"
+            self._wev.set()
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def _on_resp(self, m):
+        w = self._resp.get(m.subject[len(self._resp_prefix) :])
+        if w is not None and w[1] is None:
+            w[1] = m
+            w[0].set()
+
+    @staticmethod
+    def _sub_frame(s, o):
+        o += b"SUB "
+        o += s.subject
+        if s.queue:
+            o += b" "
+            o += s.queue
+        o += b" %d\r\n" % s.sid
+
+
+def _err_text(line):
+    # -ERR 'Authorization Violation'
+    return line[4:].strip().strip(b"'").decode()
