@@ -255,3 +255,15 @@ async def test_invalid_subscription_parameters_are_refused(stan_server):
     assert "ack wait" in (await c.subscribe("p", "in.p1", ack_wait_in_secs=0)).error
     assert "MaxInflight" in (await c.subscribe("p", "in.p2", max_in_flight=-5)).error
     assert (await c.subscribe("p", "in.p3", start_position=77)).error
+
+
+async def test_new_channels_are_announced_on_the_registry_channel(stan_server):
+    import json
+
+    c = await client(stan_server)
+    reg = await c.subscribe("stanfleet.channels", "in.reg", start_position=pb.First)
+    await c.publish("devices.3F45.events", b"1")
+    await c.publish("devices.3F45.events", b"2")
+    await c.publish("devices.9999.events", b"1")
+    names = [json.loads((await reg.next()).data)["channel"] for _ in range(2)]
+    assert names == ["devices.3F45.events", "devices.9999.events"]

@@ -31,6 +31,10 @@ from .naming import InvalidName, Subjects, check_channel
 log = logging.getLogger("stanfleet.streaming.channels")
 
 DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
+# Our extension to STAN, which has no wildcard subscriptions: every new channel
+# is announced on this channel, so a service can discover (say) the events
+# channel of a device it has never seen, with an ordinary durable subscription.
+REGISTRY_CHANNEL = "stanfleet.channels"
 # Room for bursts on the hot path. Past this a publish is dropped unanswered
 # (nats-py "slow consumer"): the publisher times out and retries, nothing acked is lost.
 INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
@@ -216,9 +220,21 @@ class ChannelStore:
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
         ch.ready.set_result(True)
+        if ch.name != REGISTRY_CHANNEL:
+            await self._announce(ch.name)
         while ch.waiting:
             reply, guid, data = ch.waiting.popleft()
             await self._store(ch, reply, guid, data)
+
+    async def _announce(self, name: str) -> None:
+        try:
+            registry = await self.ensure(REGISTRY_CHANNEL)
+        except (ChannelError, InvalidName) as e:
+            log.error("channel=%s not announced: %s", name, e)
+            return
+        # The guid makes a repeated announcement (e.g. after a restart) a no-op.
+        await self._store(registry, None, "channel:" + name,
+                          json.dumps({"channel": name}).encode())
 
     # -- publish hot path --------------------------------------------------
 
