@@ -12,15 +12,15 @@ import importlib
 import logging
 import sys
 
+from .errors import CommandError
+
 # name -> (module, help). Modules are imported lazily so `stanfleet --help`
 # and light commands stay fast.
 COMMANDS = {
     "streaming-server": ("stanfleet.streaming.main", "run the STAN streaming server"),
+    "listener": ("stanfleet.services.listener_cmd", "save every device reading to the database"),
+    "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),
 }
-
-
-class CommandError(Exception):
-    """A problem the user can fix: printed as one line, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:

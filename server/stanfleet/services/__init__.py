@@ -1,0 +1,1 @@
+"""Backend services: all STAN clients through stanfleet.client."""
