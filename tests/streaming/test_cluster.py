@@ -116,6 +116,6 @@ async def test_killing_the_stream_leader_loses_no_acknowledged_message(cluster):
         assert sorted(seen) == sorted(acked)
         info = await c.nc.jsm().stream_info(stream)
         assert info.state.messages == len(acked)
-        await c.close()
+        await c.nc.close()
     finally:
         await server.stop()

@@ -176,7 +176,9 @@ class ChannelStore:
             return ch
         check_channel(name)
         max_channels = self.limits.max_channels
-        if max_channels and len(self.channels) >= max_channels:
+        # The registry channel is ours, not the user's: it does not count.
+        used = len(self.channels) - (REGISTRY_CHANNEL in self.channels)
+        if max_channels and name != REGISTRY_CHANNEL and used >= max_channels:
             raise ChannelError(f"stan: too many channels (max {max_channels})")
         fut = asyncio.get_running_loop().create_future()
         ch = Channel(name, self.subjects.stream_for(name), self.subjects.store_subject(name), fut)
