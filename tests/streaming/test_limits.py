@@ -109,3 +109,19 @@ async def test_inactive_channel_without_subscriptions_is_deleted(make_stan_serve
         return "tmp.a" not in channels
     await eventually(tmp_a_gone)
     assert "keep" in channels and "tmp.b" in channels
+
+
+async def test_short_max_age_expires_messages(make_stan_server):
+    limits = StoreLimits(per_channel={"short": ChannelLimits(max_age=1)})
+    stan = await make_stan_server(limits=limits)
+    c = await connect(stan)
+    assert (await c.publish("short", b"old")).error == ""
+    ch = stan.server.channels.channels["short"]
+
+    async def expired():
+        info = await c.nc.jsm().stream_info(ch.stream)
+        return info.state.messages == 0
+    await eventually(expired)
+    assert (await c.publish("short", b"new")).error == ""
+    sub = await c.subscribe("short", "in.short", start_position=pb.First)
+    assert (await sub.next()).data == b"new"

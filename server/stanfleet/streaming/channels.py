@@ -163,8 +163,10 @@ class ChannelStore:
 
     @staticmethod
     def _stream_limits(lim: ChannelLimits) -> dict:
+        # JetStream refuses a duplicate window longer than the max age.
+        window = min(DUPLICATE_WINDOW, lim.max_age) if lim.max_age else DUPLICATE_WINDOW
         return {"max_msgs": lim.max_msgs or -1, "max_bytes": lim.max_bytes or -1,
-                "max_age": float(lim.max_age or 0)}
+                "max_age": float(lim.max_age or 0), "duplicate_window": float(window)}
 
     def limits_for(self, name: str) -> ChannelLimits:
         return self.limits.for_channel(name)
@@ -204,7 +206,6 @@ class ChannelStore:
             discard=api.DiscardPolicy.OLD,
             storage=self.storage,
             num_replicas=self.replicas,
-            duplicate_window=DUPLICATE_WINDOW,
             allow_direct=True,
             metadata={"stan_channel": ch.name, "stan_cluster": self.subjects.cluster_id},
         )

@@ -45,6 +45,8 @@ class StreamingServer:
         self.channels: ChannelStore | None = None
         self.subs: SubscriptionManager | None = None
         self.clients: ClientRegistry | None = None
+        self.monitor = None  # Monitor, when opts.monitor_port is set
+        self.monitor_port: int | None = None
         self._nats_subs = []
         self.started = 0.0
         self._closed = asyncio.Event()
@@ -57,6 +59,10 @@ class StreamingServer:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.opts.monitor_port is not None:
+            # Imported here: aiohttp and prometheus_client cost nothing unless -m is given.
+            from .monitor import Monitor
+            self.monitor = Monitor(self)
         if not self.opts.nats_url:
             self.broker = self._start_embedded_broker()
         # A comma-separated list names several servers of one cluster.
@@ -75,7 +81,8 @@ class StreamingServer:
                                      replicas=self.opts.replicas, limits=self.opts.limits,
                                      pub_ack_timeout=self.opts.pub_ack_timeout,
                                      is_known_client=self.clients.check,
-                                     has_subscriptions=self._has_subscriptions)
+                                     has_subscriptions=self._has_subscriptions,
+                                     on_stored=self.monitor.on_stored if self.monitor else None)
         self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         await self.state.open()
@@ -92,6 +99,9 @@ class StreamingServer:
         await self.nc.flush()
         self.clients.start()
         self.started = time.time()
+        if self.monitor:
+            self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port)
+            log.info("monitoring on http://%s:%d", self.opts.host, self.monitor_port)
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
 
@@ -142,6 +152,8 @@ class StreamingServer:
             return
         self._stopping = True
         try:
+            if self.monitor:
+                await self.monitor.stop()
             for sub in self._nats_subs:
                 try:
                     await sub.unsubscribe()

@@ -231,6 +231,9 @@ class SubscriptionManager:
         cfg.ack_wait = float(req.ack_wait_in_secs)
         cfg.max_ack_pending = req.max_in_flight
         cfg.deliver_subject = deliver
+        # Who the consumer belongs to, for monitoring an offline durable.
+        cfg.metadata = {"stan_client_id": req.client_id, "stan_durable": req.durable_name,
+                        "stan_queue": req.q_group}
         await self.jsm.add_consumer(channel.stream, cfg)
         group = Group(key=key, channel=channel, consumer=name, deliver_subject=deliver,
                       durable=durable, config=cfg)
