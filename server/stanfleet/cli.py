@@ -20,6 +20,7 @@ COMMANDS = {
     "streaming-server": ("stanfleet.streaming.main", "run the STAN streaming server"),
     "listener": ("stanfleet.services.listener_cmd", "save every device reading to the database"),
     "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),
+    "config": ("stanfleet.services.config_cmd", "send configuration to devices, show it"),
 }
 
 

@@ -17,7 +17,7 @@ from .listener import Listener, ListenerConfig
 from .readings_db import ReadingsDB
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
-DEFAULT_DB = "stanfleet-data/readings.db"
+DEFAULT_DB = "stanfleet-data/fleet.db"
 
 
 def add_connection_arguments(p: argparse.ArgumentParser) -> None:

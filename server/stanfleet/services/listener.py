@@ -23,10 +23,10 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import nats
 
 from ..client import Client, Msg
 from ..readings import InvalidReading, device_of, parse
+from .connection import open_session
 from .readings_db import ReadingsDB
 
 log = logging.getLogger("stanfleet.listener")
@@ -43,7 +43,7 @@ class ListenerConfig:
     nats_url: str
     cluster_id: str = "test-cluster"
     name: str = "1"  # instance name: clientID listener-<name>
-    db_path: str = "stanfleet-data/readings.db"
+    db_path: str = "stanfleet-data/fleet.db"
     nats_options: dict | None = None  # TLS, credentials: passed to nats.connect
 
 
@@ -73,7 +73,7 @@ class Listener:
                 try:
                     await self._session()
                     delay = 0.5
-                except (OSError, asyncio.TimeoutError, nats.errors.Error, Exception) as e:
+                except Exception as e:  # any failure of one session: start another
                     if self._stop.is_set():
                         break
                     log.warning("session failed: %s; retrying in %.1fs", e, delay)
@@ -101,11 +101,9 @@ class Listener:
     async def _session(self) -> None:
         self._lost.clear()
         self._subscribed.clear()
-        self._nc = await nats.connect(self.config.nats_url, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.5, **(self.config.nats_options or {}))
-        self._sc = Client()
-        await self._sc.connect(self.config.cluster_id, self.client_id, nats=self._nc,
-                               conn_lost_cb=lambda e: self._lost.set())
+        self._sc, self._nc = await open_session(
+            self.config.nats_url, self.config.cluster_id, self.client_id,
+            conn_lost_cb=lambda e: self._lost.set(), **(self.config.nats_options or {}))
         for device in await self._db(self.db.devices):
             await self._follow(device)
         await self._sc.subscribe(REGISTRY_CHANNEL, cb=self._on_channel,

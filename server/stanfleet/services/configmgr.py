@@ -1,0 +1,117 @@
+"""The configuration manager: sends cfg to devices, remembers what it asked for.
+
+A setting is validated with the firmware's own rules (firmware/lib/cfgrules.py)
+before anything is published, then sent on `devices.<ID>.cfg` and confirmed
+by the server's PubAck. Devices hold a durable subscription there, so a device
+that is offline gets it when it comes back. What a device has *applied* comes
+from the last message on its status channel, `devices.<ID>.status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sqlite3
+
+from ..client import Client
+from ..errors import CommandError
+from ..firmware_code import load
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS desired_config (
+    device  TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (device, key)
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device     TEXT PRIMARY KEY,
+    first_seen TEXT NOT NULL
+);
+"""
+STATUS_WAIT = 2.0  # seconds to wait for a device's last status message
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """`key=value` words to a validated dict; CommandError on the first bad one."""
+    rules = load("cfgrules")
+    settings = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"expected key=value, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a bare word is a string; the rules decide if that is allowed
+        try:
+            settings[key] = rules.check(key, value)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+    if not settings:
+        raise CommandError("nothing to set: give at least one key=value")
+    return settings
+
+
+class ConfigStore:
+    """Desired config per device, in the fleet database."""
+
+    def __init__(self, path: str):
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def known_devices(self) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT device FROM devices UNION SELECT device FROM desired_config ORDER BY 1")
+        return [r[0] for r in rows]
+
+    def record(self, device: str, settings: dict) -> None:
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO desired_config VALUES (?, ?, ?, ?)",
+                [(device, k, json.dumps(v), now_iso()) for k, v in settings.items()])
+
+    def desired(self, device: str) -> dict:
+        rows = self.conn.execute("SELECT key, value FROM desired_config WHERE device = ?",
+                                 (device,))
+        return {k: json.loads(v) for k, v in rows}
+
+
+async def send(sc: Client, device: str, settings: dict) -> None:
+    payload = json.dumps({"ts": now_iso(), **settings}).encode()
+    await sc.publish(f"devices.{device}.cfg", payload)  # raises unless the PubAck is clean
+
+
+async def last_status(sc: Client, device: str, wait: float = STATUS_WAIT) -> dict | None:
+    """The device's most recent status message, or None if it never sent one."""
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def cb(msg):
+        if not got.done():
+            got.set_result(msg.data)
+
+    sub = await sc.subscribe(f"devices.{device}.status", cb=cb, start_at="last_received")
+    try:
+        data = await asyncio.wait_for(got, wait)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        await sub.unsubscribe()
+    try:
+        doc = json.loads(data)
+        return doc if isinstance(doc, dict) else None
+    except ValueError:
+        return None
