@@ -21,6 +21,7 @@ COMMANDS = {
     "listener": ("stanfleet.services.listener_cmd", "save every device reading to the database"),
     "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),
     "config": ("stanfleet.services.config_cmd", "send configuration to devices, show it"),
+    "release": ("stanfleet.services.release_cmd", "build, publish and follow firmware releases"),
 }
 
 

@@ -1,0 +1,170 @@
+"""`stanfleet release build|publish|promote|status|serve`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+
+from ..errors import CommandError
+from ..firmware_code import FIRMWARE_DIR
+from .artifacts import ArtifactServer
+from .commands import DEFAULT_DB, add_connection_arguments
+from .configmgr import ConfigStore
+from .connection import open_session
+from .releases import ReleaseDir, check_version, fleet_state, publish, version_key
+
+DEFAULT_RELEASES = "stanfleet-data/releases"
+ROLLOUTS = "rollouts.json"  # version -> percentage published last
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="build a versioned firmware bundle from firmware/")
+    b.add_argument("version", help="MAJOR.MINOR.PATCH")
+    b.add_argument("--firmware", default=str(FIRMWARE_DIR), help="firmware source directory")
+    pub = sub.add_parser("publish", help="announce a built release on devices.releases")
+    pub.add_argument("version")
+    pub.add_argument("--canary", type=int, default=100, metavar="PCT",
+                     help="share of devices (chosen by device ID) that install it first")
+    pub.add_argument("--url-base", required=True,
+                     help="where devices reach the artifact server, e.g. http://10.0.0.2:8080")
+    pro = sub.add_parser("promote", help="extend a canary release to every device")
+    pro.add_argument("version")
+    pro.add_argument("--url-base", required=True, help="as for publish")
+    st = sub.add_parser("status", help="every device's version and OTA state")
+    st.add_argument("version", nargs="?", help="the release to follow (default: newest)")
+    st.add_argument("--watch", action="store_true", help="refresh until every device is done")
+    sv = sub.add_parser("serve", help="run the artifact server")
+    sv.add_argument("--host", default="0.0.0.0")
+    sv.add_argument("--port", type=int, default=8080)
+    for sp in (b, pub, pro, st, sv):
+        sp.add_argument("--releases", default=DEFAULT_RELEASES,
+                        help="directory of built bundles (default: %(default)s)")
+    for sp in (pub, pro, st):
+        add_connection_arguments(sp)
+        sp.add_argument("--db", default=DEFAULT_DB, help="fleet database (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    handler = {"build": _build, "publish": _publish, "promote": _promote, "status": _status,
+               "serve": _serve}[args.action]
+    result = handler(args)
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result
+
+
+def _build(args) -> int:
+    from ..bundle_build import build_bundle
+
+    version = check_version(args.version)
+    os.makedirs(args.releases, exist_ok=True)
+    out = ReleaseDir(args.releases).file(version)
+    if os.path.exists(out):
+        raise CommandError(f"{version} is already built ({out}); versions are immutable")
+    info = build_bundle(args.firmware, version, out)
+    print(f"{version}: {out} ({info['size']} bytes, sha256 {info['sha256']})")
+    return 0
+
+
+def _rollouts(releases: str) -> dict:
+    try:
+        with open(os.path.join(releases, ROLLOUTS)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_rollout(releases: str, version: str, pct: int) -> None:
+    data = _rollouts(releases)
+    data[version] = pct
+    with open(os.path.join(releases, ROLLOUTS), "w") as f:
+        json.dump(data, f)
+
+
+async def _announce(args, version: str, pct: int) -> int:
+    artifact = ReleaseDir(args.releases).artifact(version)
+    sc, nc = await open_session(args.nats, args.cluster_id, f"release-manager-{os.getpid()}",
+                                once=True)
+    try:
+        await publish(sc, artifact, args.url_base, pct)
+    finally:
+        await sc.close()
+        await nc.close()
+    _save_rollout(args.releases, version, pct)
+    who = "all devices" if pct >= 100 else f"{pct}% of devices (canary)"
+    print(f"{version} published to {who}: {artifact.size} bytes, sha256 {artifact.sha256}")
+    return 0
+
+
+def _publish(args):
+    return _announce(args, check_version(args.version), args.canary)
+
+
+def _promote(args):
+    version = check_version(args.version)
+    if version not in _rollouts(args.releases):
+        raise CommandError(f"{version} was never published; publish it first")
+    return _announce(args, version, 100)
+
+
+async def _status(args) -> int:
+    releases = ReleaseDir(args.releases)
+    version = check_version(args.version) if args.version else (releases.versions() or [None])[-1]
+    if args.version and version not in releases.versions():
+        raise CommandError(f"no artifact for {version} in {args.releases}")
+    pct = _rollouts(args.releases).get(version, 100) if version else 100
+    store = ConfigStore(args.db)
+    try:
+        devices = store.known_devices()
+    finally:
+        store.close()
+    if not devices:
+        raise CommandError("no known devices (the listener records them as they appear)")
+    sc, nc = await open_session(args.nats, args.cluster_id, f"release-status-{os.getpid()}",
+                                once=True)
+    try:
+        while True:
+            states = await fleet_state(sc, devices, version, pct)
+            _print_status(version, pct, states, sys.stdout)
+            busy = [s for s in states if s.ota_state in ("pending", "downloading")]
+            if not args.watch or not busy:
+                return 0
+            await asyncio.sleep(2)  # a refresh interval for a person watching, not a sync
+    finally:
+        await sc.close()
+        await nc.close()
+
+
+def _print_status(version, pct, states, out) -> None:
+    done = sum(1 for s in states if s.ota_state in ("installed",))
+    target = [s for s in states if s.ota_state != "not selected"]
+    width = 30
+    filled = int(width * done / max(len(target), 1))
+    title = f"release {version}" if version else "no release built"
+    scope = "" if pct >= 100 else f" (canary {pct}%)"
+    out.write(f"{title}{scope}: [{'#' * filled}{'.' * (width - filled)}] "
+              f"{done}/{len(target)} installed\n")
+    out.write(f"{'device':<12} {'version':<10} {'state':<14} reason\n")
+    for s in sorted(states, key=lambda s: s.device):
+        out.write(f"{s.device:<12} {s.version or '-':<10} {s.ota_state:<14} {s.reason}\n")
+    out.flush()
+
+
+async def _serve(args) -> int:
+    if not os.path.isdir(args.releases):
+        raise CommandError(f"no releases directory {args.releases} (run: stanfleet release build)")
+    server = ArtifactServer(args.releases, args.host, args.port)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+__all__ = ["configure", "run", "version_key"]
