@@ -108,28 +108,30 @@ async def recovery(channels: int, tmp: str) -> tuple[float, float]:
     proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-dir", os.path.join(tmp, "rec"),
                          "-mc", str(channels + 10))
     await proc.start()
-    sc, nc = await stan_client(url, "bench-rec")
+    try:
+        sc, nc = await stan_client(url, "bench-rec")
 
-    async def noop(msg):
-        pass
+        async def noop(msg):
+            pass
 
-    for i in range(channels):
-        await sc.publish(f"rec.{i}", b"x")
-        await sc.subscribe(f"rec.{i}", cb=noop, durable_name=f"d{i}")
-    t0 = time.perf_counter()
-    await proc.kill()
-    await proc.start()
-    while True:
-        try:
-            await sc.publish("rec.0", b"after", ack_wait=2)
-            break
-        except Exception:
-            await asyncio.sleep(0.05)
-    elapsed = time.perf_counter() - t0
-    await sc.close()
-    await nc.close()
-    await proc.stop()
-    return elapsed
+        for i in range(channels):
+            await sc.publish(f"rec.{i}", b"x")
+            await sc.subscribe(f"rec.{i}", cb=noop, durable_name=f"d{i}")
+        t0 = time.perf_counter()
+        await proc.kill()
+        await proc.start()
+        while True:
+            try:
+                await sc.publish("rec.0", b"after", ack_wait=2)
+                break
+            except Exception:
+                await asyncio.sleep(0.05)  # retry until the restarted server answers
+        elapsed = time.perf_counter() - t0
+        await sc.close()
+        await nc.close()
+        return elapsed
+    finally:
+        await proc.stop()
 
 
 async def main(args) -> None:
