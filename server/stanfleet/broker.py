@@ -98,8 +98,11 @@ class Broker:
         deadline = time.monotonic() + timeout
         while True:
             with open(self._log_path, "ab") as log:
+                # Own session: a Ctrl-C meant for us must not stop the broker before
+                # we have shut down in order (we stop it last).
                 self.proc = subprocess.Popen(args, stdout=log, stderr=log,
-                                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
             try:
                 self._wait_ready(max(deadline - time.monotonic(), 0.5))
                 return self

@@ -17,6 +17,7 @@ from .errors import CommandError
 # name -> (module, help). Modules are imported lazily so `stanfleet --help`
 # and light commands stay fast.
 COMMANDS = {
+    "up": ("stanfleet.up", "run the demo fleet: broker, services and simulated devices"),
     "streaming-server": ("stanfleet.streaming.main", "run the STAN streaming server"),
     "listener": ("stanfleet.services.listener_cmd", "save every device reading to the database"),
     "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),

@@ -156,7 +156,9 @@ class StreamingServer:
                 await self.monitor.stop()
             for sub in self._nats_subs:
                 try:
-                    await sub.unsubscribe()
+                    # drain, not unsubscribe: requests already received are
+                    # still answered before anything below goes away.
+                    await sub.drain()
                 except Exception:
                     pass
             self._nats_subs.clear()
