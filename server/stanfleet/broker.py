@@ -55,6 +55,8 @@ class BrokerConfig:
     # STAN's 1 GB-per-channel default needs room far beyond the disk's actual
     # use: 100 channels reserve 100 GB while holding a few MB. None: nats-server's
     # default (75% of the disk / memory).
+    # TLS on the client port: (certificate PEM, key PEM). Plaintext is refused.
+    tls: tuple[str, str] | None = None
     js_max_file_store: str | None = "64TB"
     js_max_memory_store: str | None = "64TB"
 
@@ -73,7 +75,7 @@ class Broker:
     @property
     def url(self) -> str:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"nats://{host}:{self.port}"
+        return f"{'tls' if self.config.tls else 'nats'}://{host}:{self.port}"
 
     def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> "Broker":
         cfg = self.config
@@ -130,6 +132,10 @@ class Broker:
         lines = []
         if cfg.config_file:
             lines.append(f"include {json.dumps(os.path.relpath(os.path.abspath(cfg.config_file), self._ports_dir))}")
+        if cfg.tls:
+            cert, key = (os.path.abspath(p) for p in cfg.tls)
+            lines.append(f"tls {{cert_file: {json.dumps(cert)}, key_file: {json.dumps(key)}, "
+                         "timeout: 5}")
         if cfg.jetstream:
             js = []
             if cfg.js_max_file_store:

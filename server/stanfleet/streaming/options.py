@@ -43,6 +43,9 @@ class ServerOptions:
     debug: bool = False
     trace: bool = False
     limits: StoreLimits = field(default_factory=StoreLimits)
+    tls_cert: str | None = None  # embedded nats-server's certificate (PEM)
+    tls_key: str | None = None
+    tls_ca: str | None = None  # CA that signed the NATS server's certificate
 
 
 def _duration(text: str) -> float:
@@ -96,6 +99,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="embedded nats-server: client port, -1 for random (default: %(default)s)")
     n.add_argument("-m", "--http_port", dest="monitor_port", type=int, default=None,
                    help="HTTP port for monitoring endpoints")
+    n.add_argument("--tlscert", dest="tls_cert", default=None,
+                   help="embedded nats-server: TLS certificate (PEM); plaintext is then refused")
+    n.add_argument("--tlskey", dest="tls_key", default=None, help="key for --tlscert")
+    n.add_argument("-tls_client_cacert", "--tls_client_cacert", dest="tls_ca", default=None,
+                   help="CA (PEM) to verify the NATS server with (stanfleet certs init)")
     n.add_argument("--user", default=None, help="user required from clients / used to connect")
     n.add_argument("--pass", dest="password", default=None, help="password for --user")
     n.add_argument("--auth", dest="token", default=None, help="authorization token")
@@ -122,6 +130,10 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         max_msgs=args.max_msgs, max_bytes=args.max_bytes, max_age=args.max_age,
         max_subs=args.max_subs, max_inactivity=args.max_inactivity))
     limits = load(args.limits_file, flags)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tlscert and --tlskey go together")
+    if args.tls_cert and not args.tls_ca:
+        raise ValueError("--tlscert needs --tls_client_cacert so the server can verify itself")
     if args.hb_fail_count < 1:
         raise ValueError("-hbf must be at least 1")
     if args.replicas < 1 or args.replicas > 5:
@@ -144,4 +156,7 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         debug=args.debug or args.debug_trace,
         trace=args.trace or args.debug_trace,
         limits=limits,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
     )

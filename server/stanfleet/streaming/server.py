@@ -67,7 +67,11 @@ class StreamingServer:
             self.broker = self._start_embedded_broker()
         # A comma-separated list names several servers of one cluster.
         servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
-        self.nc = await nats.connect(
+        tls = {}
+        if self.opts.tls_ca:
+            from ..certs import client_context
+            tls = {"tls": client_context(self.opts.tls_ca)}
+        self.nc = await nats.connect(**tls,
             servers=servers, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
             password=self.opts.password, token=self.opts.token, max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024,
@@ -137,8 +141,10 @@ class StreamingServer:
             args += ["--user", self.opts.user, "--pass", self.opts.password or ""]
         elif self.opts.token:
             args += ["--auth", self.opts.token]
+        tls = (self.opts.tls_cert, self.opts.tls_key) if self.opts.tls_cert else None
         cfg = BrokerConfig(host=self.opts.host, port=self.opts.port, store_dir=store_dir,
-                           server_name=f"stanfleet-{self.opts.cluster_id}", extra_args=args)
+                           server_name=f"stanfleet-{self.opts.cluster_id}", extra_args=args,
+                           tls=tls)
         broker = Broker(cfg)
         broker.start()
         log.info("embedded nats-server listening on %s:%s", self.opts.host, broker.port)
