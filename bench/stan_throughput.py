@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import nats
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stanfleet.broker import Broker, BrokerConfig  # noqa: E402
 from stanfleet.client import Client  # noqa: E402
+
 from tests.streaming.serverproc import ServerProcess, free_port  # noqa: E402
 
 try:

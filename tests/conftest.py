@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.streaming import ServerOptions, StreamingServer
 

@@ -17,8 +17,9 @@
 # Message callbacks are called from the reader task as cb(msg). A plain
 # function must not block; a coroutine function is started as a task.
 
-import gc
 import asyncio
+import gc
+
 from micropython import const
 
 DEFAULTS = {

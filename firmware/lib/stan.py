@@ -14,11 +14,12 @@
 # get their unacked messages redelivered; other subscriptions start again
 # from their original start position.
 
-import gc
 import asyncio
-from micropython import const
-import pb
+import gc
+
 import nats
+import pb
+from micropython import const
 
 DEFAULTS = {
     "cluster_id": "test-cluster",

@@ -14,13 +14,13 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 
 from .services.artifacts import ArtifactServer
 from .services.connection import open_session
 from .services.listener import Listener, ListenerConfig
 from .services.readings_db import ReadingsDB
+from .signals import stop_event
 from .streaming import ServerOptions, StreamingServer
 
 log = logging.getLogger("stanfleet.up")
@@ -153,10 +153,7 @@ def render(rows: list[tuple], out) -> None:
 def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         fleet = Fleet(args)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_event()
         try:
             await fleet.start()
             live = sys.stdout.isatty() and not args.plain

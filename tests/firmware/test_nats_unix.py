@@ -10,7 +10,6 @@ import subprocess
 
 import nats as natspy
 import pytest
-
 from mpy_runner import MicroPython
 from stanfleet.broker import Broker, BrokerConfig
 

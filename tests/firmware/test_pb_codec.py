@@ -9,7 +9,6 @@ import types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mpy_runner import LIB, MicroPython, compile_mpy
 from stanfleet.pb import protocol_pb2
 

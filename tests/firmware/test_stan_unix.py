@@ -7,7 +7,6 @@ import json
 from urllib.parse import urlparse
 
 import nats as natspy
-
 from mpy_runner import MicroPython
 from stanfleet.pb import protocol_pb2
 

@@ -9,7 +9,6 @@ import sys
 import nats
 import pytest
 from cryptography import x509
-
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.certs import client_context, init
 

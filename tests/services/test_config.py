@@ -8,7 +8,6 @@ import sys
 
 import nats
 import pytest
-
 from stanfleet.client import Client
 from stanfleet.services.configmgr import ConfigStore
 

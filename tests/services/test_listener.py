@@ -9,7 +9,6 @@ import sys
 
 import nats
 import pytest
-
 from stanfleet.client import Client
 from stanfleet.services.listener import Listener, ListenerConfig
 from stanfleet.services.readings_db import ReadingsDB

@@ -9,7 +9,6 @@ import sys
 
 import aiohttp
 import nats
-
 from stanfleet.client import Client
 from stanfleet.services.artifacts import ArtifactServer
 

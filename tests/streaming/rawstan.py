@@ -7,7 +7,6 @@ import asyncio
 import os
 
 import nats
-
 from stanfleet.pb import protocol_pb2 as pb
 
 TIMEOUT = 10

@@ -10,7 +10,6 @@ import asyncio
 
 import nats
 import pytest
-
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.streaming import ServerOptions, StreamingServer

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.streaming.channels import ChannelLimits
 from stanfleet.streaming.limits import LimitsError, StoreLimits, load

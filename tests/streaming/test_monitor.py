@@ -8,7 +8,6 @@ import re
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.streaming.channels import REGISTRY_CHANNEL, ChannelLimits
 from stanfleet.streaming.limits import StoreLimits

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import nats
 import pytest
-
 from stanfleet.pb import protocol_pb2 as pb
 
 from ..waiting import eventually

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from stanfleet.pb import protocol_pb2 as pb
-
 from stanfleet.streaming.naming import Subjects, js_name
 
 from ..waiting import eventually

@@ -8,10 +8,10 @@ import csv
 import datetime as dt
 import json
 import logging
-import signal
 import sys
 
 from ..errors import CommandError
+from ..signals import stop_event
 from ..streaming.limits import LimitsError, parse_duration
 from .listener import Listener, ListenerConfig
 from .readings_db import ReadingsDB
@@ -37,10 +37,12 @@ def run_listener(args: argparse.Namespace) -> int:
     async def serve() -> None:
         listener = Listener(ListenerConfig(nats_url=args.nats, cluster_id=args.cluster_id,
                                            name=args.name, db_path=args.db))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(listener.stop()))
-        await listener.run()
+        stop = stop_event()
+        runner = asyncio.create_task(listener.run())
+        await asyncio.wait([runner, asyncio.create_task(stop.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        await listener.stop()
+        await runner
         logging.getLogger("stanfleet.listener").info(
             "stopped: %d readings saved, %d rejected", listener.saved, listener.rejected)
 

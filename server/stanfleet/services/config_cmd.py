@@ -11,8 +11,8 @@ from ..client import Client
 from ..client.errors import StanError
 from ..errors import CommandError
 from .commands import DEFAULT_DB, add_connection_arguments
-from .connection import open_session
 from .configmgr import ConfigStore, last_status, parse_settings, send
+from .connection import open_session
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,6 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-
 from ..client import Client, Msg
 from ..readings import InvalidReading, device_of, parse
 from .connection import open_session

@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 
 from ..errors import CommandError
 from ..firmware_code import FIRMWARE_DIR
+from ..signals import stop_event
 from .artifacts import ArtifactServer
 from .commands import DEFAULT_DB, add_connection_arguments
 from .configmgr import ConfigStore
@@ -158,11 +158,7 @@ async def _serve(args) -> int:
         raise CommandError(f"no releases directory {args.releases} (run: stanfleet release build)")
     server = ArtifactServer(args.releases, args.host, args.port)
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_event().wait()
     await server.stop()
     return 0
 

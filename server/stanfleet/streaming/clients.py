@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 log = logging.getLogger("stanfleet.streaming.clients")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
+from ..signals import stop_event
 from .options import add_arguments, from_args
 from .server import StreamingServer
 
@@ -23,11 +23,7 @@ async def serve(args: argparse.Namespace) -> int:
     logging.getLogger("stanfleet").setLevel(logging.DEBUG if verbose else logging.INFO)
     server = StreamingServer(opts)
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_event().wait()
     log.info("shutting down")
     await server.stop()
     return 0

@@ -28,7 +28,6 @@ import asyncio  # noqa: E402
 
 gc.collect()
 mark("asyncio")
-import pb  # noqa: E402
 import nats  # noqa: E402
 import stan  # noqa: E402
 

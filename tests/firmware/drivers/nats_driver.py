@@ -3,9 +3,10 @@
 # It subscribes "fw.in" (prints MSG) and "fw.echo" (answers "echo:<data>"),
 # then obeys stdin commands:
 #   pub <subject> <data> | req <subject> <data> <timeout_s> | quit
-import sys
-import json
 import asyncio
+import json
+import sys
+
 import nats
 
 

@@ -1,9 +1,10 @@
 # Decode and re-encode the protobuf vectors in argv[1] with firmware pb.py;
 # print FAIL lines for mismatches, then DONE ok=<n> bad=<n>.
-import sys
 import gc
 import json
+import sys
 from binascii import hexlify, unhexlify
+
 import pb
 
 MALFORMED = (b"\x08", b"\x08\x80", b"\x08" + b"\xff" * 10 + b"\x01", b"\x12\x05ab", b"\x00\x01",

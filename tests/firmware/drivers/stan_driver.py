@@ -7,12 +7,13 @@
 #   unsub <channel> <close|delete>   end the subscription on <channel>
 #   close | quit
 # Prints SMSG <channel> <seq> <data> <redelivered> for each delivered message.
-import sys
-import json
 import asyncio
+import json
+import sys
+
 import nats
-import stan
 import pb
+import stan
 
 
 def out(*a):
