@@ -111,10 +111,14 @@ class ChannelStore:
         self._reaper = asyncio.create_task(self._reap_inactive())
 
     async def stop(self) -> None:
-        for sub in (self._pub_sub,):
-            if sub is not None:
-                await sub.unsubscribe()
-        # Let in-flight stores be answered before the ack subscription goes.
+        if self._pub_sub is not None:
+            # drain: PubMsgs already received are still stored and answered.
+            try:
+                await self._pub_sub.drain()
+            except Exception as e:
+                log.warning("publish subscription did not drain: %s", e)
+        # Let in-flight stores be answered before the ack subscription goes;
+        # polled because JetStream's store-acks arrive on their own.
         deadline = time.monotonic() + 5
         while self._pending and time.monotonic() < deadline:
             await self.nc.flush()
