@@ -122,49 +122,46 @@ async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(t
     args = ("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "d"))
     proc = ServerProcess(*args, log_path=str(tmp_path / "server.log"))
     await proc.start()
-    url = f"nats://127.0.0.1:{port}"
-    import nats
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        import nats
 
-    async def quiet(e):
-        pass
-    nc = await nats.connect(url, error_cb=quiet, max_reconnect_attempts=-1,
-                            reconnect_time_wait=0.1)
-    sc = Client()
-    await sc.connect("test-cluster", "burst", nats=nc)
-    ok = 0
-    answered = asyncio.Event()
-    total = 20000
-    seen = 0
+        async def quiet(e):
+            pass
+        nc = await nats.connect(url, error_cb=quiet, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.1)
+        sc = Client()
+        await sc.connect("test-cluster", "burst", nats=nc)
+        ok = 0
+        answered = asyncio.Event()
+        first_ack = asyncio.Event()
+        total = 20000
+        seen = 0
 
-    async def on_ack(ack):
-        nonlocal ok, seen
-        seen += 1
-        if not getattr(ack, "error", "") and not isinstance(ack, Exception):
-            ok += 1
-        if seen == total:
-            answered.set()
+        async def on_ack(ack):
+            nonlocal ok, seen
+            seen += 1
+            if not getattr(ack, "error", "") and not isinstance(ack, Exception):
+                ok += 1
+            first_ack.set()
+            if seen == total:
+                answered.set()
 
-    first_ack = asyncio.Event()
-    inner = on_ack
-
-    async def on_ack(ack):  # noqa: F811 - wraps the counter above
-        await inner(ack)
-        first_ack.set()
-
-    async def stop_mid_burst():
-        await first_ack.wait()
-        proc.proc.send_signal(signal.SIGTERM)
-    stopper = asyncio.create_task(stop_mid_burst())
-    for i in range(total):
-        await sc.publish("burst", b"%d" % i, ack_handler=on_ack, ack_wait=3)
-    await stopper
-    assert await proc.proc.wait() == 0
-    await asyncio.wait_for(answered.wait(), 30)  # every publish resolved: ack or timeout
-    await proc.start()  # count what was stored
-    js = nc.jsm()
-    info = await js.stream_info(Subjects("test-cluster").stream_for("burst"))
-    # Stored exactly what was acknowledged: nothing kept without its PubAck,
-    # and the burst received before SIGTERM was answered, not dropped.
-    assert ok == total and info.state.messages == ok
-    await nc.close()
-    await proc.stop()
+        async def stop_mid_burst():
+            await first_ack.wait()
+            proc.proc.send_signal(signal.SIGTERM)
+        stopper = asyncio.create_task(stop_mid_burst())
+        for i in range(total):
+            await sc.publish("burst", b"%d" % i, ack_handler=on_ack, ack_wait=3)
+        await stopper
+        assert await proc.proc.wait() == 0
+        await asyncio.wait_for(answered.wait(), 30)  # every publish resolved: ack or timeout
+        await proc.start()  # count what was stored
+        js = nc.jsm()
+        info = await js.stream_info(Subjects("test-cluster").stream_for("burst"))
+        # Stored exactly what was acknowledged: nothing kept without its PubAck,
+        # and the burst received before SIGTERM was answered, not dropped.
+        assert ok == total and info.state.messages == ok
+        await nc.close()
+    finally:
+        await proc.stop()
