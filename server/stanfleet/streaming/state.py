@@ -16,7 +16,7 @@ import logging
 
 from nats.aio.client import Client as NATS
 from nats.js import api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from .naming import escape
 
@@ -26,6 +26,7 @@ log = logging.getLogger("stanfleet.streaming.state")
 class StateStore:
     def __init__(self, nc: NATS, cluster_id: str, *, storage: str, replicas: int):
         self.js = nc.jetstream()
+        self.jsm = nc.jsm()
         base = f"STAN_{escape(cluster_id)}"
         self.clients_bucket = f"{base}_clients"
         self.subs_bucket = f"{base}_subs"
@@ -59,10 +60,10 @@ class StateStore:
         await _delete(self.subs, sub_id)
 
     async def load_clients(self) -> list[dict]:
-        return await _load_all(self.clients)
+        return await _load_all(self.jsm, self.clients_bucket)
 
     async def load_subs(self) -> list[dict]:
-        return await _load_all(self.subs)
+        return await _load_all(self.jsm, self.subs_bucket)
 
 
 async def _delete(kv, key: str) -> None:
@@ -73,18 +74,24 @@ async def _delete(kv, key: str) -> None:
         pass
 
 
-async def _load_all(kv) -> list[dict]:
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
+async def _load_all(jsm, bucket: str) -> list[dict]:
+    """Every live value of a bucket.
+
+    Read from the bucket's stream by subject rather than with kv.keys(): that
+    one ends on a watcher's "no more pending" signal, which can come too early
+    right after a restart and would make us forget registrations."""
+    stream = f"KV_{bucket}"
+    info = await jsm.stream_info(stream, subjects_filter=">")
     records = []
-    for key in keys:
+    for subject in sorted(info.state.subjects or {}):
         try:
-            entry = await kv.get(key)
-            records.append(json.loads(entry.value))
-        except KeyNotFoundError:
+            msg = await jsm.get_last_msg(stream, subject)
+        except NotFoundError:
             continue
+        if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
+            continue
+        try:
+            records.append(json.loads(msg.data))
         except ValueError:
-            log.error("state key %s is not valid JSON; ignored", key)
+            log.error("state %s is not valid JSON; ignored", subject)
     return records

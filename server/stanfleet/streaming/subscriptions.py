@@ -157,6 +157,8 @@ class SubscriptionManager:
             channel = self.channels.channels.get(r.get("channel", ""))
             key = tuple(r.get("key") or ())
             if r.get("client_id") not in known_clients or channel is None or not key:
+                log.info("sub=%s of client=%s dropped: its client or channel is gone",
+                         r.get("sub_id"), r.get("client_id"))
                 await self.state.delete_sub(r.get("sub_id", ""))
                 continue
             group = self.groups.get(key)
