@@ -38,6 +38,8 @@ REGISTRY_CHANNEL = "stanfleet.channels"
 # Room for bursts on the hot path. Past this a publish is dropped unanswered
 # (nats-py "slow consumer"): the publisher times out and retries, nothing acked is lost.
 INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
+# Framing around a message's data: the MsgProto fields, or the store's header lines.
+MSG_OVERHEAD = 64
 
 
 class ChannelError(Exception):
@@ -266,6 +268,13 @@ class ChannelStore:
         if not guid:
             await self._pub_ack(reply, guid, "PubMsg has no guid")
             return
+        # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
+        # delivers it must fit in one NATS message: NATS drops a connection that
+        # publishes more than max_payload.
+        if len(pm.data) + max(len(guid.encode()), len(channel.encode())) + MSG_OVERHEAD \
+                > self.nc.max_payload:
+            await self._pub_ack(reply, guid, "stan: message too large")
+            return
         try:
             ch = self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
@@ -310,7 +319,10 @@ class ChannelStore:
     async def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
         if not reply:
             return
-        await self.nc.publish(reply, pb.PubAck(guid=guid, error=error).SerializeToString())
+        ack = pb.PubAck(guid=guid, error=error)
+        if ack.ByteSize() > self.nc.max_payload:
+            ack.guid = ""  # a guid this long cannot be echoed in one NATS message
+        await self.nc.publish(reply, ack.SerializeToString())
 
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""

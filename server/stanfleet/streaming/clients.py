@@ -62,7 +62,7 @@ class ClientRegistry:
 
     def remove(self, client_id: str) -> ClientInfo | None:
         info = self.clients.pop(client_id, None)
-        if info is not None and info.conn_id:
+        if info is not None and info.conn_id and self.by_conn_id.get(info.conn_id) is info:
             self.by_conn_id.pop(info.conn_id, None)
         return info
 

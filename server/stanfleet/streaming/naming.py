@@ -64,12 +64,20 @@ def check_channel(channel: str) -> None:
             raise InvalidName(f"invalid channel name {channel!r}")
 
 
+# Subjects of the server's own back end ($JS.API, $SYS, our stores and request
+# subjects): an inbox there would have the server store into a channel or call
+# the JetStream API with its own rights.
+_RESERVED = ("$", "_STAN.")
+
+
 def check_subject(subject: str, what: str) -> None:
-    """An inbox the server will publish to: a literal subject."""
+    """An inbox the server will publish to: a literal subject outside the reserved ones."""
     try:
         check_channel(subject)
     except InvalidName:
         raise InvalidName(f"invalid {what} {subject!r}") from None
+    if subject.startswith(_RESERVED):
+        raise InvalidName(f"invalid {what} {subject!r}: reserved subject")
 
 
 def check_client_id(client_id: str) -> None:

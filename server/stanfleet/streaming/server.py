@@ -251,6 +251,10 @@ class StreamingServer:
                 await self._forget_client(req.client_id)
         if req.client_id in self.clients.clients:
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
+        if req.conn_id and bytes(req.conn_id) in self.clients.by_conn_id:
+            # Pings name the session by conn_id alone: it must stay unique.
+            log.warning("connect client=%s refused: conn_id already in use", req.client_id)
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
         ping_interval = req.ping_interval if req.ping_interval > 0 else DEFAULT_PING_INTERVAL
         ping_max_out = req.ping_max_out if req.ping_max_out > 0 else DEFAULT_PING_MAX_OUT
         info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
