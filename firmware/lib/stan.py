@@ -249,19 +249,25 @@ class Stan:
 
     # ---- publish -----------------------------------------------------------------
 
-    async def publish(self, channel, data):
+    async def publish(self, channel, data, guid=None):
         """Store ``data`` on ``channel``; returns the guid after the PubAck.
-        Raises StanError (server error) or asyncio.TimeoutError."""
-        return await asyncio.wait_for(self._publish(channel, data), self.cfg["pub_ack_timeout"])
+        Raises StanError (server error) or asyncio.TimeoutError. Retrying with
+        the guid of an attempt that timed out stores the message once: the
+        server deduplicates by guid."""
+        return await asyncio.wait_for(self._publish(channel, data, guid),
+                                      self.cfg["pub_ack_timeout"])
 
-    async def _publish(self, channel, data):
+    def new_guid(self):
+        self._guid_n += 1
+        return "%s%x" % (self._guid_pfx, self._guid_n)
+
+    async def _publish(self, channel, data, guid):
         await self._up.wait()
         while self._inflight >= self.cfg["max_pub_acks_inflight"]:
             self._slot.clear()
             await self._slot.wait()
         self._inflight += 1
-        self._guid_n += 1
-        guid = "%s%x" % (self._guid_pfx, self._guid_n)
+        guid = guid or self.new_guid()
         w = [asyncio.Event(), None]
         self._pubs[guid] = w
         try:

@@ -1,0 +1,328 @@
+# The device application: what the seed's device does, done properly.
+#
+#   readings  sampled every sending_frequency seconds into a bounded buffer,
+#             published in order to devices.<ID>.events, each after the last's PubAck
+#   cfg       durable devices.<ID>.cfg: validated (cfgrules), persisted, then acked
+#   releases  durable devices.releases, manual acks: see ota.py
+#   status    devices.<ID>.status at boot and after each change
+#
+# Lines starting with "stanfleet: " are the device's log; the simulator, the
+# tests and flash.sh watch them.
+
+import asyncio
+import json
+import time
+
+import cfgrules
+import nats
+import otaboot
+import pb
+import stan
+from hal import net, system
+from hal.sensor import Sensor
+
+from app import settings as settings_mod
+from app.buffer import Buffer
+from app.ota import Ota
+
+RETRY_MIN_MS = 500
+RETRY_MAX_MS = 30000
+MAX_SEND_ERRORS = 5  # server refusals of one reading before it is dropped
+
+
+def log(msg):
+    print(msg)
+
+
+def parse_nats_url(url):
+    """(tls, host, port) of nats://, tls:// or host:port."""
+    tls = url.startswith("tls://")
+    if "://" in url:
+        url = url.split("://", 1)[1]
+    host, _, port = url.rpartition(":")
+    if not host:
+        host, port = port, "4222"
+    return tls, host, int(port)
+
+
+async def _backoff(delay):
+    from random import getrandbits
+
+    await asyncio.sleep_ms(delay // 2 + getrandbits(16) % (delay // 2 + 1))
+    return min(delay * 2, RETRY_MAX_MS)
+
+
+class Device:
+    def __init__(self):
+        cfg = settings_mod.load_config()
+        self.cfg = cfg
+        self.id = cfg.get("device_id") or system.unique_hex()
+        self.client_id = "device-" + self.id
+        self.settings = settings_mod.load_settings(cfg, log)
+        self.buf = Buffer(max(2, int(cfg.get("buffer_size", 120))))
+        self.ota = Ota(self.id, cfg, self.set_ota, log)
+        last = otaboot.state().get("last")
+        self.ota_state = last or {"state": "idle", "version": None, "reason": ""}
+        self.cfg_errors = []
+        self.sc = None
+        self.freq_ev = asyncio.Event()  # sending_frequency changed
+        self.status_ev = asyncio.Event()  # something in the status changed
+        self.reboot_ev = asyncio.Event()
+        self.published = 0
+
+    # ---- status ------------------------------------------------------------------
+
+    def status(self):
+        return json.dumps({
+            "ts": system.iso_now(),
+            "version": otaboot.current["version"],
+            "slot": otaboot.current["slot"],
+            "config": self.settings,
+            "cfg_errors": self.cfg_errors,
+            "buffer_dropped": self.buf.dropped,
+            "buffered": len(self.buf),
+            "ota": self.ota_state,
+        }).encode()
+
+    def changed(self):
+        self.status_ev.set()
+
+    def set_ota(self, state, version, reason=""):
+        self.ota_state = {"state": state, "version": version, "reason": reason}
+        log("stanfleet: ota state=%s version=%s reason=%s" % (state, version, reason))
+        if state in ("failed", "rejected"):
+            otaboot.record(state, version, reason)  # still known after a reboot
+        self.changed()
+
+    async def _status_loop(self):
+        while True:
+            await self.status_ev.wait()
+            self.status_ev.clear()
+            delay = RETRY_MIN_MS
+            guid = None
+            while True:
+                try:
+                    guid = guid or self.sc.new_guid()
+                    await self.sc.publish("devices.%s.status" % self.id, self.status(), guid)
+                    break
+                except Exception as e:  # noqa: BLE001 - offline or refused: try again later
+                    log("stanfleet: status not sent error=%r" % (e,))
+                    delay = await _backoff(delay)
+
+    # ---- readings ----------------------------------------------------------------
+
+    async def _sampler(self, sensor):
+        nxt = time.ticks_ms()
+        dropped = 0
+        while True:
+            ts = system.iso_now()
+            t = await sensor.read()
+            self.buf.push(('{"ts": "%s", "temp": %.2f}' % (ts, t)).encode())
+            if self.buf.dropped != dropped:
+                dropped = self.buf.dropped
+                if dropped == 1 or dropped % 50 == 0:
+                    log("stanfleet: buffer full, dropped=%d" % dropped)
+            period = self.settings["sending_frequency"] * 1000
+            nxt = time.ticks_add(nxt, period)
+            wait = time.ticks_diff(nxt, time.ticks_ms())
+            if wait < 0:  # late (slow sensor, busy loop): keep the period from now
+                nxt, wait = time.ticks_ms(), 0
+            self.freq_ev.clear()
+            try:
+                await asyncio.wait_for_ms(self.freq_ev.wait(), wait)
+                nxt = time.ticks_ms()  # new frequency: next reading now, then the new period
+            except asyncio.TimeoutError:
+                pass
+
+    async def _sender(self):
+        buf = self.buf
+        channel = "devices.%s.events" % self.id
+        delay = RETRY_MIN_MS
+        errors = 0
+        reported = 0
+        while True:
+            item = buf.head()
+            if item is None:
+                buf.ev.clear()
+                await buf.ev.wait()
+                continue
+            if item[1] is None:
+                # One guid per reading across retries: the server stores it once.
+                item[1] = self.sc.new_guid()
+            buf.sending = item
+            try:
+                await self.sc.publish(channel, item[0], item[1])
+            except stan.StanError as e:
+                errors += 1
+                log("stanfleet: reading refused error=%s" % e)
+                if errors >= MAX_SEND_ERRORS:  # the server will never take it
+                    buf.sent(item)
+                    buf.dropped += 1
+                    errors = 0
+                delay = await _backoff(delay)
+                continue
+            except Exception as e:  # noqa: BLE001 - timeout or link down: keep it, retry
+                buf.sending = None
+                log("stanfleet: reading not acked yet buffered=%d error=%r" % (len(buf), e))
+                delay = await _backoff(delay)
+                continue
+            buf.sent(item)
+            errors = 0
+            delay = RETRY_MIN_MS
+            self.published += 1
+            if buf.dropped != reported:
+                reported = buf.dropped
+                self.changed()
+
+    # ---- cfg -----------------------------------------------------------------------
+
+    async def _on_cfg(self, msg):
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            data = None
+        accepted, errors = cfgrules.validate(data)
+        for e in errors:
+            log("stanfleet: cfg rejected seq=%d %s" % (msg.sequence, e))
+        new = dict(self.settings)
+        new.update(accepted)
+        if new != self.settings:
+            settings_mod.save_settings(new)  # OSError: not acked, comes again
+            self.settings = new
+            self.freq_ev.set()
+        if accepted:
+            log("stanfleet: cfg applied seq=%d %s" % (msg.sequence, json.dumps(accepted)))
+        self.cfg_errors = errors
+        await self.sc.ack(msg)
+        self.changed()
+
+    # ---- releases ------------------------------------------------------------------
+
+    async def _on_release(self, msg):
+        rel, why = self.ota.decide(msg.data)
+        if rel is None:
+            log("stanfleet: release acked seq=%d %s" % (msg.sequence, why))
+            if why.startswith("rejected"):
+                self.set_ota("rejected", None, why)
+            await self.sc.ack(msg)
+            return
+        v = rel["version"]
+        self.set_ota("downloading", v)
+        try:
+            slot = await self.ota.install(rel)
+        except Exception as e:  # noqa: BLE001 - not acked: the server redelivers it
+            self.set_ota("failed", v, str(e) or repr(e))
+            return
+        otaboot.begin_trial(slot, v)
+        self.set_ota("rebooting", v)
+        self.reboot_ev.set()
+
+    # ---- connection ----------------------------------------------------------------
+
+    async def _connect_nats(self):
+        urls = self.cfg["nats"]
+        if isinstance(urls, str):
+            urls = [urls]
+        i = 0
+        delay = RETRY_MIN_MS
+        while True:
+            tls, host, port = parse_nats_url(urls[i % len(urls)])
+            nc = nats.Client({
+                "host": host, "port": port, "tls": tls, "ca_der": self.cfg.get("ca"),
+                "server_hostname": self.cfg.get("server_hostname"),
+                "user": self.cfg.get("user"), "password": self.cfg.get("password"),
+                "token": self.cfg.get("token"), "name": self.client_id,
+                "on_disconnected": lambda r: log("stanfleet: disconnected reason=%s" % r),
+            })
+            try:
+                await nc.connect()
+                return nc
+            except Exception as e:  # noqa: BLE001 - no server yet, bad credentials: retry
+                log("stanfleet: nats connect failed host=%s error=%r" % (host, e))
+                i += 1
+                delay = await _backoff(delay)
+
+    async def _connect_stan(self, nc):
+        sc = stan.Stan(nc, {
+            "cluster_id": self.cfg.get("cluster_id", "test-cluster"),
+            "client_id": self.client_id,
+            "on_session": self._on_session,
+            "on_session_lost": lambda r: log("stanfleet: session lost reason=%s" % r),
+        })
+        delay = RETRY_MIN_MS
+        while True:
+            try:
+                await sc.connect()
+                break
+            except Exception as e:  # noqa: BLE001 - streaming server not there yet
+                log("stanfleet: stan connect failed error=%r" % (e,))
+                delay = await _backoff(delay)
+        self.sc = sc
+        cfg = self.cfg
+        for channel, cb, durable, ack_wait in (
+            ("devices.%s.cfg" % self.id, self._on_cfg, "cfg", 30),
+            ("devices.releases", self._on_release, "releases", cfg.get("release_ack_wait", 90)),
+        ):
+            delay = RETRY_MIN_MS
+            while True:
+                try:
+                    # A new durable starts at the channel's last message: a device
+                    # provisioned after a cfg or release was sent still gets it.
+                    await sc.subscribe(channel, cb, durable=durable, manual_acks=True,
+                                       ack_wait=ack_wait, max_inflight=1,
+                                       start=pb.LAST_RECEIVED)
+                    break
+                except Exception as e:  # noqa: BLE001 - retry until the server answers
+                    log("stanfleet: subscribe %s failed error=%r" % (channel, e))
+                    delay = await _backoff(delay)
+        self._on_session(False)
+
+    def _on_session(self, renewed):
+        if otaboot.mark_good():
+            log("stanfleet: ota healthy version=%s" % otaboot.current["version"])
+            self.ota_state = {"state": "installed", "version": otaboot.current["version"],
+                              "reason": ""}
+        log("stanfleet: connected client=%s version=%s renewed=%s"
+            % (self.client_id, otaboot.current["version"], renewed))
+        self.changed()
+
+    async def _trial_deadline(self, seconds):
+        await asyncio.sleep(seconds)
+        if otaboot.current["trial"]:
+            log("stanfleet: trial version=%s not healthy after %ds, resetting"
+                % (otaboot.current["version"], seconds))
+            self.reboot_ev.set()
+
+    # ---- main ----------------------------------------------------------------------
+
+    async def run(self):
+        cfg = self.cfg
+        log("stanfleet: start device=%s version=%s frequency=%d"
+            % (self.id, otaboot.current["version"], self.settings["sending_frequency"]))
+        wdt = system.Watchdog(cfg.get("watchdog_ms", 60000))
+        tasks = [asyncio.create_task(wdt.run())]
+        if otaboot.current["trial"]:
+            tasks.append(asyncio.create_task(self._trial_deadline(cfg.get("trial_s", 300))))
+        await net.up(cfg, log)
+        system.sync_clock(log)
+        # Readings are taken from now on, connected or not; the buffer holds them.
+        tasks.append(asyncio.create_task(self._sampler(Sensor(cfg.get("onewire_pin", 4)))))
+        nc = await self._connect_nats()
+        await self._connect_stan(nc)
+        tasks.append(asyncio.create_task(self._sender()))
+        tasks.append(asyncio.create_task(self._status_loop()))
+        await self.reboot_ev.wait()
+        # Say goodbye so the server frees the client ID at once, then reset.
+        for t in tasks:
+            t.cancel()
+        try:
+            await asyncio.wait_for(self.sc.close(), 3)
+            await asyncio.wait_for(nc.close(), 2)
+        except Exception:  # noqa: BLE001 - resetting anyway
+            pass
+        log("stanfleet: rebooting")
+        system.reset()
+
+
+def main():
+    asyncio.run(Device().run())

@@ -1,0 +1,125 @@
+# Releases: install a new application bundle over the air (docs/device.md).
+#
+# A release message is acked only when it needs nothing more from this
+# device: installed (seen again after the reboot into it), not newer than
+# what runs, not meant for this device (canary), known bad (rolled back), or
+# unreadable. A failed download, a bad hash or signature, or a failed write
+# is never acked: the server redelivers it after ack_wait and we try again.
+
+import json
+import os
+
+import bundle
+import http_get
+import otaboot
+import rollout
+
+
+class Rejected(Exception):
+    """The release can never be installed here: ack it and report why."""
+
+
+def version_tuple(v):
+    try:
+        t = tuple(int(p) for p in v.split("."))
+    except (AttributeError, ValueError):
+        raise Rejected("bad version %r" % (v,))
+    if len(t) != 3:
+        raise Rejected("bad version %r" % (v,))
+    return t
+
+
+def parse(data):
+    try:
+        rel = json.loads(data)
+    except ValueError:
+        raise Rejected("release is not JSON")
+    if not isinstance(rel, dict):
+        raise Rejected("release is not a JSON object")
+    for key, kind in (("version", str), ("url", str), ("size", int), ("sha256", str)):
+        if not isinstance(rel.get(key), kind):
+            raise Rejected("release has no valid %r" % key)
+    version_tuple(rel["version"])
+    return rel
+
+
+def _rmtree(path):
+    try:
+        entries = list(os.ilistdir(path))
+    except OSError:
+        return
+    for e in entries:
+        p = path + "/" + e[0]
+        if e[1] == 0x4000:  # directory
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+def _mkdirs(path):
+    cur = ""
+    for part in path.split("/"):
+        cur = part if not cur else cur + "/" + part
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass
+
+
+class Ota:
+    def __init__(self, device_id, cfg, report, log):
+        self.device_id = device_id
+        self.ca = cfg.get("ca")
+        key = cfg.get("release_key")  # hex ed25519 public key: releases must be signed
+        self.key = None
+        if key:
+            from binascii import unhexlify
+
+            self.key = unhexlify(key)
+        self.report = report  # report(state, version, reason)
+        self.log = log
+
+    def decide(self, data):
+        """(release, None) to install, or (None, why) to ack without installing."""
+        try:
+            rel = parse(data)
+        except Rejected as e:
+            return None, "rejected: %s" % e
+        v = rel["version"]
+        running = otaboot.current["version"] or "0.0.0"
+        if version_tuple(v) <= version_tuple(running):
+            return None, "running %s, not older than %s" % (running, v)
+        last = otaboot.state().get("last") or {}
+        if last.get("state") == "rolled_back" and last.get("version") == v:
+            return None, "%s was rolled back here" % v
+        if not rollout.selected(self.device_id, rel.get("rollout")):
+            return None, "not in the %s%% canary" % rel.get("rollout")
+        return rel, None
+
+    def _check_sig(self, line, sig):
+        import ed25519
+
+        return ed25519.verify(self.key, line, sig)
+
+    async def install(self, rel):
+        """Download and unpack into the inactive slot; returns the slot. Raises on failure."""
+        slot = otaboot.inactive()
+        d = otaboot.slot_dir(slot)
+        _rmtree(d)  # whatever was there (an old version, a half download) goes
+        _mkdirs(d)
+        status, length, stream = await http_get.get(rel["url"], self.ca)
+        try:
+            if status != 200:
+                raise http_get.HttpError("download failed: HTTP %d" % status)
+            if length is not None and length != rel["size"]:
+                raise http_get.HttpError("size is %d bytes, release says %d" % (length, rel["size"]))
+            m = await bundle.unpack(stream, d, rel["size"], rel["sha256"],
+                                    self._check_sig if self.key else None)
+        finally:
+            stream.close()
+        if m["version"] != rel["version"]:
+            _rmtree(d)
+            raise bundle.BundleError("bundle holds %s, release says %s"
+                                     % (m["version"], rel["version"]))
+        return slot

@@ -1,0 +1,37 @@
+# The simulated board's power-on: what the ESP32's MicroPython does at boot.
+# It runs the device's own boot.py and main.py from its flash directory, with
+# the stand-in hardware modules of this folder found first on sys.path.
+#
+#   SIM_FLASH=<flash dir> SIM_UID=<hex id> micropython -X heapsize=... sim/board.py
+#
+# machine.reset() ends the process with REBOOT_EXIT; the fleet runner starts
+# it again, which is the reboot.
+import os
+import sys
+
+_sim = sys.path[0]  # this file's folder: the stand-ins
+flash = os.getenv("SIM_FLASH")
+if not flash:
+    print("board: SIM_FLASH is not set")
+    sys.exit(2)
+os.chdir(flash)
+# The board's own search path ('' is the flash root), after the stand-ins.
+while sys.path:
+    sys.path.pop()
+sys.path.append(_sim)
+sys.path.append("")
+sys.path.append(".frozen")
+
+
+def _run(name):
+    try:
+        with open(name) as f:
+            src = f.read()
+    except OSError:
+        return
+    g = {"__name__": "__main__", "__file__": name}
+    exec(src, g)
+
+
+_run("boot.py")
+_run("main.py")
