@@ -10,6 +10,7 @@
 # tests and flash.sh watch them.
 
 import asyncio
+import gc
 import json
 import time
 
@@ -73,6 +74,7 @@ class Device:
     # ---- status ------------------------------------------------------------------
 
     def status(self):
+        gc.collect()
         return json.dumps({
             "ts": system.iso_now(),
             "version": otaboot.current["version"],
@@ -82,6 +84,7 @@ class Device:
             "buffer_dropped": self.buf.dropped,
             "buffered": len(self.buf),
             "ota": self.ota_state,
+            "mem_free": gc.mem_free(),
         }).encode()
 
     def changed(self):
@@ -259,9 +262,11 @@ class Device:
                 delay = await _backoff(delay)
         self.sc = sc
         cfg = self.cfg
-        for channel, cb, durable, ack_wait in (
-            ("devices.%s.cfg" % self.id, self._on_cfg, "cfg", 30),
-            ("devices.releases", self._on_release, "releases", cfg.get("release_ack_wait", 90)),
+        # Releases: more than one in flight, so a release that keeps failing
+        # (and stays unacked) does not hold back a newer one that fixes it.
+        for channel, cb, durable, ack_wait, inflight in (
+            ("devices.%s.cfg" % self.id, self._on_cfg, "cfg", 30, 1),
+            ("devices.releases", self._on_release, "releases", cfg.get("release_ack_wait", 90), 4),
         ):
             delay = RETRY_MIN_MS
             while True:
@@ -269,7 +274,7 @@ class Device:
                     # A new durable starts at the channel's last message: a device
                     # provisioned after a cfg or release was sent still gets it.
                     await sc.subscribe(channel, cb, durable=durable, manual_acks=True,
-                                       ack_wait=ack_wait, max_inflight=1,
+                                       ack_wait=ack_wait, max_inflight=inflight,
                                        start=pb.LAST_RECEIVED)
                     break
                 except Exception as e:  # noqa: BLE001 - retry until the server answers

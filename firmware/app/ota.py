@@ -89,7 +89,7 @@ class Ota:
         v = rel["version"]
         running = otaboot.current["version"] or "0.0.0"
         if version_tuple(v) <= version_tuple(running):
-            return None, "running %s, not older than %s" % (running, v)
+            return None, "%s is not newer than the running %s" % (v, running)
         last = otaboot.state().get("last") or {}
         if last.get("state") == "rolled_back" and last.get("version") == v:
             return None, "%s was rolled back here" % v

@@ -103,16 +103,18 @@ class _Reader:
         return b
 
     async def line(self):
-        buf = b""
-        while True:
-            b = await self.read(1)
-            if not b:
-                raise BundleError("bundle is truncated")
-            if b == b"\n":
-                return buf
-            buf += b
-            if len(buf) > MAX_LINE:
-                raise BundleError("bundle header is too long")
+        # readline() allocates the line once; reading byte by byte would
+        # fragment a small heap with a growing copy per byte.
+        b = await self.s.readline()
+        self.n += len(b)
+        self.h.update(b)
+        if self.n > self.limit:
+            raise BundleError("bundle is larger than its size")
+        if not b.endswith(b"\n"):
+            raise BundleError("bundle is truncated")
+        if len(b) > MAX_LINE:
+            raise BundleError("bundle header is too long")
+        return b[:-1]
 
 
 async def unpack(stream, dest, size, sha256, check_sig=None, progress=None):

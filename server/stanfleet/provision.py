@@ -35,6 +35,10 @@ class _BytesStream:
         self.pos += len(out)
         return out
 
+    async def readline(self) -> bytes:
+        end = bytes(self.data[self.pos:]).find(b"\n")
+        return await self.read(len(self.data) - self.pos if end < 0 else end + 1)
+
 
 def ca_der(path: str) -> bytes:
     """A CA certificate as DER (MicroPython's ssl wants DER), from PEM or DER."""
