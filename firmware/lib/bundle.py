@@ -141,6 +141,10 @@ async def unpack(stream, dest, size, sha256, check_sig=None, progress=None):
         if not raw or not check_sig(line, raw):
             raise BundleError("bad signature")
     line = sig = None
+    try:
+        os.mkdir(dest)
+    except OSError:
+        pass  # exists
     for name, fsize, fhash in m["files"]:
         if "/" in name:
             _makedirs(dest, name.rsplit("/", 1)[0])
