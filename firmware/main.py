@@ -12,6 +12,10 @@ except (KeyboardInterrupt, SystemExit):  # Ctrl-C; the simulator's reset
 except BaseException as e:
     print("stanfleet: crash error=%r" % (e,))
     sys.print_exception(e)
+    import time
+
     import machine
+
+    time.sleep(2)  # a crash loop should not spin the board flat out
 
     machine.reset()

@@ -68,7 +68,7 @@ def _mkdirs(path):
 
 
 class Ota:
-    def __init__(self, device_id, cfg, report, log):
+    def __init__(self, device_id, cfg):
         self.device_id = device_id
         self.ca = cfg.get("ca")
         key = cfg.get("release_key")  # hex ed25519 public key: releases must be signed
@@ -77,8 +77,6 @@ class Ota:
             from binascii import unhexlify
 
             self.key = unhexlify(key)
-        self.report = report  # report(state, version, reason)
-        self.log = log
 
     def decide(self, data):
         """(release, None) to install, or (None, why) to ack without installing."""
