@@ -24,6 +24,7 @@ COMMANDS = {
     "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),
     "config": ("stanfleet.services.config_cmd", "send configuration to devices, show it"),
     "release": ("stanfleet.services.release_cmd", "build, publish and follow firmware releases"),
+    "sim": ("stanfleet.sim", "run simulated devices (MicroPython unix port) against a NATS server"),
     "provision": ("stanfleet.provision", "write the files for one device's flash"),
 }
 

