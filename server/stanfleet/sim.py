@@ -89,6 +89,7 @@ class NetworkProxy:
         self.host = host
         self.port: int | None = None
         self.state = "up"
+        self._closing = False
         self.refused = 0  # connections reset because the network was down
         self.on_change: Callable[[], None] | None = None  # after each link opens or ends
         self._server: asyncio.AbstractServer | None = None
@@ -123,6 +124,7 @@ class NetworkProxy:
         self._flowing.set()
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         self._abort_all()
@@ -153,6 +155,11 @@ class NetworkProxy:
             self._writers |= {dw, uw}
             self._changed()
             await asyncio.gather(self._pipe(dr, uw), self._pipe(ur, dw))
+        except asyncio.CancelledError:
+            # Only close() cancels a link; asyncio's server would log the
+            # cancellation of its handler as an error.
+            if not self._closing:
+                raise
         finally:
             self._handlers.discard(task)
             for w in (dw, uw):

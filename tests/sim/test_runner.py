@@ -372,3 +372,27 @@ async def test_devices_die_with_a_killed_runner(tmp_path):
     proc.kill()
     await proc.wait()
     await wait_gone(pid)  # PR_SET_PDEATHSIG
+
+
+async def test_proxy_close_ends_stalled_and_pending_links_quietly(caplog):
+    async def echo(r, w):
+        while data := await r.read(1024):
+            w.write(data)
+        w.close()
+    upstream = await asyncio.start_server(echo, "127.0.0.1", 0)
+    proxy = NetworkProxy([("127.0.0.1", upstream.sockets[0].getsockname()[1])])
+    await proxy.start()
+    try:
+        r1, w1 = await asyncio.open_connection("127.0.0.1", proxy.port)
+        w1.write(b"ping\n")
+        assert await r1.readline() == b"ping\n"
+        proxy.cut(silent=True)
+        w1.write(b"held\n")
+        r2, w2 = await asyncio.open_connection("127.0.0.1", proxy.port)  # waits for the link
+        await proxy.close()
+        assert await r1.read() == b"" and await r2.read() == b""
+        assert proxy.connections == 0
+    finally:
+        upstream.close()
+        await upstream.wait_closed()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
