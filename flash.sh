@@ -269,7 +269,6 @@ image_chip() {
 # on ...", v4 "Detecting chip type... ESP32-S3").
 board_chip() {
     local out
-    show "$ESPTOOL" --port "$PORT" read-mac
     out=$("$ESPTOOL" --port "$PORT" read-mac 2>&1) ||
         die "esptool cannot talk to the board on $PORT: $(grep -m1 -i error <<<"$out" || tail -n 1 <<<"$out")"
     if [[ $out =~ Connected\ to\ ([A-Za-z0-9-]+)\ on ]] || [[ $out =~ Detecting\ chip\ type\.\.\.\ ([A-Za-z0-9-]+) ]]; then
@@ -283,8 +282,8 @@ write_firmware() {
     local img_chip chip
     img_chip=$(image_chip)
     [ -n "${OFFSET[$img_chip]:-}" ] || die "$FIRMWARE is for $img_chip, not an ESP32 chip MicroPython runs on"
+    show "$ESPTOOL" --port "$PORT" read-mac
     if [ "$DRY_RUN" = 1 ]; then
-        show "$ESPTOOL" --port "$PORT" read-mac
         chip=${CHIP:-$img_chip}
     else
         chip=$(board_chip)
@@ -295,7 +294,6 @@ write_firmware() {
     say "device=$DEVICE_ID port=$PORT chip=$chip writing $FIRMWARE at ${OFFSET[$chip]}"
     if [ "$ERASE" = 1 ]; then run "$ESPTOOL" --port "$PORT" --chip "$chip" erase-flash; fi
     run "$ESPTOOL" --port "$PORT" --chip "$chip" --baud "$BAUD" write-flash -z "${OFFSET[$chip]}" "$FIRMWARE"
-    serial_console repl "$PORT" "$TIMEOUT"
 }
 
 read_creds() {
@@ -364,6 +362,8 @@ flash_one() {
     # shellcheck disable=SC2064  # expand now: the path is local
     trap "rm -rf '$tree'" EXIT
     if [ -n "$FIRMWARE" ]; then write_firmware; fi
+    # Before mpremote, which waits without end for a REPL that never answers.
+    serial_console repl "$PORT" "$TIMEOUT"
     provision "$tree"
     copy_tree "$tree"
     say "device=$DEVICE_ID port=$PORT resetting; waiting up to ${TIMEOUT}s for '$MARKER'"
