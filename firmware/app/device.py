@@ -67,6 +67,7 @@ class Device:
         self.ota_state = last or {"state": "idle", "version": None, "reason": ""}
         self.cfg_errors = []
         self.sc = None
+        self.online = False  # a STAN session is up and the link with it
         self.freq_ev = asyncio.Event()  # sending_frequency changed
         self.status_ev = asyncio.Event()  # something in the status changed
         self.reboot_ev = asyncio.Event()
@@ -122,6 +123,8 @@ class Device:
             ts = system.iso_now()
             t = await sensor.read()
             self.buf.push(('{"ts": "%s", "temp": %.2f}' % (ts, t)).encode())
+            if not self.online:
+                log("stanfleet: offline buffered=%d" % len(self.buf))
             if self.buf.dropped != dropped:
                 dropped = self.buf.dropped
                 if dropped == 1 or dropped % 50 == 0:
@@ -245,7 +248,8 @@ class Device:
                 "server_hostname": self.cfg.get("server_hostname"),
                 "user": self.cfg.get("user"), "password": self.cfg.get("password"),
                 "token": self.cfg.get("token"), "name": self.client_id,
-                "on_disconnected": lambda r: log("stanfleet: disconnected reason=%s" % r),
+                "on_disconnected": self._on_link_down,
+                "on_connected": self._on_link_up,
             })
             try:
                 await nc.connect()
@@ -260,7 +264,7 @@ class Device:
             "cluster_id": self.cfg.get("cluster_id", "test-cluster"),
             "client_id": self.client_id,
             "on_session": self._on_session,
-            "on_session_lost": lambda r: log("stanfleet: session lost reason=%s" % r),
+            "on_session_lost": self._on_session_lost,
         })
         delay = RETRY_MIN_MS
         while True:
@@ -292,7 +296,23 @@ class Device:
                     delay = await _backoff(delay)
         self._on_session(False)
 
+    def _on_link_down(self, reason):
+        self.online = False
+        log("stanfleet: disconnected reason=%s" % reason)
+
+    def _on_link_up(self, reconnected):
+        # The STAN session usually outlives a short outage (the server's
+        # heartbeats are slow to give up), so this is "connected again".
+        if reconnected and self.sc is not None:
+            self.online = True
+            log("stanfleet: reconnected buffered=%d" % len(self.buf))
+
+    def _on_session_lost(self, reason):
+        self.online = False
+        log("stanfleet: session lost reason=%s" % reason)
+
     def _on_session(self, renewed):
+        self.online = True
         if otaboot.mark_good():
             log("stanfleet: ota healthy version=%s" % otaboot.current["version"])
             self.ota_state = {"state": "installed", "version": otaboot.current["version"],
