@@ -1,8 +1,10 @@
-"""The per-identity rules (not yet wired into the server: issue 6)."""
+"""The per-identity rules, as pure functions (tests/security/test_isolation.py runs
+them through a real broker)."""
 
 import json
 
 import pytest
+from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.streaming.authz import (
     Denied,
     Identity,
@@ -51,8 +53,31 @@ def test_services_get_their_roles_rights_only():
     rel = Identity("SERVICES", "release-manager")
     check_publish(rel, "devices.releases")
     lst = Identity("SERVICES", "listener")
-    check_subscribe(lst, "devices.3F45.events", "_INBOX.x")
+    check_subscribe(lst, "devices.3F45.events", "_INBOX.listener.x")
     with pytest.raises(Denied):
         check_publish(lst, "devices.3F45.events")
     with pytest.raises(Denied):
         check_client_id(Identity("SERVICES", "stranger"), "stranger")
+
+
+async def test_with_authz_on_a_request_without_identity_is_refused(make_stan_server):
+    """No Nats-Request-Info (no account import in between): nothing is allowed,
+    and the server keeps serving."""
+    from ..streaming.rawstan import RawStan
+
+    srv = await make_stan_server(authz=True)
+    c = await RawStan.open(srv.nats_url, srv.cluster_id, "device-3F45")
+    try:
+        resp = await c.connect()
+        assert "not authorized" in resp.error and "no identity" in resp.error
+        s = srv.server.subjects
+        c.resp = pb.ConnectResponse(pub_prefix=s.pub_prefix, sub_requests=s.sub,
+                                    unsub_requests=s.unsub, close_requests=s.close,
+                                    sub_close_requests=s.subclose, ping_requests=s.pings)
+        assert (await c.publish("devices.3F45.events", b"{}")).error  # unknown client
+        sub = await c.subscribe("devices.3F45.cfg", "_INBOX.device-3F45.x")
+        assert "not authorized" in sub.error
+        assert "not authorized" in await c.close()
+    finally:
+        await c.vanish()
+    assert srv.server.clients.clients == {}

@@ -80,7 +80,7 @@ class ChannelStore:
 
     def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
-                 has_subscriptions=None):
+                 has_subscriptions=None, authorize=None):
         self.nc = nc
         self.jsm = nc.jsm()
         self.subjects = subjects
@@ -91,6 +91,8 @@ class ChannelStore:
         self.pub_ack_timeout = pub_ack_timeout
         self._is_known_client = is_known_client  # (client_id, conn_id) -> error str or ""
         self._on_stored = on_stored
+        # (headers, client_id, channel) -> '' or the refusal; None: authorization off
+        self._authorize = authorize
         self.channels: dict[str, Channel] = {}
         self._pending: dict[str, _PendingStore] = {}
         self._next_token = 0
@@ -262,6 +264,8 @@ class ChannelStore:
             await self._pub_ack(reply, guid, "channel in PubMsg does not match the subject")
             return
         err = self._is_known_client(pm.client_id, pm.conn_id)
+        if not err and self._authorize is not None:
+            err = self._authorize(msg.headers, pm.client_id, channel)
         if err:
             await self._pub_ack(reply, guid, err)
             return

@@ -46,6 +46,9 @@ class ServerOptions:
     tls_cert: str | None = None  # embedded nats-server's certificate (PEM)
     tls_key: str | None = None
     tls_ca: str | None = None  # CA that signed the NATS server's certificate
+    authz: bool = False  # every request must carry Nats-Request-Info and pass authz.py
+    accounts_file: str | None = None  # embedded nats-server: accounts and users (creds.py)
+    broker_pid_file: str | None = None  # embedded nats-server's pid, for reloads
 
 
 def _duration(text: str) -> float:
@@ -104,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--tlskey", dest="tls_key", default=None, help="key for --tlscert")
     n.add_argument("-tls_client_cacert", "--tls_client_cacert", dest="tls_ca", default=None,
                    help="CA (PEM) to verify the NATS server with (stanfleet certs init)")
+    n.add_argument("--authz", action="store_true",
+                   help="authorize every request by the identity nats-server puts in its "
+                        "Nats-Request-Info header: devices only their own channels, services "
+                        "by role (needs the account layout of docs/security-design.md)")
     n.add_argument("--user", default=None, help="user required from clients / used to connect")
     n.add_argument("--pass", dest="password", default=None, help="password for --user")
     n.add_argument("--auth", dest="token", default=None, help="authorization token")
@@ -138,7 +145,7 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         raise ValueError("-hbf must be at least 1")
     if args.replicas < 1 or args.replicas > 5:
         raise ValueError("--replicas must be between 1 and 5")
-    return ServerOptions(
+    opts = ServerOptions(
         cluster_id=args.cluster_id,
         host=args.host,
         port=args.port,
@@ -159,4 +166,7 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
+        authz=args.authz,
     )
+    return opts
+

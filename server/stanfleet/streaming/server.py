@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 
 from ..broker import Broker, BrokerConfig
 from ..pb import protocol_pb2 as pb
+from . import authz
 from . import errors as E
 from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
@@ -51,6 +52,9 @@ class StreamingServer:
         self.started = 0.0
         self._closed = asyncio.Event()
         self._stopping = False
+        # Per-identity authorization (docs/security-design.md); None: off.
+        self.authz = authz.Authorizer() if options.authz else None
+        self._refusals: dict[tuple, int] = {}
 
     @property
     def nats_url(self) -> str:
@@ -86,11 +90,14 @@ class StreamingServer:
                                      pub_ack_timeout=self.opts.pub_ack_timeout,
                                      is_known_client=self.clients.check,
                                      has_subscriptions=self._has_subscriptions,
-                                     on_stored=self.monitor.on_stored if self.monitor else None)
+                                     on_stored=self.monitor.on_stored if self.monitor else None,
+                                     authorize=self._authorize_publish if self.authz else None)
         self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         await self.state.open()
         self.subs = SubscriptionManager(self.nc, self.subjects, self.channels, self.state)
+        if self.authz:
+            self.subs.ack_gate = self._authorize_ack
         await self.channels.start()
         await self._restore()
         await self.subs.start()
@@ -113,6 +120,8 @@ class StreamingServer:
         """Take over the clients and subscriptions of an earlier run."""
         for r in await self.state.load_clients():
             try:
+                if self.authz and r.get("owner"):
+                    self.authz.claim(r["client_id"], authz.Identity("", r["owner"]))
                 self.clients.add(ClientInfo(
                     client_id=r["client_id"], conn_id=bytes.fromhex(r["conn_id"]),
                     hb_inbox=r["hb_inbox"], protocol=r["protocol"],
@@ -128,6 +137,8 @@ class StreamingServer:
         return any(g.channel.name == channel and g.members for g in self.subs.groups.values())
 
     async def _forget_client(self, client_id: str) -> None:
+        if self.authz:
+            self.authz.release(client_id)
         await self.subs.remove_client(client_id)
         await self.state.delete_client(client_id)
 
@@ -137,14 +148,17 @@ class StreamingServer:
             store_dir = os.path.join(self.opts.data_dir, "jetstream")
             os.makedirs(store_dir, exist_ok=True)
         args = []
-        if self.opts.user:
+        if self.opts.accounts_file:
+            pass  # our user is one of the accounts' users
+        elif self.opts.user:
             args += ["--user", self.opts.user, "--pass", self.opts.password or ""]
         elif self.opts.token:
             args += ["--auth", self.opts.token]
         tls = (self.opts.tls_cert, self.opts.tls_key) if self.opts.tls_cert else None
         cfg = BrokerConfig(host=self.opts.host, port=self.opts.port, store_dir=store_dir,
                            server_name=f"stanfleet-{self.opts.cluster_id}", extra_args=args,
-                           tls=tls)
+                           tls=tls, accounts_file=self.opts.accounts_file,
+                           pid_file=self.opts.broker_pid_file)
         broker = Broker(cfg)
         broker.start()
         log.info("embedded nats-server listening on %s:%s", self.opts.host, broker.port)
@@ -226,6 +240,50 @@ class StreamingServer:
                         len(msg.data))
             return None
 
+    # -- authorization -----------------------------------------------------------------
+
+    def _check(self, op: str, msg: Msg, client_id: str, *checks) -> authz.Identity | None:
+        """The caller's identity after the checks pass; None when authorization is off.
+        Raises authz.Denied, logged here."""
+        if self.authz is None:
+            return None
+        who = None
+        try:
+            who = self.authz.identify(msg.headers)
+            for check in checks:
+                check(who)
+        except authz.Denied as e:
+            log.warning("%s client=%s user=%s refused: %s", op, client_id,
+                        who.user if who else "?", e)
+            raise
+        return who
+
+    def _authorize_publish(self, headers, client_id: str, channel: str) -> str:
+        err = self.authz.publish_error(headers, client_id, channel)
+        if err:
+            self._log_refusal("publish", client_id, channel, err)
+        return err
+
+    def _authorize_ack(self, headers, client_id: str) -> bool:
+        try:
+            self.authz.check_owns(self.authz.identify(headers), client_id)
+            return True
+        except authz.Denied as e:
+            self._log_refusal("ack", client_id, "", str(e))
+            return False
+
+    def _log_refusal(self, op: str, client_id: str, channel: str, err: str) -> None:
+        # A hostile publisher can repeat a refused publish at line rate: log the
+        # first and then every 1000th, not each one.
+        key = (op, client_id, channel)
+        n = self._refusals.get(key, 0) + 1
+        if len(self._refusals) > 10_000:
+            self._refusals.clear()
+        self._refusals[key] = n
+        if n == 1 or n % 1000 == 0:
+            log.warning("%s client=%s channel=%s refused (%d times): %s", op, client_id,
+                        channel, n, err)
+
     # -- connect / close -------------------------------------------------------------
 
     async def _on_connect(self, msg: Msg) -> None:
@@ -238,7 +296,23 @@ class StreamingServer:
         except InvalidName as e:
             log.warning("connect refused: %s", e)
             return await self._respond(msg, pb.ConnectResponse(error=f"stan: {e}"))
+        try:
+            who = self._check(
+                "connect", msg, req.client_id,
+                lambda w: authz.check_client_id(w, req.client_id),
+                lambda w: authz.check_inbox(w, req.heartbeat_inbox, "heartbeat inbox"))
+        except authz.Denied as e:
+            return await self._respond(msg, pb.ConnectResponse(error=str(e)))
+        hb_inbox = self.authz.inbox_for(who, req.heartbeat_inbox) if who else req.heartbeat_inbox
         old = self.clients.clients.get(req.client_id)
+        if old is not None and who is not None and \
+                self.authz.owners.get(req.client_id, who.user) != who.user:
+            # Another identity's session: not even a liveness check, so it can
+            # never be replaced by someone else, dead or alive.
+            log.warning("connect client=%s user=%s refused: the session belongs to another "
+                        "identity", req.client_id, who.user)
+            return await self._respond(msg, pb.ConnectResponse(
+                error=f"stan: not authorized: clientID {req.client_id} belongs to another identity"))
         if old is not None:
             # Liveness check of the registered client: the original server's rule.
             if await self.clients.is_alive(old, self.opts.dup_check_timeout):
@@ -258,21 +332,26 @@ class StreamingServer:
         ping_interval = req.ping_interval if req.ping_interval > 0 else DEFAULT_PING_INTERVAL
         ping_max_out = req.ping_max_out if req.ping_max_out > 0 else DEFAULT_PING_MAX_OUT
         info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
-                          hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
+                          hb_inbox=hb_inbox, protocol=req.protocol,
                           ping_interval=ping_interval, ping_max_out=ping_max_out)
         self.clients.add(info)
+        if who is not None:
+            self.authz.claim(info.client_id, who)
         try:
             await self.state.save_client(info.client_id, {
                 "client_id": info.client_id, "conn_id": info.conn_id.hex(),
                 "hb_inbox": info.hb_inbox, "protocol": info.protocol,
                 "ping_interval": ping_interval, "ping_max_out": ping_max_out,
-                "created": info.created})
+                "created": info.created, "owner": who.user if who else None})
         except Exception as e:
             self.clients.remove(info.client_id)
+            if who is not None:
+                self.authz.release(info.client_id)
             log.error("client=%s cannot be registered: %s", info.client_id, e)
             return await self._respond(msg, pb.ConnectResponse(error=f"stan: store error: {e}"))
         s = self.subjects
-        log.info("client=%s connected (protocol %d)", req.client_id, req.protocol)
+        log.info("client=%s connected (protocol %d)%s", req.client_id, req.protocol,
+                 f" user={who.user}" if who else "")
         await self._respond(msg, pb.ConnectResponse(
             pub_prefix=s.pub_prefix, sub_requests=s.sub, unsub_requests=s.unsub,
             close_requests=s.close, sub_close_requests=s.subclose, ping_requests=s.pings,
@@ -282,6 +361,11 @@ class StreamingServer:
         req = self._decode(msg, pb.CloseRequest)
         if req is None:
             return await self._respond(msg, pb.CloseResponse(error=E.ERR_INVALID_CLOSE_REQ))
+        try:
+            self._check("close", msg, req.client_id,
+                        lambda w: self.authz.check_owns(w, req.client_id))
+        except authz.Denied as e:
+            return await self._respond(msg, pb.CloseResponse(error=str(e)))
         if self.clients.remove(req.client_id) is None:
             return await self._respond(msg, pb.CloseResponse(error=E.ERR_UNKNOWN_CLIENT))
         await self._forget_client(req.client_id)
@@ -298,6 +382,11 @@ class StreamingServer:
         info = self.clients.by_conn_id.get(bytes(req.conn_id))
         if info is None:
             return await self._respond(msg, pb.PingResponse(error=E.ERR_REPLACED))
+        try:
+            self._check("ping", msg, info.client_id,
+                        lambda w: self.authz.check_owns(w, info.client_id))
+        except authz.Denied as e:
+            return await self._respond(msg, pb.PingResponse(error=str(e)))
         self.clients.seen(info)
         await self._respond(msg, pb.PingResponse())
 
@@ -307,6 +396,18 @@ class StreamingServer:
         req = self._decode(msg, pb.SubscriptionRequest)
         if req is None:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_INVALID_SUB_REQ))
+        try:
+            who = self._check("subscribe", msg, req.client_id,
+                              lambda w: self.authz.check_owns(w, req.client_id),
+                              lambda w: authz.check_subscribe(w, req.subject, req.inbox))
+        except authz.Denied as e:
+            return await self._respond(msg, pb.SubscriptionResponse(error=str(e)))
+        if who is not None:
+            req.inbox = self.authz.inbox_for(who, req.inbox)
+            if req.q_group:
+                # Queue groups are per identity: nobody joins another's group
+                # to take a share of its messages.
+                req.q_group = f"{who.user}:{req.q_group}"
         if req.client_id not in self.clients.clients:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_CLIENT))
         try:
@@ -335,9 +436,16 @@ class StreamingServer:
         req = self._decode(msg, pb.UnsubscribeRequest)
         if req is None:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_INVALID_UNSUB_REQ))
+        try:
+            who = self._check("unsubscribe" if unsubscribe else "subclose", msg, req.client_id,
+                              lambda w: self.authz.check_owns(w, req.client_id))
+        except authz.Denied as e:
+            return await self._respond(msg, pb.SubscriptionResponse(error=str(e)))
         if req.client_id not in self.clients.clients:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_CLIENT))
         member = self.subs.find(req.client_id, req.inbox)
+        if member is None and who is not None:
+            member = self.subs.find(req.client_id, self.authz.inbox_for(who, req.inbox))
         if member is None or member.channel != req.subject:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_SUB))
         await self.subs.remove(member, unsubscribe=unsubscribe)

@@ -91,6 +91,9 @@ class SubscriptionManager:
         self.by_ack_inbox: dict[str, Member] = {}
         self.by_client: dict[str, set] = {}
         self._ack_sub = None
+        # (headers, clientID) -> bool: may this Ack's sender ack for the client?
+        # Set by the server when authorization is on.
+        self.ack_gate = None
         self._lock = asyncio.Lock()  # serialises changes of group membership
         self.msgs_out = 0
         self.bytes_out = 0
@@ -402,6 +405,8 @@ class SubscriptionManager:
         member = self.by_ack_inbox.get(msg.subject)
         if member is None:
             return  # sub gone: its messages were handed on or wait in JetStream
+        if self.ack_gate is not None and not self.ack_gate(msg.headers, member.client_id):
+            return  # another identity's ack: ignored (and logged by the gate)
         try:
             ack = pb.Ack.FromString(msg.data)
         except Exception:
