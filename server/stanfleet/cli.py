@@ -19,6 +19,7 @@ from .errors import CommandError
 COMMANDS = {
     "up": ("stanfleet.up", "run the demo fleet: broker, services and simulated devices"),
     "certs": ("stanfleet.certs", "create the private CA and server certificate for TLS"),
+    "creds": ("stanfleet.creds", "device and service credentials for the broker"),
     "streaming-server": ("stanfleet.streaming.main", "run the STAN streaming server"),
     "listener": ("stanfleet.services.listener_cmd", "save every device reading to the database"),
     "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),

@@ -73,8 +73,8 @@ class Fleet:
             from .sim import FleetRunner  # the simulator needs the MicroPython unix port
 
             self.devices = FleetRunner(nats_url=url, cluster_id=a.cluster_id,
-                                       data_dir=os.path.join(self.data, "devices"),
-                                       count=a.devices)
+                                       data_dir=self.data, count=a.devices,
+                                       releases_dir=os.path.join(self.data, "releases"))
             await self.devices.start()
 
     @property

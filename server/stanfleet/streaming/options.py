@@ -7,6 +7,7 @@ who ran the original feel at home. This is the only place options are read.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 
 from .channels import ChannelLimits
@@ -107,6 +108,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--tlskey", dest="tls_key", default=None, help="key for --tlscert")
     n.add_argument("-tls_client_cacert", "--tls_client_cacert", dest="tls_ca", default=None,
                    help="CA (PEM) to verify the NATS server with (stanfleet certs init)")
+    n.add_argument("--security-dir", dest="security_dir", default=None,
+                   help="credentials store of 'stanfleet creds' (e.g. stanfleet-data/security): "
+                        "the embedded nats-server gets its accounts, users and TLS "
+                        "certificate (DIR/certs), the server logs in as its own user, and "
+                        "--authz is on")
     n.add_argument("--authz", action="store_true",
                    help="authorize every request by the identity nats-server puts in its "
                         "Nats-Request-Info header: devices only their own channels, services "
@@ -168,5 +174,29 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         tls_ca=args.tls_ca,
         authz=args.authz,
     )
+    if args.security_dir:
+        for name, value in _security(args).items():
+            setattr(opts, name, value)
+        opts.authz = True
     return opts
 
+
+def _security(args: argparse.Namespace) -> dict:
+    """Settings from the credentials store: our login, the broker's accounts, TLS."""
+    from ..certs import CertPaths
+    from ..creds import Store
+
+    if args.user or args.token:
+        raise ValueError("--security-dir brings its own login: leave out --user/--auth")
+    store = Store(args.security_dir, cluster_id=args.cluster_id)  # permissions name it
+    certs = CertPaths(store.certs_dir)
+    if not os.path.exists(certs.ca):
+        raise ValueError(f"no certificates in {store.certs_dir}: run "
+                         f"'stanfleet certs init --dir {store.certs_dir}' first")
+    user, password = store.server_login()
+    embedded = not args.nats_url
+    return {"user": user, "password": password, "tls_ca": args.tls_ca or certs.ca,
+            "tls_cert": args.tls_cert or (certs.server if embedded else None),
+            "tls_key": args.tls_key or (certs.server_key if embedded else None),
+            "accounts_file": store.accounts_file if embedded else None,
+            "broker_pid_file": store.pid_file if embedded else None}
