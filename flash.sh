@@ -37,6 +37,7 @@ session ("stanfleet: connected" on the serial console).
   --wifi-pass PASS     WiFi password
   --creds FILE         JSON {"user", "password"} from 'stanfleet creds add-device'
   --ca FILE            CA certificate for TLS (PEM or DER)
+  --release-key HEX    ed25519 public key: the device installs only releases it signed
   --cluster-id ID      STAN cluster ID (default: provision's, test-cluster)
   --firmware FILE      MicroPython image (ESP32_GENERIC-<ver>.bin from micropython.org)
                        to write first; without it the board must already run MicroPython
@@ -63,6 +64,7 @@ say() { echo "$PROG: $*"; }
 # ---- options -------------------------------------------------------------
 
 PORT='' DEVICE_ID='' WIFI='' WIFI_PASS='' BUNDLE='' VERSION='' CREDS='' CA='' CLUSTER_ID=''
+RELEASE_KEY=''
 FIRMWARE='' CHIP='' ERASE=0 DRY_RUN=0 BATCH='' BAUD=$DEFAULT_BAUD TIMEOUT=$DEFAULT_TIMEOUT
 RESUME=${FLASH_MPREMOTE_RESUME:-0}
 NATS=()
@@ -79,7 +81,7 @@ parse_args() {
             --dry-run) DRY_RUN=1; COMMON_ARGS+=("$opt"); shift; continue ;;
             --resume) RESUME=1; COMMON_ARGS+=("$opt"); shift; continue ;;
             --port|--device-id|--batch|--wifi|--wifi-pass|--nats|--bundle|--version|--creds|--ca|\
-            --cluster-id|--firmware|--chip|--baud|--timeout) need_value "$opt" $# ;;
+            --release-key|--cluster-id|--firmware|--chip|--baud|--timeout) need_value "$opt" $# ;;
             *) usage_error "unknown option $opt" ;;
         esac
         local val=$2
@@ -94,6 +96,7 @@ parse_args() {
             --version) VERSION=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --creds) CREDS=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --ca) CA=$val; COMMON_ARGS+=("$opt" "$val") ;;
+            --release-key) RELEASE_KEY=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --cluster-id) CLUSTER_ID=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --firmware) FIRMWARE=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --chip) CHIP=$val; COMMON_ARGS+=("$opt" "$val") ;;
@@ -296,18 +299,15 @@ write_firmware() {
     run "$ESPTOOL" --port "$PORT" --chip "$chip" --baud "$BAUD" write-flash -z "${OFFSET[$chip]}" "$FIRMWARE"
 }
 
-read_creds() {
-    CREDS_USER='' CREDS_PASSWORD=''
+# The file goes to provision as it is, so the password is never on a command line;
+# it is only checked here, to fail before a board is touched.
+check_creds() {
     [ -n "$CREDS" ] || return 0
-    local parsed
-    parsed=$("$PYTHON" -c '
+    "$PYTHON" -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
-assert isinstance(d.get("user"), str) and isinstance(d.get("password"), str)
-print(d["user"]); print(d["password"])' "$CREDS" 2>/dev/null) ||
+assert isinstance(d.get("user"), str) and isinstance(d.get("password"), str)' "$CREDS" 2>/dev/null ||
         die "credentials file $CREDS is not JSON with \"user\" and \"password\" strings"
-    CREDS_USER=$(sed -n 1p <<<"$parsed")
-    CREDS_PASSWORD=$(sed -n 2p <<<"$parsed")
 }
 
 provision() {
@@ -315,8 +315,9 @@ provision() {
     local cmd=("$STANFLEET" provision --out "$out" --bundle "$BUNDLE" --device-id "$DEVICE_ID")
     for url in "${NATS[@]}"; do cmd+=(--nats "$url"); done
     if [ -n "$WIFI" ]; then cmd+=(--wifi-ssid "$WIFI" --wifi-pass "$WIFI_PASS"); fi
-    if [ -n "$CREDS_USER" ]; then cmd+=(--user "$CREDS_USER" --password "$CREDS_PASSWORD"); fi
+    if [ -n "$CREDS" ]; then cmd+=(--creds "$CREDS"); fi
     if [ -n "$CA" ]; then cmd+=(--ca "$CA"); fi
+    if [ -n "$RELEASE_KEY" ]; then cmd+=(--release-key "$RELEASE_KEY"); fi
     if [ -n "$CLUSTER_ID" ]; then cmd+=(--cluster-id "$CLUSTER_ID"); fi
     run "${cmd[@]}" || die "stanfleet provision failed"
 }
@@ -356,7 +357,6 @@ copy_tree() {
 
 flash_one() {
     check_board_args
-    read_creds
     local tree
     tree=$(mktemp -d "${TMPDIR:-/tmp}/stanfleet-flash.XXXXXX")
     # shellcheck disable=SC2064  # expand now: the path is local
@@ -402,6 +402,7 @@ main() {
     [ $# -gt 0 ] || { usage; exit 2; }
     check_common
     check_tools
+    check_creds
     if [ -n "$BATCH" ]; then
         if [ -n "$PORT" ] || [ -n "$DEVICE_ID" ]; then usage_error "--batch takes ports and IDs from the file"; fi
         flash_batch

@@ -31,9 +31,16 @@ def micropython_binary() -> str:
 
 
 class PtyBoard:
-    def __init__(self, flash: Path, heap: str = "256k"):
+    """``boot`` is the script each (re)start runs before the REPL: by default
+    board/bootrun.py, with board/machine.py; the project's sim/board.py, given
+    ``env`` with SIM_FLASH, runs the real firmware on its stand-in hardware."""
+
+    def __init__(self, flash: Path, heap: str = "256k", boot: Path = BOARD / "bootrun.py",
+                 env: dict[str, str] | None = None):
         self.flash = Path(flash)
         self.heap = heap
+        self.boot = Path(boot)
+        self.env = dict(os.environ, MICROPYPATH=f"{self.boot.parent}:.frozen", **(env or {}))
         self.boots = 0
         self.exit_codes: list[int] = []
         self._stop = threading.Event()
@@ -66,10 +73,9 @@ class PtyBoard:
     def _spawn(self) -> None:
         master, slave = os.openpty()
         tty.setraw(slave)  # a UART adds no \r before \n; mpremote matches exact bytes
-        env = dict(os.environ, MICROPYPATH=f"{BOARD}:.frozen")
         self._child = subprocess.Popen(
-            [micropython_binary(), "-X", f"heapsize={self.heap}", "-i", str(BOARD / "bootrun.py")],
-            stdin=slave, stdout=slave, stderr=slave, cwd=self.flash, env=env,
+            [micropython_binary(), "-X", f"heapsize={self.heap}", "-i", str(self.boot)],
+            stdin=slave, stdout=slave, stderr=slave, cwd=self.flash, env=self.env,
             start_new_session=True, close_fds=True,
         )
         os.close(slave)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -63,8 +64,9 @@ for name, value in zip(args[1::2], args[2::2]):
     opts.setdefault(name, []).append(value)
 out = opts["--out"][0]
 cfg = {"device_id": opts["--device-id"][0], "nats": opts["--nats"]}
-if "--user" in opts:
-    cfg["user"], cfg["password"] = opts["--user"][0], opts["--password"][0]
+if "--creds" in opts:
+    creds = json.load(open(opts["--creds"][0]))
+    cfg["user"], cfg["password"] = creds["user"], creds["password"]
 if "--wifi-ssid" in opts:
     cfg["wifi"] = {"ssid": opts["--wifi-ssid"][0], "password": opts["--wifi-pass"][0]}
 cfg["silent"] = os.environ.get("FAKE_SILENT") == "1"
@@ -361,7 +363,7 @@ def test_dry_run_masks_every_password(rig, pty_port, tmp_path):
     assert out.returncode == 0, out.stderr
     assert SECRET_WIFI not in out.stdout + out.stderr
     assert SECRET_NATS not in out.stdout + out.stderr
-    assert "--wifi-pass **** " in out.stdout and "--user device-3F45 --password ****" in out.stdout
+    assert "--wifi-pass **** " in out.stdout and f"--creds {creds}" in out.stdout
 
 
 # ---- for real: mpremote and the serial console against the unix port ---------------
@@ -478,3 +480,39 @@ def test_batch_provisions_each_board_and_sums_up(rig, tmp_path):
     assert (cfg1["device_id"], cfg1["wifi"]["ssid"]) == ("3F45", "lab")
     assert (cfg2["device_id"], cfg2["wifi"]) == ("3F46", {"ssid": "other-net",
                                                           "password": SECRET_WIFI})
+
+
+# ---- the real thing: provision, firmware and streaming server ------------------------
+
+SIM_BOARD = ROOT / "sim" / "board.py"
+
+
+async def test_real_firmware_reports_connected_after_flashing(tmp_path, stan_server):
+    """The real `stanfleet provision` tree, copied by flash.sh onto the unix port
+    running the simulator's board (sim/board.py and its stand-in hardware): after
+    the reset the real firmware starts from slot a, opens its STAN session on our
+    streaming server and prints the line flash.sh waits for."""
+    pytest.importorskip("stanfleet.provision")
+    if not SIM_BOARD.exists():
+        pytest.skip("sim/board.py is not there")
+    from stanfleet.bundle_build import build_bundle
+    from stanfleet.firmware_code import FIRMWARE_DIR
+    from stanfleet.sim import DEFAULT_HEAP
+
+    bundle = build_bundle(FIRMWARE_DIR, "1.0.0", tmp_path / "1.0.0.bin")["path"]
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    env = dict(os.environ, FLASH_MPREMOTE_RESUME="1", PYTHON=sys.executable,
+               PATH=os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")]))
+    with PtyBoard(flash, heap=DEFAULT_HEAP, boot=SIM_BOARD,
+                  env={"SIM_FLASH": str(flash), "SIM_UID": "3f45"}) as board:
+        proc = await asyncio.create_subprocess_exec(
+            "bash", str(FLASH_SH), "--port", board.port, "--device-id", "3f45",
+            "--nats", stan_server.nats_url, "--bundle", bundle, "--timeout", "60",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    stdout = out.decode()
+    assert proc.returncode == 0, stdout + err.decode()
+    assert f"{MARKER} client=device-3F45 version=1.0.0" in stdout
+    assert json.loads((flash / "config.json").read_text())["device_id"] == "3F45"
+    assert json.loads((flash / "ota.json").read_text())["active"] == "a"
