@@ -35,7 +35,8 @@ session ("stanfleet: connected" on the serial console).
   --version X          same as --bundle stanfleet-data/releases/X.bin
   --wifi SSID          WiFi network
   --wifi-pass PASS     WiFi password
-  --creds FILE         JSON {"user", "password"} from 'stanfleet creds add-device'
+  --creds FILE         JSON {"user", "password"} from 'stanfleet creds add-device';
+                       {id} in FILE stands for the device ID (for --batch)
   --ca FILE            CA certificate for TLS (PEM or DER)
   --release-key HEX    ed25519 public key: the device installs only releases it signed
   --cluster-id ID      STAN cluster ID (default: provision's, test-cluster)
@@ -140,7 +141,6 @@ check_common() {
         die "MicroPython image $FIRMWARE not found (download ESP32_GENERIC-<version>.bin from micropython.org/download)"
     fi
     if [ -n "$CA" ] && [ ! -f "$CA" ]; then die "CA certificate $CA not found"; fi
-    if [ -n "$CREDS" ] && [ ! -f "$CREDS" ]; then die "credentials file $CREDS not found"; fi
     if [ -n "$CHIP" ] && [ -z "${OFFSET[$CHIP]:-}" ]; then
         usage_error "--chip $CHIP is not an ESP32 chip MicroPython runs on (one of: $(chip_names))"
     fi
@@ -157,6 +157,7 @@ check_board_args() {
     [[ $DEVICE_ID =~ ^[0-9A-Fa-f]{1,32}$ ]] ||
         usage_error "device ID '$DEVICE_ID' is not hex (digits 0-9 and A-F, e.g. 3F45)"
     DEVICE_ID=${DEVICE_ID^^}
+    CREDS=${CREDS//\{id\}/$DEVICE_ID}
     [ -e "$PORT" ] || die "port $PORT does not exist (is the board plugged in? ls /dev/ttyUSB* /dev/ttyACM*)"
     [ -r "$PORT" ] && [ -w "$PORT" ] ||
         die "no permission to use $PORT (add yourself to its group: sudo usermod -aG dialout \$USER, then log in again)"
@@ -303,6 +304,7 @@ write_firmware() {
 # it is only checked here, to fail before a board is touched.
 check_creds() {
     [ -n "$CREDS" ] || return 0
+    [ -f "$CREDS" ] || die "credentials file $CREDS not found (stanfleet creds add-device $DEVICE_ID)"
     "$PYTHON" -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -357,6 +359,7 @@ copy_tree() {
 
 flash_one() {
     check_board_args
+    check_creds
     local tree
     tree=$(mktemp -d "${TMPDIR:-/tmp}/stanfleet-flash.XXXXXX")
     # shellcheck disable=SC2064  # expand now: the path is local
@@ -402,7 +405,6 @@ main() {
     [ $# -gt 0 ] || { usage; exit 2; }
     check_common
     check_tools
-    check_creds
     if [ -n "$BATCH" ]; then
         if [ -n "$PORT" ] || [ -n "$DEVICE_ID" ]; then usage_error "--batch takes ports and IDs from the file"; fi
         flash_batch

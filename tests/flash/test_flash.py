@@ -455,6 +455,9 @@ def test_batch_provisions_each_board_and_sums_up(rig, tmp_path):
     flashes = [tmp_path / "flash1", tmp_path / "flash2"]
     for f in flashes:
         f.mkdir()
+    for device_id in ("3F45", "3F46"):
+        (tmp_path / f"device-{device_id}.json").write_text(json.dumps(
+            {"user": f"device-{device_id}", "password": SECRET_NATS}))
     with PtyBoard(flashes[0]) as b1, PtyBoard(flashes[1]) as b2:
         csv = tmp_path / "devices.csv"
         csv.write_text("device_id,port,wifi,wifi_pass\n"
@@ -464,6 +467,7 @@ def test_batch_provisions_each_board_and_sums_up(rig, tmp_path):
                        f"3f46,{b2.port},other-net,{SECRET_WIFI}\r\n")
         out = rig.run("--batch", str(csv), "--nats", "tls://fleet.example:4222",
                       "--bundle", str(rig.bundle), "--wifi", "lab", "--wifi-pass", "lab-pass",
+                      "--creds", str(tmp_path / "device-{id}.json"),
                       FLASH_MPREMOTE_RESUME="1", timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
     summary = out.stdout[out.stdout.index("flash.sh: batch:"):].splitlines()
@@ -475,11 +479,13 @@ def test_batch_provisions_each_board_and_sums_up(rig, tmp_path):
     ]
     assert "ttyUSB7 does not exist" in out.stderr
     assert SECRET_WIFI not in out.stdout + out.stderr
+    assert SECRET_NATS not in out.stdout + out.stderr
     cfg1 = json.loads((flashes[0] / "config.json").read_text())
     cfg2 = json.loads((flashes[1] / "config.json").read_text())
     assert (cfg1["device_id"], cfg1["wifi"]["ssid"]) == ("3F45", "lab")
     assert (cfg2["device_id"], cfg2["wifi"]) == ("3F46", {"ssid": "other-net",
                                                           "password": SECRET_WIFI})
+    assert (cfg1["user"], cfg2["user"]) == ("device-3F45", "device-3F46")
 
 
 # ---- the real thing: provision, firmware and streaming server ------------------------
