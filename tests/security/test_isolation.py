@@ -28,6 +28,10 @@ async def victim_still_works(fleet, victim) -> None:
 
 async def test_device_uses_its_own_channels(fleet):
     sc = await fleet.stan("device-3F45")
+    # Heartbeats reach the device through the account import, and it answers.
+    info = fleet.server.clients.clients["device-3F45"]
+    assert info.hb_inbox.startswith("_DEV._INBOX.device-3F45.")
+    assert await fleet.server.clients.is_alive(info, 5)
     for channel in ("devices.3F45.events", "devices.3F45.status"):
         ack = await sc.publish(channel, b"{}")
         assert ack.guid and not ack.error
