@@ -23,6 +23,33 @@ sys.path.append("")
 sys.path.append(".frozen")
 
 
+def _trace_heap():
+    # SIM_HEAP_TRACE=1 (bench/firmware_heap.py): sample the heap in a thread
+    # and print each new high-water mark of gc.mem_alloc(). A collection every
+    # 4 KB of allocation keeps mem_alloc() close to the live data; without it
+    # the heap simply fills up before the first collection.
+    import _thread
+    import gc
+    import time
+
+    gc.threshold(4096)
+
+    def sample():
+        peak = 0
+        while True:
+            a = gc.mem_alloc()
+            if a > peak + 256:
+                peak = a
+                print("[heap] peak=%d" % peak)
+            time.sleep_ms(1)
+
+    _thread.start_new_thread(sample, ())
+
+
+if os.getenv("SIM_HEAP_TRACE"):
+    _trace_heap()
+
+
 def _run(name):
     try:
         with open(name) as f:
