@@ -239,15 +239,19 @@ class Device:
         urls = self.cfg["nats"]
         if isinstance(urls, str):
             urls = [urls]
+        cfg = self.cfg
+        user = cfg.get("user")
+        # Under the server's authorization a user's inboxes are _INBOX.<user>.*
+        inbox = cfg.get("inbox_prefix") or ("_INBOX." + user if user else "_INBOX")
         i = 0
         delay = RETRY_MIN_MS
         while True:
             tls, host, port = parse_nats_url(urls[i % len(urls)])
             nc = nats.Client({
-                "host": host, "port": port, "tls": tls, "ca_der": self.cfg.get("ca"),
-                "server_hostname": self.cfg.get("server_hostname"),
-                "user": self.cfg.get("user"), "password": self.cfg.get("password"),
-                "token": self.cfg.get("token"), "name": self.client_id,
+                "host": host, "port": port, "tls": tls, "ca_der": cfg.get("ca"),
+                "server_hostname": cfg.get("server_hostname"),
+                "user": user, "password": cfg.get("password"),
+                "token": cfg.get("token"), "name": self.client_id, "inbox_prefix": inbox,
                 "on_disconnected": self._on_link_down,
                 "on_connected": self._on_link_up,
             })

@@ -29,6 +29,7 @@ DEFAULTS = {
     "password": None,
     "token": None,
     "name": None,
+    "inbox_prefix": "_INBOX",  # _INBOX.<user> where the broker allows a user only its own inboxes
     "tls": False,  # True: require TLS; also upgraded when the server says tls_required
     "ca_der": None,  # path of the CA certificate in DER form; required for TLS
     "server_hostname": None,  # name checked against the certificate; default: host
@@ -88,8 +89,8 @@ def _rand_hex(n):
     return hexlify(b).decode()
 
 
-def new_inbox():
-    return "_INBOX." + _rand_hex(11)
+def new_inbox(prefix="_INBOX"):
+    return prefix + "." + _rand_hex(11)
 
 
 class Client:
@@ -111,7 +112,7 @@ class Client:
         self._pongs = []  # one entry per PING in flight: None (keepalive) or a flush() Event
         self._subs = {}
         self._sid = 0
-        self._resp_prefix = None  # request/reply inbox, "_INBOX.<rand>."
+        self._resp_prefix = None  # request/reply inbox, "<inbox_prefix>.<rand>."
         self._resp = {}  # token -> [Event, Msg]
         self._token = 0
         self.info = {}
@@ -123,6 +124,9 @@ class Client:
     @property
     def connected(self):
         return self._state == _ST_UP
+
+    def new_inbox(self):
+        return new_inbox(self.cfg["inbox_prefix"])
 
     async def connect(self):
         """First connection. Raises OSError, AuthError or asyncio.TimeoutError."""
@@ -176,7 +180,7 @@ class Client:
         """Publish with a reply subject; returns the first reply (a Msg).
         Raises asyncio.TimeoutError."""
         if self._resp_prefix is None:
-            self._resp_prefix = new_inbox() + "."
+            self._resp_prefix = self.new_inbox() + "."
             self.subscribe(self._resp_prefix + "*", self._on_resp)
         self._token += 1
         tok = "%x" % self._token

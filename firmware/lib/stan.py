@@ -56,8 +56,8 @@ class StanMsg:
 
 
 class Subscription:
-    def __init__(self, channel, cb, durable, queue, manual_acks, ack_wait, max_inflight, start,
-                 start_seq):
+    def __init__(self, inbox, channel, cb, durable, queue, manual_acks, ack_wait, max_inflight,
+                 start, start_seq):
         self.channel = channel
         self.cb = cb
         self.durable = durable
@@ -67,7 +67,7 @@ class Subscription:
         self.max_inflight = max_inflight
         self.start = start
         self.start_seq = start_seq
-        self.inbox = nats.new_inbox()
+        self.inbox = inbox
         self.ack_inbox = None
         self.nsub = None
         self.task = None
@@ -98,6 +98,8 @@ class Stan:
         self._slot = asyncio.Event()
         self._guid_pfx = nats._rand_hex(8)
         self._guid_n = 0
+        # PubAcks come outside the inbox prefix, as for every STAN client
+        # (docs/security-design.md, known gaps); the broker allows _STAN.acks.>.
         self._ack_subject = "_STAN.acks." + nats._rand_hex(11)
         self._ping_sub = None
         self._ping_data = None
@@ -126,9 +128,9 @@ class Stan:
         if self._hb is not None:
             nc.unsubscribe(self._hb)
             nc.unsubscribe(self._ping_sub)
-        hb = nats.new_inbox()
+        hb = nc.new_inbox()
         self._hb = nc.subscribe(hb, self._on_hb)
-        self._ping_sub = nc.subscribe(nats.new_inbox(), self._on_ping_resp)
+        self._ping_sub = nc.subscribe(nc.new_inbox(), self._on_ping_resp)
         self._conn_id = nats._rand_hex(11).encode()
         req = pb.encode(
             pb.ConnectRequest,
@@ -309,8 +311,8 @@ class Stan:
         manual_acks the callback (or later code) must call ack(msg); without,
         the message is acked once cb returns without raising."""
         await asyncio.wait_for(self._up.wait(), self.cfg["connect_timeout"])
-        s = Subscription(channel, cb, durable, queue, manual_acks, ack_wait, max_inflight, start,
-                         start_seq)
+        s = Subscription(self.nc.new_inbox(), channel, cb, durable, queue, manual_acks, ack_wait,
+                         max_inflight, start, start_seq)
         # Subscribe to the inbox before asking: delivery may start at once.
         s.nsub = self.nc.subscribe(s.inbox, lambda m: self._on_msg(s, m))
         try:

@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             creds = json.loads(Path(args.creds).read_text())
             cfg["user"], cfg["password"] = creds["user"], creds["password"]
+            # The streaming server's authorization takes a user's inboxes only
+            # under _INBOX.<user>. (docs/security-design.md).
+            cfg["inbox_prefix"] = creds.get("inbox_prefix") or f"_INBOX.{creds['user']}"
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CommandError(f"{args.creds}: not a credentials file ({e})") from None
     if args.release_key:

@@ -139,3 +139,32 @@ async def test_durable_close_keeps_position_and_unsubscribe_deletes_it(stan_serv
         mp.send("sub fw.u keep 30 8 auto first")
         assert await mp.expect_all("SMSG", 2, since) == [
             "SMSG fw.u 1 u1 False", "SMSG fw.u 2 u2 False"]
+
+
+async def test_inboxes_use_the_configured_prefix(stan_server):
+    """Under the server's authorization a user may only use _INBOX.<user>.*:
+    request replies, the heartbeat inbox and subscription inboxes follow
+    inbox_prefix (PubAcks stay on _STAN.acks.*, docs/security-design.md)."""
+    prefix = "_INBOX.device-9"
+    cfg = json.loads(driver_cfg(stan_server, "dev-9"))
+    cfg["nats"]["inbox_prefix"] = prefix
+    snoop = await natspy.connect(stan_server.nats_url)
+    replies = []
+
+    async def on_discover(m) -> None:
+        replies.append(m.reply)
+
+    await snoop.subscribe(f"_STAN.discover.{stan_server.cluster_id}", cb=on_discover)
+    await snoop.flush()
+    try:
+        async with await MicroPython.start("stan_driver.py", cfg=json.dumps(cfg)) as mp:
+            await mp.expect("CONNECTED")
+            mp.send("sub fw.inbox - 30 1 auto new")
+            await mp.expect("SUBBED")
+            server = stan_server.server
+            assert server.clients.clients["dev-9"].hb_inbox.startswith(prefix + ".")
+            inboxes = [m.inbox for m in server.subs.members.values()]
+            assert inboxes and all(i.startswith(prefix + ".") for i in inboxes)
+            assert replies and all(r.startswith(prefix + ".") for r in replies)
+    finally:
+        await snoop.close()
