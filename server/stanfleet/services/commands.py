@@ -13,6 +13,7 @@ import sys
 from ..errors import CommandError
 from ..signals import stop_event
 from ..streaming.limits import LimitsError, parse_duration
+from .connection import secure_options
 from .listener import Listener, ListenerConfig
 from .readings_db import ReadingsDB
 
@@ -24,6 +25,17 @@ def add_connection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL (default: %(default)s)")
     p.add_argument("--cluster-id", default="test-cluster",
                    help="STAN cluster ID (default: %(default)s)")
+    p.add_argument("--creds", metavar="FILE",
+                   help="the service's credentials (stanfleet creds add-service ROLE writes "
+                        "them to SECURITY-DIR/services/ROLE.json)")
+    p.add_argument("--ca", metavar="FILE",
+                   help="CA certificate (PEM) the NATS server's TLS certificate is checked "
+                        "against, e.g. SECURITY-DIR/certs/ca.pem")
+
+
+def connection_options(args: argparse.Namespace) -> dict:
+    """nats.connect options from --creds and --ca (TLS, user, inbox prefix)."""
+    return secure_options(getattr(args, "creds", None), getattr(args, "ca", None))
 
 
 def configure_listener(p: argparse.ArgumentParser) -> None:
@@ -36,7 +48,8 @@ def configure_listener(p: argparse.ArgumentParser) -> None:
 def run_listener(args: argparse.Namespace) -> int:
     async def serve() -> None:
         listener = Listener(ListenerConfig(nats_url=args.nats, cluster_id=args.cluster_id,
-                                           name=args.name, db_path=args.db))
+                                           name=args.name, db_path=args.db,
+                                           nats_options=connection_options(args)))
         stop = stop_event()
         runner = asyncio.create_task(listener.run())
         await asyncio.wait([runner, asyncio.create_task(stop.wait())],

@@ -10,7 +10,7 @@ import sys
 from ..client import Client
 from ..client.errors import StanError
 from ..errors import CommandError
-from .commands import DEFAULT_DB, add_connection_arguments
+from .commands import DEFAULT_DB, add_connection_arguments, connection_options
 from .configmgr import ConfigStore, last_status, parse_settings, send
 from .connection import open_session
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _connect(args) -> tuple[Client, object]:
     return await open_session(args.nats, args.cluster_id, f"config-manager-{os.getpid()}",
-                              once=True)
+                              once=True, **connection_options(args))
 
 
 async def _set(args) -> int:
