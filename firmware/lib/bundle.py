@@ -1,12 +1,16 @@
 # Application bundle: the format a release is shipped in (docs/device.md).
 #
-#   SFB1\n
-#   {"version": "1.2.0", "files": [[name, size, sha256hex], ...]}\n
-#   <hex ed25519 signature of the manifest line, or empty>\n
+#   SFB1 <manifest length> <signature length>\n
+#   {"version": "1.2.0", "files": [[name, size, sha256hex], ...]}
+#   <hex ed25519 signature of the manifest, or nothing>
 #   <the files' bytes, in manifest order>
 #
 # A device unpacks it while it downloads, a chunk at a time, so RAM use does
-# not grow with the bundle. Shared by the firmware (unpack) and the release
+# not grow with the bundle. The lengths up front let it read the manifest
+# into one buffer of the right size: reading a line of unknown length grows
+# a copy per network chunk and fragments a small heap.
+#
+# Shared by the firmware (unpack) and the release
 # manager (pack); MicroPython and CPython alike.
 
 import hashlib
@@ -15,7 +19,8 @@ import os
 from binascii import hexlify
 
 MAGIC = b"SFB1"
-MAX_LINE = 8192  # a manifest longer than this is refused before it fills the heap
+MAX_MANIFEST = 8192  # a manifest longer than this is refused before it fills the heap
+MAX_SIG = 256
 CHUNK = 512
 MANIFEST = "manifest.json"  # written last into a slot: a slot without it is incomplete
 
@@ -69,7 +74,7 @@ def pack(version, files, sign=None):
         entries.append([name, len(data), _hex(hashlib.sha256(data).digest())])
     line = json.dumps({"version": version, "files": entries}).encode()
     sig = _hex(sign(line)).encode() if sign else b""
-    out = [MAGIC, b"\n", line, b"\n", sig, b"\n"]
+    out = [b"%s %d %d\n" % (MAGIC, len(line), len(sig)), line, sig]
     out.extend(data for _, data in files)
     return b"".join(out)
 
@@ -102,19 +107,27 @@ class _Reader:
         self.h.update(b)
         return b
 
-    async def line(self):
-        # readline() allocates the line once; reading byte by byte would
-        # fragment a small heap with a growing copy per byte.
+    async def line(self, limit=64):
+        # Only the short first line: everything longer has its length given.
         b = await self.s.readline()
         self.n += len(b)
         self.h.update(b)
-        if self.n > self.limit:
-            raise BundleError("bundle is larger than its size")
+        if self.n > self.limit or len(b) > limit:
+            raise BundleError("not a stanfleet bundle")
         if not b.endswith(b"\n"):
             raise BundleError("bundle is truncated")
-        if len(b) > MAX_LINE:
-            raise BundleError("bundle header is too long")
         return b[:-1]
+
+    async def exact(self, n):
+        buf = bytearray(n)  # one allocation of the final size
+        i = 0
+        while i < n:
+            b = await self.read(min(CHUNK, n - i))
+            if not b:
+                raise BundleError("bundle is truncated")
+            buf[i:i + len(b)] = b
+            i += len(b)
+        return buf
 
 
 async def unpack(stream, dest, size, sha256, check_sig=None, progress=None):
@@ -126,20 +139,29 @@ async def unpack(stream, dest, size, sha256, check_sig=None, progress=None):
     the manifest; raises BundleError saying what was wrong.
     """
     r = _Reader(stream, size)
-    if await r.line() != MAGIC:
+    head = (await r.line()).split()
+    try:
+        if len(head) != 3 or head[0] != MAGIC:
+            raise ValueError
+        mlen, slen = int(head[1]), int(head[2])
+    except ValueError:
         raise BundleError("not a stanfleet bundle")
-    line = await r.line()
-    sig = await r.line()
-    m = parse_manifest(line)
-    if check_sig is not None:
+    if not 0 < mlen <= MAX_MANIFEST or not 0 <= slen <= MAX_SIG:
+        raise BundleError("bundle header is out of range")
+    line = await r.exact(mlen)
+    sig = await r.exact(slen)
+    if check_sig is not None:  # before parsing: an unsigned manifest is not read at all
+        if not sig:
+            raise BundleError("bundle is not signed; this device installs only signed releases")
         try:
             from binascii import unhexlify
 
             raw = unhexlify(sig)
         except ValueError:
-            raise BundleError("signature is not hex")
-        if not raw or not check_sig(line, raw):
-            raise BundleError("bad signature")
+            raise BundleError("bad signature: not hex")
+        if not check_sig(line, raw):
+            raise BundleError("bad signature: the manifest is not signed by the release key")
+    m = parse_manifest(line)
     line = sig = None
     try:
         os.mkdir(dest)

@@ -39,10 +39,12 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize("damage, error", [
     (lambda d: d[:-1], "truncated|size"),
     (lambda d: d[:40], "truncated"),
+    (lambda d: d[:10], "not a stanfleet bundle|truncated"),
+    (lambda d: d.replace(b" ", b" 99999", 1), "out of range"),
     (lambda d: d[:-5] + b"XXXXX", "hash mismatch"),
     (lambda d: b"SFB2" + d[4:], "not a stanfleet bundle"),
     (lambda d: d.replace(b'"version"', b'"versiom"', 1), "manifest is not valid"),
-    (lambda d: b"", "truncated"),
+    (lambda d: b"", "truncated|not a stanfleet bundle"),
 ])
 def test_damaged_bundle_is_refused_and_slot_stays_incomplete(tmp_path, damage, error):
     data = damage(bundle.pack("1.2.0", FILES))
@@ -82,7 +84,7 @@ def test_signature_is_checked_before_any_file_is_written(tmp_path):
         unpack(data, tmp_path / "bad", check_sig=lambda line, sig: False)
     assert not (tmp_path / "bad" / "nats.mpy").exists()
     unsigned = bundle.pack("1.2.0", FILES)
-    with pytest.raises(bundle.BundleError, match="bad signature"):
+    with pytest.raises(bundle.BundleError, match="not signed"):
         unpack(unsigned, tmp_path / "unsigned", check_sig=good)
 
 
