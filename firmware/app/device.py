@@ -228,7 +228,7 @@ class Device:
             import sys
 
             sys.print_exception(e)
-            self.set_ota("failed", v, str(e) or repr(e))
+            self.set_ota("failed", v, _reason(e))
             return
         otaboot.begin_trial(slot, v)
         self.set_ota("rebooting", v)
@@ -362,6 +362,15 @@ class Device:
             pass
         log("stanfleet: rebooting")
         system.reset()
+
+
+def _reason(e):
+    """What went wrong, for a person: OSError alone says just "20"."""
+    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
+        import errno
+
+        return "I/O error %s" % errno.errorcode.get(e.args[0], e.args[0])
+    return str(e) or repr(e)
 
 
 def main():
