@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,16 @@ from stanfleet.sim import FleetRunner
 FACTORY = "1.0.0"
 GOOD = "1.2.0"
 BROKEN = "1.3.0"  # its app crashes at import: the device must roll back
+
+
+async def stanfleet(stan, *args: str) -> tuple[int, str]:
+    """Run a `stanfleet` command against ``stan``; (exit status, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stanfleet.cli", *args, "--nats", stan.nats_url,
+        "--cluster-id", stan.cluster_id,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode()
 
 
 @pytest.fixture(scope="session")

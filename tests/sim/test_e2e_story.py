@@ -11,9 +11,8 @@ publish` rolls a release out to every device, one of which fails to install
 from __future__ import annotations
 
 import asyncio
-import sys
 
-from conftest import GOOD
+from conftest import GOOD, stanfleet
 from stanfleet.services.listener import Listener, ListenerConfig
 from stanfleet.services.readings_db import ReadingsDB
 
@@ -21,15 +20,6 @@ from tests.waiting import eventually
 
 DEVICES = ("A0000001", "A0000002", "A0000003")
 FAULTY = "A0000003"
-
-
-async def stanfleet(stan, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stanfleet.cli", *args, "--nats", stan.nats_url,
-        "--cluster-id", stan.cluster_id,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode()
 
 
 class RunningListener:
