@@ -60,7 +60,8 @@ def slot_files(firmware_dir: str | os.PathLike) -> list[tuple[str, bytes]]:
 def build_bundle(firmware_dir: str | os.PathLike, version: str, out_path: str | os.PathLike,
                  sign: Callable[[bytes], bytes] | None = None) -> dict:
     """Write the bundle for ``version`` to ``out_path``; returns its version,
-    size, sha256 and path. ``sign`` signs the manifest line."""
+    size, sha256, path and whether it is signed. ``sign(manifest_line)``
+    returns the ed25519 signature (stanfleet.signing.Signer.sign)."""
     bundle = load("bundle")
     data = bundle.pack(version, slot_files(firmware_dir), sign)
     out = Path(out_path)
@@ -68,4 +69,4 @@ def build_bundle(firmware_dir: str | os.PathLike, version: str, out_path: str | 
     tmp.write_bytes(data)
     tmp.replace(out)  # never a half-written artifact under the final name
     return {"version": version, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "path": str(out)}
+            "path": str(out), "signed": sign is not None}

@@ -101,8 +101,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--creds", metavar="FILE",
                    help='JSON file {"user": ..., "password": ...} from stanfleet creds')
     p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM or DER) for TLS")
-    p.add_argument("--release-key", metavar="HEX",
-                   help="ed25519 public key (hex): install only releases it signed")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--release-key", metavar="HEX",
+                     help="ed25519 public key (hex): install only releases it signed")
+    key.add_argument("--release-key-file", metavar="FILE",
+                     help="the same, from the release-signing.pub that "
+                          "'stanfleet release keygen' wrote (or a PEM public key)")
     p.add_argument("--sending-frequency", type=int, help="factory default, in seconds")
 
 
@@ -121,8 +125,11 @@ def run(args: argparse.Namespace) -> int:
             cfg["inbox_prefix"] = creds.get("inbox_prefix") or f"_INBOX.{creds['user']}"
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CommandError(f"{args.creds}: not a credentials file ({e})") from None
-    if args.release_key:
-        cfg["release_key"] = args.release_key
+    if args.release_key or args.release_key_file:
+        from .signing import check_public_hex, read_public_key
+
+        cfg["release_key"] = (check_public_hex(args.release_key) if args.release_key
+                              else read_public_key(args.release_key_file))
     if args.sending_frequency is not None:
         load("cfgrules").check("sending_frequency", args.sending_frequency)
         cfg["sending_frequency"] = args.sending_frequency

@@ -1,4 +1,4 @@
-"""`stanfleet release build|publish|promote|status|serve`."""
+"""`stanfleet release keygen|build|publish|promote|status|serve`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from ..errors import CommandError
 from ..firmware_code import FIRMWARE_DIR
 from ..signals import stop_event
+from ..signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME, is_signed
 from .artifacts import ArtifactServer
 from .commands import DEFAULT_DB, add_connection_arguments
 from .configmgr import ConfigStore
@@ -21,11 +22,40 @@ DEFAULT_RELEASES = "stanfleet-data/releases"
 ROLLOUTS = "rollouts.json"  # version -> percentage published last
 
 
+SIGNING_HELP = f"""\
+Signed releases. `keygen` creates an ed25519 key pair in --keys DIR
+(default {DEFAULT_KEYS_DIR}):
+  {PRIVATE_NAME}  private, PEM, mode 0600: keep it off git and devices
+  {PUBLIC_NAME}  the public key, in hex, for devices
+`build` signs each bundle's manifest with DIR/{PRIVATE_NAME} when it
+exists, or with --sign-key FILE; --unsigned skips signing. It says which.
+A device provisioned with the public key (stanfleet provision
+--release-key-file DIR/{PUBLIC_NAME}) installs only bundles signed by
+that key; any other it reports as ota state "failed", never acked.
+"""
+
+
 def configure(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = SIGNING_HELP
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    b = sub.add_parser("build", help="build a versioned firmware bundle from firmware/")
+    kg = sub.add_parser("keygen", help="create the release signing key pair (never overwrites)",
+                        description=SIGNING_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    kg.add_argument("--keys", default=DEFAULT_KEYS_DIR, metavar="DIR",
+                    help=f"where {PRIVATE_NAME} and {PUBLIC_NAME} go (default: %(default)s)")
+    b = sub.add_parser("build", help="build a versioned firmware bundle from firmware/, signed "
+                       "when a signing key exists", description=SIGNING_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("version", help="MAJOR.MINOR.PATCH")
     b.add_argument("--firmware", default=str(FIRMWARE_DIR), help="firmware source directory")
+    b.add_argument("--keys", default=DEFAULT_KEYS_DIR, metavar="DIR",
+                   help=f"sign with DIR/{PRIVATE_NAME} if it exists (default: %(default)s)")
+    how = b.add_mutually_exclusive_group()
+    how.add_argument("--sign-key", metavar="FILE",
+                     help="sign with this private key (PEM or 32 raw bytes); it must exist")
+    how.add_argument("--unsigned", action="store_true",
+                     help="do not sign, even if a signing key exists")
     pub = sub.add_parser("publish", help="announce a built release on devices.releases")
     pub.add_argument("version")
     pub.add_argument("--canary", type=int, default=100, metavar="PCT",
@@ -41,7 +71,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     sv = sub.add_parser("serve", help="run the artifact server")
     sv.add_argument("--host", default="0.0.0.0")
     sv.add_argument("--port", type=int, default=8080)
-    for sp in (b, pub, pro, st, sv):
+    for sp in (b, pub, pro, st, sv):  # not keygen: keys live apart from the releases
         sp.add_argument("--releases", default=DEFAULT_RELEASES,
                         help="directory of built bundles (default: %(default)s)")
     for sp in (pub, pro, st):
@@ -50,22 +80,57 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    handler = {"build": _build, "publish": _publish, "promote": _promote, "status": _status,
+    handler = {"keygen": _keygen, "build": _build, "publish": _publish, "promote": _promote, "status": _status,
                "serve": _serve}[args.action]
     result = handler(args)
     return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
 
+def _keygen(args) -> int:
+    from ..signing import keygen
+
+    pair = keygen(args.keys)
+    print(f"private key: {pair.private_path} (mode 0600: keep it secret, never commit it)")
+    print(f"public key:  {pair.public_path}")
+    print(f"  {pair.public_hex}")
+    print(f"devices: stanfleet provision ... --release-key-file {pair.public_path}")
+    return 0
+
+
+def _signer(args):
+    """The Signer for a build, or (None, why not)."""
+    from ..signing import load_signer, private_path
+
+    if args.unsigned:
+        return None, "--unsigned"
+    if args.sign_key:
+        return load_signer(args.sign_key), ""
+    default = private_path(args.keys)
+    if default.exists():
+        return load_signer(default), ""
+    return None, f"no signing key at {default}; create one with: stanfleet release keygen"
+
+
 def _build(args) -> int:
     from ..bundle_build import build_bundle
+    from ..signing import device_check
 
     version = check_version(args.version)
+    signer, why = _signer(args)  # before building: a bad key fails fast
     os.makedirs(args.releases, exist_ok=True)
     out = ReleaseDir(args.releases).file(version)
     if os.path.exists(out):
         raise CommandError(f"{version} is already built ({out}); versions are immutable")
-    info = build_bundle(args.firmware, version, out)
+    info = build_bundle(args.firmware, version, out, signer.sign if signer else None)
+    problem = device_check(out, signer.public_hex) if signer else ""
+    if problem:
+        os.remove(out)  # never leave a bundle devices would refuse
+        raise CommandError(f"{version}: a device would refuse it ({problem}); bundle removed")
     print(f"{version}: {out} ({info['size']} bytes, sha256 {info['sha256']})")
+    if signer:
+        print(f"signed with {signer.path} (public key {signer.public_hex})")
+    else:
+        print(f"unsigned ({why}): devices with a release_key will refuse it")
     return 0
 
 
@@ -84,6 +149,13 @@ def _save_rollout(releases: str, version: str, pct: int) -> None:
         json.dump(data, f)
 
 
+def _signed(path: str) -> str:
+    try:
+        return "signed" if is_signed(path) else "unsigned"
+    except OSError:
+        return "unreadable"
+
+
 async def _announce(args, version: str, pct: int) -> int:
     artifact = ReleaseDir(args.releases).artifact(version)
     sc, nc = await open_session(args.nats, args.cluster_id, f"release-manager-{os.getpid()}",
@@ -95,7 +167,8 @@ async def _announce(args, version: str, pct: int) -> int:
         await nc.close()
     _save_rollout(args.releases, version, pct)
     who = "all devices" if pct >= 100 else f"{pct}% of devices (canary)"
-    print(f"{version} published to {who}: {artifact.size} bytes, sha256 {artifact.sha256}")
+    print(f"{version} published to {who}: {artifact.size} bytes, sha256 {artifact.sha256}, "
+          f"{_signed(artifact.path)}")
     return 0
 
 
