@@ -37,15 +37,11 @@ def split_url(url):
 
 
 def _ssl_context(ca_der):
-    import ssl
-
     if not ca_der:
         raise HttpError("https needs a CA certificate (ca in config.json)")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython does not verify unless told to
-    with open(ca_der, "rb") as f:
-        ctx.load_verify_locations(cadata=f.read())
-    return ctx
+    import tlsctx  # the NATS link's context, made while the heap was whole
+
+    return tlsctx.context(ca_der)
 
 
 async def get(url, ca_der=None, timeout=15):

@@ -293,18 +293,15 @@ class Client:
 
     def _tls_upgrade(self, s):
         # PLATFORM-NOTES "TLS upgrade in asyncio": wrap the socket after INFO;
-        # the next write drives the handshake. MicroPython wants DER and does
-        # not verify unless told to.
-        import ssl
+        # the next write drives the handshake. The context (CA, verification
+        # required) is made once and shared with HTTPS downloads: tlsctx.py.
+        import tlsctx
 
         c = self.cfg
         if not c["ca_der"]:
             raise NatsError("TLS required but no ca_der configured")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        with open(c["ca_der"], "rb") as f:
-            ctx.load_verify_locations(cadata=f.read())
         name = c["server_hostname"] or c["host"]
+        ctx = tlsctx.context(c["ca_der"])
         s.s = ctx.wrap_socket(s.s, server_hostname=name, do_handshake_on_connect=False)
         s.s.setblocking(False)
 
