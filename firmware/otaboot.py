@@ -115,3 +115,10 @@ def record(state_name, version, reason=""):
     st = _read()
     st["last"] = {"state": state_name, "version": version, "reason": reason}
     _write(st)
+
+
+def put(key, value):
+    """Keep another piece of OTA state in ota.json (e.g. a MicroPython image update)."""
+    st = _read()
+    st[key] = value
+    _write(st)

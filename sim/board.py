@@ -60,5 +60,11 @@ def _run(name):
     exec(src, g)
 
 
+import esp32  # noqa: E402 - the stand-in, found on the path set above
+
+esp32.bootloader()
+if not esp32.image_boots():
+    print("[rom] the image in the boot partition crashes; resetting")
+    sys.exit(75)
 _run("boot.py")
 _run("main.py")

@@ -83,6 +83,7 @@ class Device:
             "ts": system.iso_now(),
             "version": otaboot.current["version"],
             "slot": otaboot.current["slot"],
+            "image": otaboot.state().get("image"),
             "config": self.settings,
             "cfg_errors": self.cfg_errors,
             "buffer_dropped": self.buf.dropped,
@@ -223,14 +224,16 @@ class Device:
         v = rel["version"]
         self.set_ota("downloading", v)
         try:
-            slot = await ota.install(rel)
+            if rel.get("kind") == "image":
+                await ota.install_image(rel)  # the bootloader switches partitions
+            else:
+                otaboot.begin_trial(await ota.install(rel), v)
         except Exception as e:  # noqa: BLE001 - not acked: the server redelivers it
             import sys
 
             sys.print_exception(e)
             self.set_ota("failed", v, _reason(e))
             return
-        otaboot.begin_trial(slot, v)
         self.set_ota("rebooting", v)
         self.reboot_ev.set()
 
@@ -316,8 +319,27 @@ class Device:
         self.online = False
         log("stanfleet: session lost reason=%s" % reason)
 
+    def _check_image(self):
+        # A MicroPython image installed before the last reset: did it boot?
+        trial = otaboot.state().get("image_trial")
+        if not trial:
+            return
+        from hal import image
+
+        if image.running_label() == trial["label"]:
+            image.mark_valid()
+            otaboot.put("image", trial["version"])
+            self.ota_state = {"state": "installed", "version": trial["version"], "reason": ""}
+            log("stanfleet: image healthy version=%s" % trial["version"])
+        else:  # the bootloader went back to the old partition
+            self.ota_state = {"state": "rolled_back", "version": trial["version"],
+                              "reason": "image did not boot"}
+            otaboot.record("rolled_back", trial["version"], "image did not boot")
+        otaboot.put("image_trial", None)
+
     def _on_session(self, renewed):
         self.online = True
+        self._check_image()
         if otaboot.mark_good():
             log("stanfleet: ota healthy version=%s" % otaboot.current["version"])
             self.ota_state = {"state": "installed", "version": otaboot.current["version"],

@@ -50,6 +50,8 @@ def parse(data):
         if not isinstance(rel.get(key), kind):
             raise Rejected("release has no valid %r" % key)
     version_tuple(rel["version"])
+    if rel.get("kind", "bundle") not in ("bundle", "image"):
+        raise Rejected("unknown release kind %r" % (rel.get("kind"),))
     return rel
 
 
@@ -100,10 +102,19 @@ class Ota:
         except Rejected as e:
             return None, "rejected: %s" % e
         v = rel["version"]
-        running = otaboot.current["version"] or "0.0.0"
+        st = otaboot.state()
+        if rel.get("kind") == "image":
+            # MicroPython itself: its version is tracked apart from the app's.
+            from hal import image
+
+            if not image.available():
+                return None, "rejected: this board has no OTA partition for an image"
+            running = st.get("image") or "0.0.0"
+        else:
+            running = otaboot.current["version"] or "0.0.0"
         if version_tuple(v) <= version_tuple(running):
             return None, "%s is not newer than the running %s" % (v, running)
-        last = otaboot.state().get("last") or {}
+        last = st.get("last") or {}
         if last.get("state") == "rolled_back" and last.get("version") == v:
             return None, "%s was rolled back here" % v
         if not rollout.selected(self.device_id, rel.get("rollout")):
@@ -146,3 +157,31 @@ class Ota:
             raise bundle.BundleError("bundle holds %s, release says %s"
                                      % (m["version"], rel["version"]))
         return slot
+
+    async def install_image(self, rel):
+        """Write a MicroPython image into the next OTA partition; returns its label.
+        With a release key the release must carry "sig": the key's signature of
+        "stanfleet-image <version> <sha256>", so the hash checked is the signed one."""
+        from hal import image
+
+        if self.key is not None:
+            from binascii import unhexlify
+
+            stmt = ("stanfleet-image %s %s" % (rel["version"], rel["sha256"])).encode()
+            try:
+                sig = unhexlify(rel.get("sig") or "")
+            except (TypeError, ValueError):
+                sig = b""
+            if not self.key or not sig or not self._check_sig(stmt, sig):
+                raise image.ImageError("bad signature: the image is not signed by the release key")
+        status, length, stream = await http_get.get(rel["url"], self.ca)
+        try:
+            if status != 200:
+                raise http_get.HttpError("download failed: HTTP %d" % status)
+            if length is not None and length != rel["size"]:
+                raise http_get.HttpError("size is %d bytes, release says %d" % (length, rel["size"]))
+            label = await image.write(stream, rel["size"], rel["sha256"])
+        finally:
+            stream.close()
+        otaboot.put("image_trial", {"version": rel["version"], "label": label})
+        return label
