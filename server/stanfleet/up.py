@@ -5,6 +5,12 @@ the listener and the release manager's artifact server, then N simulated
 devices (MicroPython unix port, one process each), and shows a live table:
 device, last reading and its time, firmware version, connection state.
 Ctrl-C stops everything, devices first, and leaves no process behind.
+
+Secure by default (docs/security-design.md): the first run creates a CA and
+server certificate, credentials for every service role and every simulated
+device under <data-dir>/security/, and later runs reuse them. NATS takes TLS
+and passwords only, with authorization on; the artifact server is HTTPS with
+the same CA. `--insecure` runs everything in plaintext, without credentials.
 """
 
 from __future__ import annotations
@@ -17,14 +23,22 @@ import os
 import sys
 
 from .services.artifacts import ArtifactServer
-from .services.connection import open_session
+from .services.connection import open_session, secure_options
 from .services.listener import Listener, ListenerConfig
 from .services.readings_db import ReadingsDB
 from .signals import stop_event
 from .streaming import ServerOptions, StreamingServer
+from .streaming.authz import ROLES
 
 log = logging.getLogger("stanfleet.up")
 REFRESH = 1.0  # seconds between redraws of the live table
+CERT_HOSTS = ["localhost", "127.0.0.1"]  # up listens on 127.0.0.1 only
+# MicroPython heap of a simulated device on TLS. 128k (the simulator's
+# default) fits the plaintext firmware, but with TLS on NATS and HTTPS an OTA
+# runs out of heap during the download on the unix port (MemoryError
+# allocating 513 bytes; the TLS context alone takes 3.6 KB of it); 144k
+# passes. Trimming the OTA path's heap over TLS is still to do.
+SECURE_HEAP = "144k"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -38,6 +52,72 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster-id", default="test-cluster")
     p.add_argument("--plain", action="store_true",
                    help="log lines instead of the live table (also when not on a terminal)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext NATS and HTTP without credentials (development only)")
+
+
+class Security:
+    """<data-dir>/security: the CA, and credentials for the services up runs
+    and for each simulated device; made on the first run, reused after."""
+
+    def __init__(self, directory: str, cluster_id: str):
+        from .certs import CertPaths
+        from .creds import Store
+
+        self.dir = directory
+        self.store = Store(directory, cluster_id=cluster_id)
+        self.certs = CertPaths(self.store.certs_dir)
+
+    def ensure(self, device_ids: list[str]) -> None:
+        """Create what is missing. A revoked device or role stays revoked."""
+        from .certs import init
+
+        if not os.path.exists(self.certs.ca_key):
+            init(self.certs.directory, CERT_HOSTS)
+        self.store.server_login()
+        have, revoked = self.store.users(), self.store.revoked()
+        for role in ROLES:
+            if role not in have and role not in revoked:
+                self.store.add_service(role)
+        for device in device_ids:
+            user = f"device-{device}"
+            if user not in have and user not in revoked:
+                self.store.add_device(device)
+
+    def service_creds(self, role: str) -> str:
+        return self.store.path("services", f"{role}.json")
+
+    def service_options(self, role: str) -> dict:
+        """nats.connect options for a service role: TLS with our CA, its user."""
+        return secure_options(self.service_creds(role), self.certs.ca)
+
+    def device_config(self, device_id: str) -> dict:
+        """config.json keys with the device's credentials; none for a revoked
+        device, which keeps what it has (and is refused)."""
+        try:
+            with open(self.store.path("devices", f"device-{device_id}.json")) as f:
+                creds = json.load(f)
+        except FileNotFoundError:
+            return {}
+        return {k: creds[k] for k in ("user", "password", "inbox_prefix") if k in creds}
+
+    def ca_der(self) -> bytes:
+        with open(self.certs.ca_der, "rb") as f:
+            return f.read()
+
+    def server_options(self, cluster_id: str, port: int, data_dir: str) -> ServerOptions:
+        """The streaming server as `streaming-server --security-dir` runs it."""
+        from .streaming.options import add_arguments, from_args
+
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        return from_args(p.parse_args(["--security-dir", self.dir, "-cid", cluster_id,
+                                       "-a", "127.0.0.1", "-p", str(port), "-dir", data_dir]))
+
+    def ssl_context(self):
+        from .certs import server_context
+
+        return server_context(self.certs)
 
 
 class Fleet:
@@ -50,32 +130,82 @@ class Fleet:
         self.listener: Listener | None = None
         self.artifacts: ArtifactServer | None = None
         self.devices = None  # the simulator's fleet runner
+        self.security: Security | None = None  # None: --insecure
         self._tasks: list[asyncio.Task] = []
         self.status: dict[str, dict] = {}  # device -> last status message
 
     async def start(self) -> None:
         a = self.args
         os.makedirs(os.path.join(self.data, "releases"), exist_ok=True)
-        self.server = StreamingServer(ServerOptions(
-            cluster_id=a.cluster_id, host="127.0.0.1", port=a.port,
-            data_dir=os.path.join(self.data, "broker")))
+        port = a.port if a.port > 0 else -1  # -1: nats-server picks a free port
+        broker_dir = os.path.join(self.data, "broker")
+        if a.insecure:
+            opts = ServerOptions(cluster_id=a.cluster_id, host="127.0.0.1", port=port,
+                                 data_dir=broker_dir)
+        else:
+            self.security = Security(os.path.join(self.data, "security"), a.cluster_id)
+            await asyncio.to_thread(self.security.ensure, self.device_ids)
+            opts = self.security.server_options(a.cluster_id, port, broker_dir)
+        self.server = StreamingServer(opts)
         await self.server.start()
         url = self.server.nats_url
         self.listener = Listener(ListenerConfig(nats_url=url, cluster_id=a.cluster_id,
-                                                name="up", db_path=self.db_path))
+                                                name="up", db_path=self.db_path,
+                                                nats_options=self.service_options("listener")))
         self._tasks.append(asyncio.create_task(self.listener.run()))
         await asyncio.wait_for(self.listener.ready.wait(), 30)
-        self.artifacts = ArtifactServer(os.path.join(self.data, "releases"), "127.0.0.1",
-                                        a.artifact_port)
+        self.artifacts = ArtifactServer(
+            os.path.join(self.data, "releases"), "127.0.0.1", a.artifact_port,
+            ssl_context=None if self.security is None else self.security.ssl_context())
         await self.artifacts.start()
         self._tasks.append(asyncio.create_task(self._follow_status(url)))
-        if not a.no_sim and a.devices > 0:
+        if self.device_ids:
             from .sim import FleetRunner  # the simulator needs the MicroPython unix port
 
+            sec = self.security
             self.devices = FleetRunner(nats_url=url, cluster_id=a.cluster_id,
-                                       data_dir=self.data, count=a.devices,
-                                       releases_dir=os.path.join(self.data, "releases"))
+                                       data_dir=self.data, ids=self.device_ids,
+                                       releases_dir=os.path.join(self.data, "releases"),
+                                       credentials=None if sec is None else sec.device_config,
+                                       ca_der=None if sec is None else sec.ca_der(),
+                                       server_hostname=None if sec is None else "127.0.0.1",
+                                       **({} if sec is None else {"heap": SECURE_HEAP}))
             await self.devices.start()
+
+    @property
+    def device_ids(self) -> list[str]:
+        a = self.args
+        if a.no_sim or a.devices <= 0:
+            return []
+        from .sim import device_ids
+
+        return device_ids(a.devices)
+
+    def service_options(self, role: str) -> dict:
+        return {} if self.security is None else self.security.service_options(role)
+
+    @property
+    def artifacts_url(self) -> str:
+        scheme = "http" if self.security is None else "https"
+        return f"{scheme}://127.0.0.1:{self.artifacts.port}"
+
+    def banner(self) -> list[str]:
+        """How to reach the fleet: the URLs, and the flags a command needs."""
+        url = self.server.nats_url
+        lines = [f"nats {url}, artifacts {self.artifacts_url}/releases/, "
+                 f"{len(self.device_ids)} devices"]
+        if self.security is None:
+            lines.append("INSECURE: plaintext, no credentials (--insecure)")
+            lines.append(f"commands: --nats {url}")
+        else:
+            sec = self.security
+            lines.append(f"TLS and passwords on; security dir {sec.dir}")
+            lines.append(f"commands: --nats {url} --ca {sec.certs.ca} "
+                         f"--creds {sec.service_creds('ROLE')}")
+            lines.append(f"  e.g. stanfleet config set {self.device_ids[0] if self.device_ids else 'ID'}"
+                         f" sending_frequency=5 --new --nats {url} --ca {sec.certs.ca} "
+                         f"--creds {sec.service_creds('config-manager')}")
+        return lines
 
     @property
     def db_path(self) -> str:
@@ -99,7 +229,8 @@ class Fleet:
 
     async def _follow_status(self, url: str) -> None:
         """Keep the latest status of every device, discovered through the registry."""
-        sc, nc = await open_session(url, self.args.cluster_id, "up-dashboard")
+        sc, nc = await open_session(url, self.args.cluster_id, "up-dashboard",
+                                    **self.service_options("listener"))
         followed: set[str] = set()
 
         async def on_channel(msg):
@@ -141,9 +272,12 @@ class Fleet:
         return out
 
 
-def render(rows: list[tuple], out) -> None:
+def render(rows: list[tuple], out, banner: list[str] = ()) -> None:
     out.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
-    out.write("stanfleet up — Ctrl-C to stop\n\n")
+    out.write("stanfleet up — Ctrl-C to stop\n")
+    for line in banner:
+        out.write(line + "\n")
+    out.write("\n")
     out.write(f"{'device':<10} {'temp °C':>8}  {'reading time':<24}  {'version':<9} state\n")
     for device, temp, ts, version, state in rows:
         out.write(f"{device:<10} {temp:>8}  {ts:<24}  {version:<9} {state}\n")
@@ -157,13 +291,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             await fleet.start()
             live = sys.stdout.isatty() and not args.plain
+            banner = fleet.banner()
             if not live:
-                print(f"fleet up: nats {fleet.server.nats_url}, artifacts on port "
-                      f"{fleet.artifacts.port}, {0 if args.no_sim else args.devices} devices",
-                      flush=True)
+                print("fleet up: " + "\n  ".join(banner), flush=True)
             while not stop.is_set():
                 if live:
-                    render(fleet.rows(), sys.stdout)
+                    render(fleet.rows(), sys.stdout, banner)
                 try:
                     await asyncio.wait_for(stop.wait(), REFRESH)
                 except asyncio.TimeoutError:
