@@ -13,7 +13,7 @@ from ..firmware_code import FIRMWARE_DIR
 from ..signals import stop_event
 from ..signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME, is_signed
 from .artifacts import ArtifactServer
-from .commands import DEFAULT_DB, add_connection_arguments
+from .commands import DEFAULT_DB, add_connection_arguments, connection_options
 from .configmgr import ConfigStore
 from .connection import open_session
 from .releases import ReleaseDir, check_version, fleet_state, publish, version_key
@@ -159,7 +159,7 @@ def _signed(path: str) -> str:
 async def _announce(args, version: str, pct: int) -> int:
     artifact = ReleaseDir(args.releases).artifact(version)
     sc, nc = await open_session(args.nats, args.cluster_id, f"release-manager-{os.getpid()}",
-                                once=True)
+                                once=True, **connection_options(args))
     try:
         await publish(sc, artifact, args.url_base, pct)
     finally:
@@ -197,7 +197,7 @@ async def _status(args) -> int:
     if not devices:
         raise CommandError("no known devices (the listener records them as they appear)")
     sc, nc = await open_session(args.nats, args.cluster_id, f"release-status-{os.getpid()}",
-                                once=True)
+                                once=True, **connection_options(args))
     try:
         while True:
             states = await fleet_state(sc, devices, version, pct)
