@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,3 +304,29 @@ async def test_up_insecure_is_plaintext(tmp_path):
         await nc.close()
     finally:
         await fleet.stop()
+
+
+async def stanfleet(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stanfleet.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode()
+
+
+async def test_config_command_with_creds_and_ca(secure, running, tmp_path):
+    dev = DEVICES[0]
+    fleet = await running(secure.fleet())
+    await fleet.expect(dev, "stanfleet: connected", timeout=30)
+    sec = secure.security
+
+    def cmd(role: str) -> list[str]:
+        return ["config", "set", dev, "sending_frequency=6", "--new",
+                "--db", str(tmp_path / "fleet.db"), "--nats", secure.url,
+                "--ca", sec.certs.ca, "--creds", sec.service_creds(role)]
+    rc, out = await stanfleet(*cmd("listener"))
+    assert rc == 1 and "listener may not publish" in out, out
+    mark = fleet.mark(dev)
+    rc, out = await stanfleet(*cmd("config-manager"))
+    assert rc == 0, out
+    await fleet.expect(dev, 'cfg applied seq=1 {"sending_frequency": 6}', since=mark)
