@@ -36,9 +36,9 @@ log = logging.getLogger("stanfleet.sim")
 # The unix port is a 64-bit build: pointers, code objects and dicts take 1.5-2x
 # what they take on the 32-bit ESP32, whose MicroPython heap is about 110 KB
 # without PSRAM. 192k here is about that board; bench/firmware_heap.py finds
-# the smallest heap that still works (120k at the last count) and it is not
-# the default because a heap near its limit fragments and large allocations
-# (an OTA manifest buffer) start to fail after hours, not at once.
+# the smallest heap that still works (120k at the last count). It is not the
+# default: a heap that close to its limit fragments, and under load a 2 KB
+# buffer (the OTA manifest) could not be had with 26 KB free.
 DEFAULT_HEAP = "192k"
 DEFAULT_CLUSTER_ID = "test-cluster"
 DEFAULT_SENDING_FREQUENCY = 3
