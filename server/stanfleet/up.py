@@ -33,12 +33,6 @@ from .streaming.authz import ROLES
 log = logging.getLogger("stanfleet.up")
 REFRESH = 1.0  # seconds between redraws of the live table
 CERT_HOSTS = ["localhost", "127.0.0.1"]  # up listens on 127.0.0.1 only
-# MicroPython heap of a simulated device on TLS. 128k (the simulator's
-# default) fits the plaintext firmware, but with TLS on NATS and HTTPS an OTA
-# runs out of heap during the download on the unix port (MemoryError
-# allocating 513 bytes; the TLS context alone takes 3.6 KB of it); 144k
-# passes. Trimming the OTA path's heap over TLS is still to do.
-SECURE_HEAP = "144k"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -168,8 +162,7 @@ class Fleet:
                                        releases_dir=os.path.join(self.data, "releases"),
                                        credentials=None if sec is None else sec.device_config,
                                        ca_der=None if sec is None else sec.ca_der(),
-                                       server_hostname=None if sec is None else "127.0.0.1",
-                                       **({} if sec is None else {"heap": SECURE_HEAP}))
+                                       server_hostname=None if sec is None else "127.0.0.1")
             await self.devices.start()
 
     @property

@@ -28,15 +28,12 @@ from stanfleet.services.listener import Listener, ListenerConfig
 from stanfleet.services.readings_db import ReadingsDB
 from stanfleet.sim import FleetRunner
 from stanfleet.streaming import StreamingServer
-from stanfleet.up import SECURE_HEAP, Fleet, Security
+from stanfleet.up import Fleet, Security
 
 from tests.waiting import eventually
 
 DEVICES = ("5EC1", "5EC2")
 REFUSED = "stanfleet: nats connect failed"
-# An OTA over HTTPS on a TLS-connected device does not fit the simulator's
-# default 128k heap yet: see stanfleet.up.SECURE_HEAP.
-HEAP = SECURE_HEAP
 
 
 @dataclass
@@ -73,8 +70,7 @@ class SecureBackend:
                     **extra.get(device_id, {})}
         return FleetRunner(self.url, self.cluster_id, self.tmp / "fleet", ids=list(DEVICES),
                            releases_dir=self.releases, factory_version=FACTORY,
-                           credentials=device_config, ca_der=self.security.ca_der(),
-                           heap=HEAP)
+                           credentials=device_config, ca_der=self.security.ca_der())
 
 
 @pytest.fixture
