@@ -40,10 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that keep running log what they do; one-shot commands print their
+# result and log only warnings and errors.
+SERVICES = {"up", "streaming-server", "listener", "sim"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = logging.INFO if args.command in SERVICES else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2

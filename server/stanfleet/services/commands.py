@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import json
 import logging
+import os
 import sys
 
 from ..errors import CommandError
@@ -18,19 +19,31 @@ from .listener import Listener, ListenerConfig
 from .readings_db import ReadingsDB
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
+DEFAULT_TLS_NATS = "tls://127.0.0.1:4222"
 DEFAULT_DB = "stanfleet-data/fleet.db"
+DEFAULT_SECURITY = "stanfleet-data/security"  # where `stanfleet up` keeps CA and credentials
 
 
-def add_connection_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL (default: %(default)s)")
+def add_connection_arguments(p: argparse.ArgumentParser, role: str | None = None) -> None:
+    """--nats, --cluster-id, --creds and --ca. Where `stanfleet up` left a security
+    directory (stanfleet-data/security), its CA and this role's credentials are
+    the defaults, with TLS on the default URL: the commands then just work
+    against the demo fleet."""
+    ca = os.path.join(DEFAULT_SECURITY, "certs", "ca.pem")
+    ca = ca if os.path.exists(ca) else None
+    creds = os.path.join(DEFAULT_SECURITY, "services", f"{role}.json") if role else None
+    creds = creds if creds and os.path.exists(creds) else None
+    nats_url = DEFAULT_TLS_NATS if ca else DEFAULT_NATS
+    p.add_argument("--nats", default=nats_url, help="NATS URL (default: %(default)s)")
     p.add_argument("--cluster-id", default="test-cluster",
                    help="STAN cluster ID (default: %(default)s)")
-    p.add_argument("--creds", metavar="FILE",
+    p.add_argument("--creds", metavar="FILE", default=creds,
                    help="the service's credentials (stanfleet creds add-service ROLE writes "
-                        "them to SECURITY-DIR/services/ROLE.json)")
-    p.add_argument("--ca", metavar="FILE",
+                        "them to SECURITY-DIR/services/ROLE.json)"
+                        + (f"; default: {creds}" if creds else ""))
+    p.add_argument("--ca", metavar="FILE", default=ca,
                    help="CA certificate (PEM) the NATS server's TLS certificate is checked "
-                        "against, e.g. SECURITY-DIR/certs/ca.pem")
+                        "against, e.g. SECURITY-DIR/certs/ca.pem" + (f"; default: {ca}" if ca else ""))
 
 
 def connection_options(args: argparse.Namespace) -> dict:
@@ -39,7 +52,7 @@ def connection_options(args: argparse.Namespace) -> dict:
 
 
 def configure_listener(p: argparse.ArgumentParser) -> None:
-    add_connection_arguments(p)
+    add_connection_arguments(p, "listener")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite file (default: %(default)s)")
     p.add_argument("--name", default="1",
                    help="instance name; instances share the work (clientID listener-NAME)")

@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     sh = sub.add_parser("show", help="desired next to applied config, per device")
     sh.add_argument("target", nargs="?", help="device ID (default: all known devices)")
     for sp in (s, sh):
-        add_connection_arguments(sp)
+        add_connection_arguments(sp, "config-manager")
         sp.add_argument("--db", default=DEFAULT_DB, help="fleet database (default: %(default)s)")
 
 

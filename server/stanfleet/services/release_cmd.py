@@ -13,7 +13,7 @@ from ..firmware_code import FIRMWARE_DIR
 from ..signals import stop_event
 from ..signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME, is_signed
 from .artifacts import ArtifactServer
-from .commands import DEFAULT_DB, add_connection_arguments, connection_options
+from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments, connection_options
 from .configmgr import ConfigStore
 from .connection import open_session
 from .releases import ReleaseDir, check_version, fleet_state, publish, version_key
@@ -33,6 +33,12 @@ A device provisioned with the public key (stanfleet provision
 --release-key-file DIR/{PUBLIC_NAME}) installs only bundles signed by
 that key; any other it reports as ota state "failed", never acked.
 """
+
+
+def _default_url_base() -> str:
+    # `stanfleet up` serves artifacts on 8080, over HTTPS when it made a CA.
+    secure = os.path.exists(os.path.join(DEFAULT_SECURITY, "certs", "ca.pem"))
+    return f"{'https' if secure else 'http'}://127.0.0.1:8080"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -60,11 +66,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     pub.add_argument("version")
     pub.add_argument("--canary", type=int, default=100, metavar="PCT",
                      help="share of devices (chosen by device ID) that install it first")
-    pub.add_argument("--url-base", required=True,
-                     help="where devices reach the artifact server, e.g. http://10.0.0.2:8080")
+    pub.add_argument("--url-base", default=_default_url_base(),
+                     help="where devices reach the artifact server, e.g. http://10.0.0.2:8080 "
+                          "(default: %(default)s, the one stanfleet up runs)")
     pro = sub.add_parser("promote", help="extend a canary release to every device")
     pro.add_argument("version")
-    pro.add_argument("--url-base", required=True, help="as for publish")
+    pro.add_argument("--url-base", default=_default_url_base(), help="as for publish")
     st = sub.add_parser("status", help="every device's version and OTA state")
     st.add_argument("version", nargs="?", help="the release to follow (default: newest)")
     st.add_argument("--watch", action="store_true", help="refresh until every device is done")
@@ -75,7 +82,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         sp.add_argument("--releases", default=DEFAULT_RELEASES,
                         help="directory of built bundles (default: %(default)s)")
     for sp in (pub, pro, st):
-        add_connection_arguments(sp)
+        add_connection_arguments(sp, "release-manager")
         sp.add_argument("--db", default=DEFAULT_DB, help="fleet database (default: %(default)s)")
 
 
@@ -202,7 +209,7 @@ async def _status(args) -> int:
         while True:
             states = await fleet_state(sc, devices, version, pct)
             _print_status(version, pct, states, sys.stdout)
-            busy = [s for s in states if s.ota_state in ("pending", "downloading")]
+            busy = [s for s in states if s.ota_state in ("pending", "downloading", "rebooting")]
             if not args.watch or not busy:
                 return 0
             await asyncio.sleep(2)  # a refresh interval for a person watching, not a sync
