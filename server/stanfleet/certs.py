@@ -113,9 +113,14 @@ def client_context(ca_file: str) -> ssl.SSLContext:
 
 
 def server_context(paths: CertPaths) -> ssl.SSLContext:
+    return server_context_files(paths.server, paths.server_key)
+
+
+def server_context_files(cert: str, key: str) -> ssl.SSLContext:
+    """TLS for a port we serve (monitoring, artifacts) with our server certificate."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(paths.server, paths.server_key)
+    ctx.load_cert_chain(cert, key)
     return ctx
 
 

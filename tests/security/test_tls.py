@@ -94,3 +94,23 @@ async def test_streaming_server_embeds_a_tls_only_nats(certs, tmp_path):
                                max_reconnect_attempts=1, error_cb=quiet, connect_timeout=3)
     finally:
         await proc.stop()
+
+
+async def test_monitoring_port_is_tls_when_the_server_has_a_certificate(tls_broker, certs):
+    import aiohttp
+    from stanfleet.streaming import ServerOptions, StreamingServer
+
+    server = StreamingServer(ServerOptions(nats_url=tls_broker.url, tls_ca=certs.ca,
+                                           tls_cert=certs.server, tls_key=certs.server_key,
+                                           host="127.0.0.1", monitor_port=0))
+    await server.start()
+    try:
+        url = f"https://localhost:{server.monitor_port}/streaming/serverz"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, ssl=client_context(certs.ca)) as r:
+                assert r.status == 200 and "cluster_id" in await r.json()
+            with pytest.raises(aiohttp.ClientError):  # plaintext gets nothing
+                async with http.get(url.replace("https", "http")) as r:
+                    await r.read()
+    finally:
+        await server.stop()

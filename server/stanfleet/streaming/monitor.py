@@ -60,8 +60,9 @@ class Monitor:
     def on_stored(self, latency_seconds: float) -> None:
         self.publish_latency.observe(latency_seconds)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (0 = any free port); returns the bound port."""
+    async def start(self, host: str, port: int, ssl_context=None) -> int:
+        """Listen on host:port (0 = any free port), HTTPS with ``ssl_context``;
+        returns the bound port."""
         app = web.Application(middlewares=[_errors_as_json])
         app.router.add_get("/streaming/serverz", self._serverz)
         app.router.add_get("/streaming/storez", self._storez)
@@ -71,7 +72,7 @@ class Monitor:
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
         self.port = self._runner.addresses[0][1]
         return self.port
 

@@ -111,8 +111,16 @@ class StreamingServer:
         self.clients.start()
         self.started = time.time()
         if self.monitor:
-            self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port)
-            log.info("monitoring on http://%s:%d", self.opts.host, self.monitor_port)
+            # With a server certificate every port is TLS, monitoring included.
+            ctx = None
+            if self.opts.tls_cert:
+                from ..certs import server_context_files
+
+                ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
+            self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port,
+                                                         ctx)
+            log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
+                     self.monitor_port)
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
 
