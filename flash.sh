@@ -39,6 +39,7 @@ session ("stanfleet: connected" on the serial console).
                        {id} in FILE stands for the device ID (for --batch)
   --ca FILE            CA certificate for TLS (PEM or DER)
   --release-key HEX    ed25519 public key: the device installs only releases it signed
+  --release-key-file F the same, from the .pub file of 'stanfleet release keygen'
   --cluster-id ID      STAN cluster ID (default: provision's, test-cluster)
   --firmware FILE      MicroPython image (ESP32_GENERIC-<ver>.bin from micropython.org)
                        to write first; without it the board must already run MicroPython
@@ -65,7 +66,7 @@ say() { echo "$PROG: $*"; }
 # ---- options -------------------------------------------------------------
 
 PORT='' DEVICE_ID='' WIFI='' WIFI_PASS='' BUNDLE='' VERSION='' CREDS='' CA='' CLUSTER_ID=''
-RELEASE_KEY=''
+RELEASE_KEY='' RELEASE_KEY_FILE=''
 FIRMWARE='' CHIP='' ERASE=0 DRY_RUN=0 BATCH='' BAUD=$DEFAULT_BAUD TIMEOUT=$DEFAULT_TIMEOUT
 RESUME=${FLASH_MPREMOTE_RESUME:-0}
 NATS=()
@@ -82,7 +83,8 @@ parse_args() {
             --dry-run) DRY_RUN=1; COMMON_ARGS+=("$opt"); shift; continue ;;
             --resume) RESUME=1; COMMON_ARGS+=("$opt"); shift; continue ;;
             --port|--device-id|--batch|--wifi|--wifi-pass|--nats|--bundle|--version|--creds|--ca|\
-            --release-key|--cluster-id|--firmware|--chip|--baud|--timeout) need_value "$opt" $# ;;
+            --release-key|--release-key-file|--cluster-id|--firmware|--chip|--baud|--timeout)
+                need_value "$opt" $# ;;
             *) usage_error "unknown option $opt" ;;
         esac
         local val=$2
@@ -98,6 +100,7 @@ parse_args() {
             --creds) CREDS=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --ca) CA=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --release-key) RELEASE_KEY=$val; COMMON_ARGS+=("$opt" "$val") ;;
+            --release-key-file) RELEASE_KEY_FILE=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --cluster-id) CLUSTER_ID=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --firmware) FIRMWARE=$val; COMMON_ARGS+=("$opt" "$val") ;;
             --chip) CHIP=$val; COMMON_ARGS+=("$opt" "$val") ;;
@@ -141,6 +144,9 @@ check_common() {
         die "MicroPython image $FIRMWARE not found (download ESP32_GENERIC-<version>.bin from micropython.org/download)"
     fi
     if [ -n "$CA" ] && [ ! -f "$CA" ]; then die "CA certificate $CA not found"; fi
+    if [ -n "$RELEASE_KEY_FILE" ] && [ ! -f "$RELEASE_KEY_FILE" ]; then
+        die "release key file $RELEASE_KEY_FILE not found (stanfleet release keygen writes it)"
+    fi
     if [ -n "$CHIP" ] && [ -z "${OFFSET[$CHIP]:-}" ]; then
         usage_error "--chip $CHIP is not an ESP32 chip MicroPython runs on (one of: $(chip_names))"
     fi
@@ -320,6 +326,7 @@ provision() {
     if [ -n "$CREDS" ]; then cmd+=(--creds "$CREDS"); fi
     if [ -n "$CA" ]; then cmd+=(--ca "$CA"); fi
     if [ -n "$RELEASE_KEY" ]; then cmd+=(--release-key "$RELEASE_KEY"); fi
+    if [ -n "$RELEASE_KEY_FILE" ]; then cmd+=(--release-key-file "$RELEASE_KEY_FILE"); fi
     if [ -n "$CLUSTER_ID" ]; then cmd+=(--cluster-id "$CLUSTER_ID"); fi
     run "${cmd[@]}" || die "stanfleet provision failed"
 }

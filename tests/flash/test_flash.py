@@ -241,6 +241,7 @@ def test_help(rig):
     (None, ["--erase"], "--erase also erases MicroPython"),
     (None, ["--timeout", "soon"], "--timeout"),
     (None, ["--frobnicate"], "unknown option --frobnicate"),
+    (None, ["--release-key-file", "/nonexistent/release-signing.pub"], "release key file"),
 ])
 def test_argument_errors(rig, pty_port, drop, extra, expected):
     args = rig.args(pty_port) + extra
