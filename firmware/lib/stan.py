@@ -98,9 +98,9 @@ class Stan:
         self._slot = asyncio.Event()
         self._guid_pfx = nats._rand_hex(8)
         self._guid_n = 0
-        # PubAcks come outside the inbox prefix, as for every STAN client
-        # (docs/security-design.md, known gaps); the broker allows _STAN.acks.>.
-        self._ack_subject = "_STAN.acks." + nats._rand_hex(11)
+        # PubAcks come to an inbox under our prefix (official clients use
+        # _STAN.acks.<random>): with per-identity inboxes nobody else can read them.
+        self._ack_subject = nc.new_inbox()
         self._ping_sub = None
         self._ping_data = None
         self._pings_out = 0

@@ -80,9 +80,9 @@ def device_user(device_id: str, cluster_id: str) -> tuple[list[str], list[str], 
 
 
 def _own_inboxes(user: str) -> list[str]:
-    # STAN clients (ours, the firmware's, Go's, Node's) take PubAcks on
-    # `_STAN.acks.<random>`, not under their inbox prefix, so that is allowed too.
-    return [f"_INBOX.{user}.>", "_STAN.acks.>"]
+    # Our clients (CPython and firmware) take PubAcks under their inbox prefix
+    # too, so a user reads nothing but its own inboxes.
+    return [f"_INBOX.{user}.>"]
 
 
 def _others_acks(cluster_id: str) -> list[str]:

@@ -224,3 +224,16 @@ async def test_queue_groups_are_per_identity(fleet):
     rel = await fleet.stan("release-manager", "release-manager-1")
     await rel.publish("devices.releases", b"r1")
     assert (await sa.next()).data == (await sb.next()).data == b"r1"
+
+
+async def test_no_one_reads_another_clients_pubacks(fleet):
+    """PubAcks come to the publisher's own inbox: a device can neither listen on
+    the STAN ack subjects nor on another identity's inboxes, and still gets its own."""
+    victim = await fleet.stan("device-9999")
+    spy = await fleet.nats("device-3F45")
+    for subject in ("_STAN.acks.>", "_INBOX.device-9999.>", "_INBOX.>", ">"):
+        await spy.subscribe(subject)
+        err = await asyncio.wait_for(spy.errors.get(), 10)
+        assert "permissions violation" in str(err).lower(), subject
+    ack = await victim.publish("devices.9999.events", b'{"temp": 20}')
+    assert ack.error == "" and ack.guid

@@ -61,7 +61,6 @@ __version__ = "0.4.0+stanfleet"
 
 DEFAULT_SERVERS = ["nats://127.0.0.1:4222"]
 DEFAULT_DISCOVER_PREFIX = "_STAN.discover"
-DEFAULT_ACKS_PREFIX = "_STAN.acks"
 PROTOCOL_ONE = 1  # protocol with client pings and conn_id
 
 log = logging.getLogger("stanfleet.client")
@@ -198,7 +197,10 @@ class Client:
         self._pub_acks = PubAckTracker(max_pub_acks_inflight)
 
         self._hb_inbox = nc.new_inbox()
-        self._ack_subject = f"{DEFAULT_ACKS_PREFIX}.{nuid.next().decode()}"
+        # PubAcks come under our inbox prefix, not on _STAN.acks.<nuid> as in
+        # the official clients: where each identity may read only its own
+        # inboxes, nobody else sees them (docs/security-design.md).
+        self._ack_subject = nc.new_inbox()
         self._ping_inbox = nc.new_inbox()
         for subject, cb in (
             (self._hb_inbox, self._process_heartbeats),
