@@ -133,6 +133,16 @@ class Ota:
                  time.ticks_diff(time.ticks_ms(), t1)))
         return ok
 
+    async def _download(self, rel):
+        """The artifact's body as a stream, once its status and length are right."""
+        status, length, stream = await http_get.get(rel["url"], self.ca)
+        if status != 200 or (length is not None and length != rel["size"]):
+            stream.close()
+            if status != 200:
+                raise http_get.HttpError("download failed: HTTP %d" % status)
+            raise http_get.HttpError("size is %d bytes, release says %d" % (length, rel["size"]))
+        return stream
+
     async def install(self, rel):
         """Download and unpack into the inactive slot; returns the slot. Raises on failure."""
         if self.key == b"":
@@ -142,12 +152,8 @@ class Ota:
         d = otaboot.slot_dir(slot)
         _rmtree(d)  # whatever was there (an old version, a half download) goes
         _mkdirs(d)
-        status, length, stream = await http_get.get(rel["url"], self.ca)
+        stream = await self._download(rel)
         try:
-            if status != 200:
-                raise http_get.HttpError("download failed: HTTP %d" % status)
-            if length is not None and length != rel["size"]:
-                raise http_get.HttpError("size is %d bytes, release says %d" % (length, rel["size"]))
             m = await bundle.unpack(stream, d, rel["size"], rel["sha256"],
                                     self._check_sig if self.key is not None else None)
         finally:
@@ -174,12 +180,8 @@ class Ota:
                 sig = b""
             if not self.key or not sig or not self._check_sig(stmt, sig):
                 raise image.ImageError("bad signature: the image is not signed by the release key")
-        status, length, stream = await http_get.get(rel["url"], self.ca)
+        stream = await self._download(rel)
         try:
-            if status != 200:
-                raise http_get.HttpError("download failed: HTTP %d" % status)
-            if length is not None and length != rel["size"]:
-                raise http_get.HttpError("size is %d bytes, release says %d" % (length, rel["size"]))
             label = await image.write(stream, rel["size"], rel["sha256"])
         finally:
             stream.close()

