@@ -126,6 +126,10 @@ class Fleet:
         self.devices = None  # the simulator's fleet runner
         self.security: Security | None = None  # None: --insecure
         self._tasks: list[asyncio.Task] = []
+        # Set by stop(): tasks end by themselves. Cancelling alone was not enough:
+        # a cancel that lands while a STAN request completes can be lost (Python 3.11
+        # wait_for), and the task then waited forever.
+        self._stopping = asyncio.Event()
         self.status: dict[str, dict] = {}  # device -> last status message
 
     async def start(self) -> None:
@@ -205,6 +209,7 @@ class Fleet:
         return os.path.join(self.data, "fleet.db")
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self.devices is not None:
             await self.devices.stop()
         if self.listener is not None:
@@ -242,7 +247,7 @@ class Fleet:
                 await sc.subscribe(channel, cb=on_status, start_at="last_received")
         try:
             await sc.subscribe("stanfleet.channels", cb=on_channel, deliver_all_available=True)
-            await asyncio.Event().wait()
+            await self._stopping.wait()
         finally:
             await sc.close()
             await nc.close()
