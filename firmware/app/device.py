@@ -27,7 +27,7 @@ from app.buffer import Buffer
 
 RETRY_MIN_MS = 500
 RETRY_MAX_MS = 30000
-MAX_SEND_ERRORS = 5  # server refusals of one reading before it is dropped
+MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 # The OTA code (app.ota, bundle, http_get, rollout, ed25519) is imported when
 # the first release arrives, not at boot: a device that never sees a release
 # keeps about 10 KB more heap. It is never unloaded: unloading and reloading
@@ -73,7 +73,6 @@ class Device:
         self.freq_ev = asyncio.Event()  # sending_frequency changed
         self.status_ev = asyncio.Event()  # something in the status changed
         self.reboot_ev = asyncio.Event()
-        self.published = 0
 
     # ---- status ------------------------------------------------------------------
 
@@ -107,11 +106,13 @@ class Device:
             await self.status_ev.wait()
             self.status_ev.clear()
             delay = RETRY_MIN_MS
-            guid = None
+            # A retry sends the same bytes under the same guid, so the server
+            # stores one copy; a change meanwhile is sent next, under a new one.
+            data = self.status()
+            guid = self.sc.new_guid()
             while True:
                 try:
-                    guid = guid or self.sc.new_guid()
-                    await self.sc.publish("devices.%s.status" % self.id, self.status(), guid)
+                    await self.sc.publish("devices.%s.status" % self.id, data, guid)
                     break
                 except Exception as e:  # noqa: BLE001 - offline or refused: try again later
                     log("stanfleet: status not sent error=%r" % (e,))
@@ -163,12 +164,15 @@ class Device:
             try:
                 await self.sc.publish(channel, item[0], item[1])
             except stan.StanError as e:
-                errors += 1
                 log("stanfleet: reading refused error=%s" % e)
-                if errors >= MAX_SEND_ERRORS:  # the server will never take it
-                    buf.sent(item)
-                    buf.dropped += 1
-                    errors = 0
+                # Only a refusal that can never change drops the reading; a
+                # session or store problem on the server is retried like an outage.
+                if _permanent(str(e)):
+                    errors += 1
+                    if errors >= MAX_SEND_ERRORS:
+                        buf.sent(item)
+                        buf.dropped += 1
+                        errors = 0
                 delay = await _backoff(delay)
                 continue
             except Exception as e:  # noqa: BLE001 - timeout or link down: keep it, retry
@@ -179,7 +183,6 @@ class Device:
             buf.sent(item)
             errors = 0
             delay = RETRY_MIN_MS
-            self.published += 1
             if buf.dropped != reported:
                 reported = buf.dropped
                 self.changed()
@@ -384,6 +387,14 @@ class Device:
             pass
         log("stanfleet: rebooting")
         system.reset()
+
+
+def _permanent(error):
+    """A PubAck error that a retry cannot fix."""
+    for text in ("not authorized", "too large", "does not match", "invalid"):
+        if text in error:
+            return True
+    return False
 
 
 def _reason(e):
