@@ -671,16 +671,28 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heap", default=DEFAULT_HEAP,
                    help=f"MicroPython heap per device (default: {DEFAULT_HEAP})")
     p.add_argument("--ca", help="CA certificate (DER or PEM) to install on new devices")
+    p.add_argument("--security-dir", metavar="DIR",
+                   help="take each device's credentials (devices/device-<ID>.json, from "
+                        "stanfleet creds add-device) and the CA from DIR")
 
 
-def _read_ca(path: str) -> bytes:
-    data = Path(path).read_bytes()
-    if b"-----BEGIN" in data:
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        data = x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
-    return data
+def _security(directory: str, ids: list[str]) -> tuple[Callable[[str], dict], bytes]:
+    """Each device's credentials and the CA, from a security directory that
+    `stanfleet creds add-device` (or `stanfleet up`) filled."""
+    ca = Path(directory) / "certs" / "ca.der"
+    if not ca.exists():
+        raise CommandError(f"{ca} not found: is {directory} a stanfleet security directory?")
+    found: dict[str, dict] = {}
+    for device_id in ids:
+        path = Path(directory) / "devices" / f"device-{device_id}.json"
+        try:
+            creds = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CommandError(f"no credentials for device {device_id} in {directory} "
+                               f"(stanfleet creds add-device {device_id})") from None
+        found[device_id] = {k: creds[k] for k in ("user", "password", "inbox_prefix")
+                            if k in creds}
+    return found.__getitem__, ca.read_bytes()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -697,10 +709,17 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = stop_event()
+        ids = args.ids.split(",") if args.ids else device_ids(args.devices)
+        credentials, ca = None, None
+        if args.security_dir:
+            credentials, ca = _security(args.security_dir, ids)
+        if args.ca:
+            from .provision import ca_der
+
+            ca = ca_der(args.ca)
         runner = FleetRunner(
-            args.nats, args.cluster_id, args.data_dir, args.devices,
-            ids=args.ids.split(",") if args.ids else None, heap=args.heap,
-            ca_der=_read_ca(args.ca) if args.ca else None, on_line=on_line, on_event=on_event)
+            args.nats, args.cluster_id, args.data_dir, args.devices, ids=ids, heap=args.heap,
+            credentials=credentials, ca_der=ca, on_line=on_line, on_event=on_event)
         try:
             await runner.start()
             print(f"sim: {len(runner.devices)} devices, Ctrl-C to stop", flush=True)
