@@ -105,23 +105,19 @@ def main() -> None:
     pk, sig, msg = make_case(args.size)
 
     ed = load_module("ed25519")
-    times = []
-    for _ in range(args.runs):
-        t = time.perf_counter()
-        assert ed.verify(pk, msg, sig)
-        times.append(time.perf_counter() - t)
-    print(f"cpython  verify: {statistics.median(times) * 1e3:.2f} ms median of {args.runs} "
-          f"({args.size}-byte message, hashlib sha512)")
 
-    sha = load_module("sha512")
-    ed.__dict__["_sha512"] = sha.sha512
-    times = []
-    for _ in range(args.runs):
-        t = time.perf_counter()
-        assert ed.verify(pk, msg, sig)
-        times.append(time.perf_counter() - t)
-    print(f"cpython  verify: {statistics.median(times) * 1e3:.2f} ms median "
-          f"with the pure-Python sha512.py")
+    def median_ms() -> float:
+        times = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            assert ed.verify(pk, msg, sig)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) * 1e3
+
+    print(f"cpython  verify: {median_ms():.2f} ms median of {args.runs} "
+          f"({args.size}-byte message, hashlib sha512)")
+    ed.__dict__["_sha512"] = load_module("sha512").sha512
+    print(f"cpython  verify: {median_ms():.2f} ms median with the pure-Python sha512.py")
 
     with tempfile.TemporaryDirectory(prefix="ed25519-bench-") as tmp:
         work = Path(tmp)
