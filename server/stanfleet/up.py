@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .services.artifacts import ArtifactServer
 from .services.connection import open_session, secure_options
@@ -68,6 +69,12 @@ class Security:
 
         if not os.path.exists(self.certs.ca_key):
             init(self.certs.directory, CERT_HOSTS)
+        if not self.signing_key.exists():
+            # Devices then install only releases signed with it; `release build`
+            # finds it here (stanfleet-data/security) and signs.
+            from .signing import keygen
+
+            keygen(self.dir)
         self.store.server_login()
         have, revoked = self.store.users(), self.store.revoked()
         for role in ROLES:
@@ -93,7 +100,22 @@ class Security:
                 creds = json.load(f)
         except FileNotFoundError:
             return {}
-        return {k: creds[k] for k in ("user", "password", "inbox_prefix") if k in creds}
+        cfg = {k: creds[k] for k in ("user", "password", "inbox_prefix") if k in creds}
+        cfg["release_key"] = self.release_key
+        return cfg
+
+    @property
+    def signing_key(self) -> Path:
+        from .signing import PRIVATE_NAME
+
+        return Path(self.dir) / PRIVATE_NAME
+
+    @property
+    def release_key(self) -> str:
+        """The public half, hex: what devices check releases against."""
+        from .signing import PUBLIC_NAME, read_public_key
+
+        return read_public_key(Path(self.dir) / PUBLIC_NAME)
 
     def ca_der(self) -> bytes:
         with open(self.certs.ca_der, "rb") as f:

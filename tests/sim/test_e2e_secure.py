@@ -274,6 +274,9 @@ async def test_up_is_secure_by_default_and_reuses_its_security_dir(tmp_path, mon
         sec = fleet.security.dir
         ca = Path(fleet.security.certs.ca).read_bytes()
         device_creds = json.loads(Path(sec, "devices", f"device-{dev}.json").read_text())
+        # Releases must be signed: the device holds the public key up made.
+        flash_cfg = json.loads((fleet.devices.devices[dev].flash_dir / "config.json").read_text())
+        assert flash_cfg["release_key"] == Path(sec, "release-signing.pub").read_text().strip()
     finally:
         await fleet.stop()
 
