@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import ssl
 import sys
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ import nats
 import pytest
 from conftest import FACTORY, GOOD, Backend
 from stanfleet import creds
+from stanfleet.bundle_build import build_bundle
+from stanfleet.firmware_code import FIRMWARE_DIR
 from stanfleet.services.artifacts import ArtifactServer
 from stanfleet.services.connection import open_session
 from stanfleet.services.listener import Listener, ListenerConfig
 from stanfleet.services.readings_db import ReadingsDB
+from stanfleet.signing import load_signer
 from stanfleet.sim import FleetRunner
 from stanfleet.streaming import StreamingServer
 from stanfleet.up import Fleet, Security
@@ -78,6 +82,13 @@ async def secure(tmp_path, releases, monkeypatch):
     monkeypatch.setattr(creds, "BCRYPT_ROUNDS", 4)  # the hashing, not the test, is slow
     security = Security(str(tmp_path / "security"), "test-cluster")
     await asyncio.to_thread(security.ensure, list(DEVICES))
+    # Devices of a secure fleet install only releases signed with its key.
+    signed = tmp_path / "releases"
+    signed.mkdir()
+    shutil.copy(releases / f"{FACTORY}.bin", signed)
+    await asyncio.to_thread(build_bundle, FIRMWARE_DIR, GOOD, signed / f"{GOOD}.bin",
+                            load_signer(security.signing_key).sign)
+    releases = signed
     server = StreamingServer(security.server_options("test-cluster", -1,
                                                      str(tmp_path / "broker")))
     await server.start()
