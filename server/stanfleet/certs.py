@@ -25,7 +25,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import CommandError
 
-DEFAULT_DIR = "stanfleet-data/certs"
+# Inside the security directory, where `streaming-server --security-dir` and
+# `stanfleet up` look for them.
+DEFAULT_DIR = "stanfleet-data/security/certs"
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest validity common TLS clients accept
 
