@@ -69,16 +69,6 @@ def _rmtree(path):
     os.rmdir(path)
 
 
-def _mkdirs(path):
-    cur = ""
-    for part in path.split("/"):
-        cur = part if not cur else cur + "/" + part
-        try:
-            os.mkdir(cur)
-        except OSError:
-            pass
-
-
 class Ota:
     def __init__(self, device_id, cfg):
         self.device_id = device_id
@@ -150,8 +140,7 @@ class Ota:
                                      "ed25519 public key; no release can be checked")
         slot = otaboot.inactive()
         d = otaboot.slot_dir(slot)
-        _rmtree(d)  # whatever was there (an old version, a half download) goes
-        _mkdirs(d)
+        _rmtree(d)  # whatever was there (an old version, a half download) goes; unpack remakes it
         stream = await self._download(rel)
         try:
             m = await bundle.unpack(stream, d, rel["size"], rel["sha256"],

@@ -9,7 +9,7 @@ in it.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import hashlib
 import json
 import os
 import re
@@ -40,6 +40,22 @@ class _BytesStream:
         return await self.read(len(self.data) - self.pos if end < 0 else end + 1)
 
 
+def unpack_bytes(data: bytes, dest: str, check_sig=None) -> dict:
+    """Unpack bundle bytes into ``dest`` with the device's own code; returns the
+    manifest, raises the firmware's BundleError. An in-memory stream never
+    suspends, so one step runs unpack to its end: this works inside a running
+    event loop (release publish) as well as outside one."""
+    bundle = load("bundle")
+    coro = bundle.unpack(_BytesStream(data), dest, len(data), hashlib.sha256(data).hexdigest(),
+                         check_sig)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("bundle.unpack suspended on an in-memory stream")
+
+
 def ca_der(path: str) -> bytes:
     """A CA certificate as DER (MicroPython's ssl wants DER), from PEM or DER."""
     from cryptography import x509
@@ -68,13 +84,9 @@ def make_device_fs(out_dir: str | os.PathLike, bundle_path: str | os.PathLike, c
         raise CommandError("a device needs at least one NATS URL")
     fw = Path(firmware_dir)
     bundle = load("bundle")
-    data = Path(bundle_path).read_bytes()
-    import hashlib
-
     (out / "slots" / "a").mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(bundle.unpack(_BytesStream(data), str(out / "slots" / "a"), len(data),
-                                  hashlib.sha256(data).hexdigest()))
+        unpack_bytes(Path(bundle_path).read_bytes(), str(out / "slots" / "a"))
     except bundle.BundleError as e:
         raise CommandError(f"{bundle_path}: {e}") from None
     for name in ("boot.py", "main.py"):

@@ -15,7 +15,6 @@ the whole bundle.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -164,23 +163,15 @@ def _unpack(path: str | os.PathLike, check_sig) -> str:
     """Unpack a bundle file as a device does, into a scratch directory; the
     reason a device would give for refusing it, or "" if it would install."""
     from .firmware_code import load
-    from .provision import _BytesStream
+    from .provision import unpack_bytes
 
     bundle = load("bundle")
-    data = Path(path).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
-        coro = bundle.unpack(_BytesStream(data), tmp + "/slot", len(data),
-                             hashlib.sha256(data).hexdigest(), check_sig)
-        # An in-memory stream never suspends: one step runs unpack to its end,
-        # so this works inside a running event loop (release publish) too.
         try:
-            coro.send(None)
-        except StopIteration:
-            return ""
+            unpack_bytes(Path(path).read_bytes(), tmp + "/slot", check_sig)
         except bundle.BundleError as e:
             return str(e)
-        coro.close()
-        raise RuntimeError("bundle.unpack suspended on an in-memory stream")
+    return ""
 
 
 def is_signed(path: str | os.PathLike) -> bool:

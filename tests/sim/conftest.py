@@ -25,14 +25,18 @@ GOOD = "1.2.0"
 BROKEN = "1.3.0"  # its app crashes at import: the device must roll back
 
 
-async def stanfleet(stan, *args: str) -> tuple[int, str]:
-    """Run a `stanfleet` command against ``stan``; (exit status, output)."""
+async def cli(*args: str) -> tuple[int, str]:
+    """Run a `stanfleet` command; (exit status, output)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stanfleet.cli", *args, "--nats", stan.nats_url,
-        "--cluster-id", stan.cluster_id,
+        sys.executable, "-m", "stanfleet.cli", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode()
+
+
+async def stanfleet(stan, *args: str) -> tuple[int, str]:
+    """Run a `stanfleet` command against the streaming server ``stan``."""
+    return await cli(*args, "--nats", stan.nats_url, "--cluster-id", stan.cluster_id)
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,13 @@ import asyncio
 import json
 import shutil
 import ssl
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import nats
 import pytest
-from conftest import FACTORY, GOOD, Backend
+from conftest import FACTORY, GOOD, Backend, cli
 from stanfleet import creds
 from stanfleet.bundle_build import build_bundle
 from stanfleet.firmware_code import FIRMWARE_DIR
@@ -316,14 +315,6 @@ async def test_up_insecure_is_plaintext(tmp_path):
         await fleet.stop()
 
 
-async def stanfleet(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stanfleet.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode()
-
-
 async def test_config_command_with_creds_and_ca(secure, running, tmp_path):
     dev = DEVICES[0]
     fleet = await running(secure.fleet())
@@ -334,9 +325,9 @@ async def test_config_command_with_creds_and_ca(secure, running, tmp_path):
         return ["config", "set", dev, "sending_frequency=6", "--new",
                 "--db", str(tmp_path / "fleet.db"), "--nats", secure.url,
                 "--ca", sec.certs.ca, "--creds", sec.service_creds(role)]
-    rc, out = await stanfleet(*cmd("listener"))
+    rc, out = await cli(*cmd("listener"))
     assert rc == 1 and "listener may not publish" in out, out
     mark = fleet.mark(dev)
-    rc, out = await stanfleet(*cmd("config-manager"))
+    rc, out = await cli(*cmd("config-manager"))
     assert rc == 0, out
     await fleet.expect(dev, 'cfg applied seq=1 {"sending_frequency": 6}', since=mark)
