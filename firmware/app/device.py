@@ -65,7 +65,9 @@ class Device:
         self.client_id = "device-" + self.id
         self.settings = settings_mod.load_settings(cfg, log)
         self.buf = Buffer(max(2, int(cfg.get("buffer_size", 120))))
-        last = otaboot.state().get("last")
+        st = otaboot.state()
+        last = st.get("last")
+        self.image = st.get("image")  # MicroPython image version, when one was installed
         self.ota_state = last or {"state": "idle", "version": None, "reason": ""}
         self.cfg_errors = []
         self.sc = None
@@ -82,7 +84,7 @@ class Device:
             "ts": system.iso_now(),
             "version": otaboot.current["version"],
             "slot": otaboot.current["slot"],
-            "image": otaboot.state().get("image"),
+            "image": self.image,
             "config": self.settings,
             "cfg_errors": self.cfg_errors,
             "buffer_dropped": self.buf.dropped,
@@ -332,6 +334,7 @@ class Device:
         if image.running_label() == trial["label"]:
             image.mark_valid()
             otaboot.put("image", trial["version"])
+            self.image = trial["version"]
             self.ota_state = {"state": "installed", "version": trial["version"], "reason": ""}
             log("stanfleet: image healthy version=%s" % trial["version"])
         else:  # the bootloader went back to the old partition
