@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "server"))
 
 from stanfleet.broker import Broker, BrokerConfig  # noqa: E402
-from stanfleet.bundle_build import build_bundle, mpy_cross  # noqa: E402
 from stanfleet.client import Client  # noqa: E402
-from stanfleet.firmware_code import FIRMWARE_DIR  # noqa: E402
+from stanfleet.fleet.bundle_build import build_bundle, mpy_cross  # noqa: E402
+from stanfleet.fleet.firmware_code import FIRMWARE_DIR  # noqa: E402
+from stanfleet.fleet.runner import FleetRunner, micropython_binary  # noqa: E402
 from stanfleet.services.artifacts import ArtifactServer  # noqa: E402
-from stanfleet.sim import FleetRunner, micropython_binary  # noqa: E402
 from stanfleet.streaming import ServerOptions, StreamingServer  # noqa: E402
 
 DEV = "BEEF"

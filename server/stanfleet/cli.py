@@ -18,15 +18,15 @@ from .errors import CommandError
 # and light commands stay fast.
 COMMANDS = {
     "up": ("stanfleet.up", "run the demo fleet: broker, services and simulated devices"),
-    "certs": ("stanfleet.certs", "create the private CA and server certificate for TLS"),
-    "creds": ("stanfleet.creds", "device and service credentials for the broker"),
+    "certs": ("stanfleet.security.certs", "create the private CA and server certificate for TLS"),
+    "creds": ("stanfleet.security.creds", "device and service credentials for the broker"),
     "streaming-server": ("stanfleet.streaming.main", "run the STAN streaming server"),
     "listener": ("stanfleet.services.listener_cmd", "save every device reading to the database"),
     "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),
     "config": ("stanfleet.services.config_cmd", "send configuration to devices, show it"),
     "release": ("stanfleet.services.release_cmd", "build, publish and follow firmware releases"),
-    "sim": ("stanfleet.sim", "run simulated devices (MicroPython unix port) against a NATS server"),
-    "provision": ("stanfleet.provision", "write the files for one device's flash"),
+    "sim": ("stanfleet.fleet.sim_cmd", "run simulated devices (MicroPython unix port) against a NATS server"),
+    "provision": ("stanfleet.fleet.provision", "write the files for one device's flash"),
 }
 
 

@@ -23,13 +23,13 @@ import os
 import sys
 from pathlib import Path
 
+from .security.roles import ROLES
 from .services.artifacts import ArtifactServer
 from .services.connection import open_session, secure_options
 from .services.listener import Listener, ListenerConfig
 from .services.readings_db import ReadingsDB
 from .signals import stop_event
 from .streaming import ServerOptions, StreamingServer
-from .streaming.authz import ROLES
 
 log = logging.getLogger("stanfleet.up")
 REFRESH = 1.0  # seconds between redraws of the live table
@@ -56,8 +56,8 @@ class Security:
     and for each simulated device; made on the first run, reused after."""
 
     def __init__(self, directory: str, cluster_id: str):
-        from .certs import CertPaths
-        from .creds import Store
+        from .security.certs import CertPaths
+        from .security.creds import Store
 
         self.dir = directory
         self.store = Store(directory, cluster_id=cluster_id)
@@ -65,14 +65,14 @@ class Security:
 
     def ensure(self, device_ids: list[str]) -> None:
         """Create what is missing. A revoked device or role stays revoked."""
-        from .certs import init
+        from .security.certs import init
 
         if not os.path.exists(self.certs.ca_key):
             init(self.certs.directory, CERT_HOSTS)
         if not self.signing_key.exists():
             # Devices then install only releases signed with it; `release build`
             # finds it here (stanfleet-data/security) and signs.
-            from .signing import keygen
+            from .security.signing import keygen
 
             keygen(self.dir)
         self.store.server_login()
@@ -106,14 +106,14 @@ class Security:
 
     @property
     def signing_key(self) -> Path:
-        from .signing import PRIVATE_NAME
+        from .security.signing import PRIVATE_NAME
 
         return Path(self.dir) / PRIVATE_NAME
 
     @property
     def release_key(self) -> str:
         """The public half, hex: what devices check releases against."""
-        from .signing import PUBLIC_NAME, read_public_key
+        from .security.signing import PUBLIC_NAME, read_public_key
 
         return read_public_key(Path(self.dir) / PUBLIC_NAME)
 
@@ -131,7 +131,7 @@ class Security:
                                        "-a", "127.0.0.1", "-p", str(port), "-dir", data_dir]))
 
     def ssl_context(self):
-        from .certs import server_context
+        from .security.certs import server_context
 
         return server_context(self.certs)
 
@@ -180,7 +180,7 @@ class Fleet:
         await self.artifacts.start()
         self._tasks.append(asyncio.create_task(self._follow_status(url)))
         if self.device_ids:
-            from .sim import FleetRunner  # the simulator needs the MicroPython unix port
+            from .fleet.runner import FleetRunner  # the simulator needs the MicroPython unix port
 
             sec = self.security
             self.devices = FleetRunner(nats_url=url, cluster_id=a.cluster_id,
@@ -196,7 +196,7 @@ class Fleet:
         a = self.args
         if a.no_sim or a.devices <= 0:
             return []
-        from .sim import device_ids
+        from .fleet.runner import device_ids
 
         return device_ids(a.devices)
 

@@ -11,10 +11,10 @@ import hashlib
 import json
 
 import pytest
-from stanfleet.bundle_build import build_bundle
 from stanfleet.errors import CommandError
-from stanfleet.firmware_code import FIRMWARE_DIR, load
-from stanfleet.provision import _BytesStream, make_device_fs
+from stanfleet.fleet.bundle_build import build_bundle
+from stanfleet.fleet.firmware_code import FIRMWARE_DIR, load
+from stanfleet.fleet.provision import _BytesStream, make_device_fs
 
 bundle = load("bundle")
 

@@ -499,12 +499,12 @@ async def test_real_firmware_reports_connected_after_flashing(tmp_path, stan_ser
     running the simulator's board (sim/board.py and its stand-in hardware): after
     the reset the real firmware starts from slot a, opens its STAN session on our
     streaming server and prints the line flash.sh waits for."""
-    pytest.importorskip("stanfleet.provision")
+    pytest.importorskip("stanfleet.fleet.provision")
     if not SIM_BOARD.exists():
         pytest.skip("sim/board.py is not there")
-    from stanfleet.bundle_build import build_bundle
-    from stanfleet.firmware_code import FIRMWARE_DIR
-    from stanfleet.sim import DEFAULT_HEAP
+    from stanfleet.fleet.bundle_build import build_bundle
+    from stanfleet.fleet.firmware_code import FIRMWARE_DIR
+    from stanfleet.fleet.runner import DEFAULT_HEAP
 
     bundle = build_bundle(FIRMWARE_DIR, "1.0.0", tmp_path / "1.0.0.bin")["path"]
     flash = tmp_path / "flash"

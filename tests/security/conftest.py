@@ -1,5 +1,5 @@
 """A secured fleet for the negative tests: real nats-server with the STAN /
-DEVICES / SERVICES accounts made by `stanfleet.creds`, TLS with our own CA,
+DEVICES / SERVICES accounts made by `stanfleet.security.creds`, TLS with our own CA,
 and the streaming server with authorization on (--security-dir)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import json
 
 import nats
 import pytest
-from stanfleet import creds
-from stanfleet.certs import client_context, init
 from stanfleet.client import Client
+from stanfleet.security import creds
+from stanfleet.security.certs import client_context, init
 from stanfleet.streaming import StreamingServer
 from stanfleet.streaming.options import add_arguments, from_args
 

@@ -10,7 +10,7 @@ import sys
 
 import nats
 import pytest
-from stanfleet.certs import client_context, init
+from stanfleet.security.certs import client_context, init
 
 from ..waiting import eventually
 

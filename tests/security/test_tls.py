@@ -10,7 +10,7 @@ import nats
 import pytest
 from cryptography import x509
 from stanfleet.broker import Broker, BrokerConfig
-from stanfleet.certs import client_context, init
+from stanfleet.security.certs import client_context, init
 
 
 @pytest.fixture

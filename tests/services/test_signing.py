@@ -1,4 +1,4 @@
-"""Release signing: keys (stanfleet.signing), signed builds, and the device's
+"""Release signing: keys (stanfleet.security.signing), signed builds, and the device's
 check of them (firmware/lib/bundle.py with firmware/lib/ed25519.py, run here
 on CPython; tests/sim/test_e2e_signed.py runs it on the unix port)."""
 
@@ -15,11 +15,12 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from stanfleet import signing
-from stanfleet.bundle_build import build_bundle
 from stanfleet.errors import CommandError
-from stanfleet.firmware_code import FIRMWARE_DIR, load
-from stanfleet.provision import _BytesStream
+from stanfleet.fleet import bundle_check
+from stanfleet.fleet.bundle_build import build_bundle
+from stanfleet.fleet.firmware_code import FIRMWARE_DIR, load
+from stanfleet.fleet.provision import _BytesStream
+from stanfleet.security import signing
 
 bundle = load("bundle")
 ed25519 = load("ed25519")
@@ -174,10 +175,10 @@ def test_keygen_and_signed_build_from_the_command_line(tmp_path):
     r = cli("release", "build", "1.2.0", "--keys", str(keys), "--releases", str(releases))
     assert r.returncode == 0, r.stderr
     assert f"signed with {keys / 'release-signing.key'} (public key {pub})" in r.stdout
-    assert signing.is_signed(releases / "1.2.0.bin")
-    assert signing.device_check(releases / "1.2.0.bin", pub) == ""
+    assert bundle_check.is_signed(releases / "1.2.0.bin")
+    assert bundle_check.device_check(releases / "1.2.0.bin", pub) == ""
     other = signing.keygen(tmp_path / "other").public_hex
-    assert "bad signature" in signing.device_check(releases / "1.2.0.bin", other)
+    assert "bad signature" in bundle_check.device_check(releases / "1.2.0.bin", other)
     data = (releases / "1.2.0.bin").read_bytes()
     assert device_unpack(data, tmp_path / "slot", pub)["version"] == "1.2.0"
 
@@ -185,8 +186,8 @@ def test_keygen_and_signed_build_from_the_command_line(tmp_path):
             "--unsigned")
     assert r.returncode == 0, r.stderr
     assert "unsigned (--unsigned)" in r.stdout
-    assert not signing.is_signed(releases / "1.2.1.bin")
-    assert "not signed" in signing.device_check(releases / "1.2.1.bin", pub)
+    assert not bundle_check.is_signed(releases / "1.2.1.bin")
+    assert "not signed" in bundle_check.device_check(releases / "1.2.1.bin", pub)
 
 
 def test_build_without_a_key_says_it_is_unsigned(tmp_path):

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import nats
 import pytest
-from stanfleet.bundle_build import build_bundle
 from stanfleet.client import Client
-from stanfleet.firmware_code import FIRMWARE_DIR
+from stanfleet.fleet.bundle_build import build_bundle
+from stanfleet.fleet.firmware_code import FIRMWARE_DIR
+from stanfleet.fleet.runner import FleetRunner
 from stanfleet.services.artifacts import ArtifactServer
-from stanfleet.sim import FleetRunner
 
 FACTORY = "1.0.0"
 GOOD = "1.2.0"
@@ -111,6 +111,20 @@ class Collector:
         except asyncio.TimeoutError:
             raise AssertionError(f"condition not met in {timeout}s; have {len(self.msgs)} "
                                  f"messages, last: {self.json[-3:]}") from None
+
+    async def first(self, match, timeout: float = 30.0) -> dict:
+        """The first message (as JSON) that ``match`` accepts, once one has come.
+
+        Returns the message itself: a test must not look at ``json[-1]``
+        afterwards, since the device may have sent its next status by then."""
+        found: list[dict] = []
+
+        def seen(c) -> bool:
+            found[:] = [j for j in c.json if match(j)][:1]
+            return bool(found)
+
+        await self.wait_for(seen, timeout)
+        return found[0]
 
     async def count(self, n: int, timeout: float = 30.0) -> None:
         await self.wait_for(lambda c: len(c.msgs) >= n, timeout)

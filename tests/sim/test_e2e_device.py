@@ -98,9 +98,8 @@ async def test_bad_cfg_is_rejected_and_the_old_value_kept(make_fleet, backend):
         await fleet.expect(DEV, "cfg rejected", since=mark)
     await backend.publish(f"devices.{DEV}.cfg", b"not json {")
     await fleet.expect(DEV, "config is not a JSON object")
-    await status.wait_for(lambda c: c.json and "config is not a JSON object"
-                          in c.json[-1]["cfg_errors"])
-    assert status.json[-1]["config"] == {"sending_frequency": 3}
+    report = await status.first(lambda s: "config is not a JSON object" in s["cfg_errors"])
+    assert report["config"] == {"sending_frequency": 3}
     # Rejected cfg is acked (it can never apply): a reboot does not bring it back.
     mark = fleet.mark(DEV)
     await fleet.reboot(DEV)
@@ -138,8 +137,8 @@ async def test_failing_release_is_redelivered_never_acked_then_a_good_one_instal
         mark = fleet.mark(DEV)
         await fleet.expect(DEV, f"ota state=failed version={GOOD} reason=bundle sha256 mismatch",
                            since=mark)
-    await status.wait_for(lambda c: c.json and c.json[-1]["ota"]["state"] == "failed")
-    assert "sha256" in status.json[-1]["ota"]["reason"]
+    failed = await status.first(lambda s: s["ota"]["state"] == "failed")
+    assert "sha256" in failed["ota"]["reason"]
 
     await backend.release(GOOD)  # the fixed announcement of the same version
     await fleet.expect(DEV, f"boot slot=b version={GOOD} trial=True", timeout=30)
@@ -174,9 +173,8 @@ async def test_broken_release_rolls_back_and_is_not_retried(make_fleet, backend)
     await backend.release(BROKEN)
     await fleet.expect(DEV, f"boot slot=b version={BROKEN} trial=True", timeout=30)
     await fleet.expect(DEV, f"boot slot=a version={FACTORY} trial=False", timeout=60)
-    await status.wait_for(lambda c: c.json and c.json[-1]["ota"]["state"] == "rolled_back",
-                          timeout=30)
-    assert status.json[-1]["version"] == FACTORY
+    rolled_back = await status.first(lambda s: s["ota"]["state"] == "rolled_back", timeout=30)
+    assert rolled_back["version"] == FACTORY
     await fleet.expect(DEV, f"release acked seq=1 {BROKEN} was rolled back here")
 
 

@@ -53,8 +53,8 @@ async def test_image_is_written_booted_marked_valid_and_acked(make_fleet, backen
     table = json.loads((flash / "partitions.json").read_text())
     assert table["running"] == table["boot"] == "ota_1" and table["verified"]
     assert (flash / "ota_1.bin").read_bytes()[:len(data)] == data
-    await status.wait_for(lambda c: c.json and c.json[-1]["image"] == "1.22.0")
-    assert status.json[-1]["version"] == "1.0.0"  # the app bundle is unchanged
+    installed = await status.first(lambda s: s["image"] == "1.22.0")
+    assert installed["version"] == "1.0.0"  # the app bundle is unchanged
 
 
 async def test_image_that_does_not_boot_is_rolled_back(make_fleet, backend, images):
@@ -64,9 +64,8 @@ async def test_image_that_does_not_boot_is_rolled_back(make_fleet, backend, imag
     await backend.publish("devices.releases", {**image(d, "1.22.0", b"BAD!" + bytes(5000)),
                                                "url": f"{url}/releases/1.22.0.bin"})
     await fleet.expect(DEV, "[rom] the image in the boot partition crashes", timeout=30)
-    await status.wait_for(lambda c: c.json and c.json[-1]["ota"]["state"] == "rolled_back",
-                          timeout=30)
-    assert status.json[-1]["ota"]["reason"] == "image did not boot"
+    rolled_back = await status.first(lambda s: s["ota"]["state"] == "rolled_back", timeout=30)
+    assert rolled_back["ota"]["reason"] == "image did not boot"
     await fleet.expect(DEV, "release acked seq=1 1.22.0 was rolled back here")
     assert json.loads((flash / "partitions.json").read_text())["running"] == "ota_0"
 

@@ -11,7 +11,7 @@ import time
 import nats
 from conftest import Collector
 from stanfleet.client import Client
-from stanfleet.sim import FleetRunner
+from stanfleet.fleet.runner import FleetRunner
 
 from tests.streaming.serverproc import ServerProcess, free_port
 

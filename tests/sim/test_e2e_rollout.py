@@ -5,7 +5,7 @@ others ack it without installing; `release promote` brings in the rest."""
 from __future__ import annotations
 
 from conftest import GOOD, stanfleet
-from stanfleet.firmware_code import load
+from stanfleet.fleet.firmware_code import load
 
 rollout = load("rollout")
 PCT = 50

@@ -21,15 +21,15 @@ import aiohttp
 import nats
 import pytest
 from conftest import FACTORY, GOOD, Backend, cli
-from stanfleet import creds
-from stanfleet.bundle_build import build_bundle
-from stanfleet.firmware_code import FIRMWARE_DIR
+from stanfleet.fleet.bundle_build import build_bundle
+from stanfleet.fleet.firmware_code import FIRMWARE_DIR
+from stanfleet.fleet.runner import FleetRunner
+from stanfleet.security import creds
+from stanfleet.security.signing import load_signer
 from stanfleet.services.artifacts import ArtifactServer
 from stanfleet.services.connection import open_session
 from stanfleet.services.listener import Listener, ListenerConfig
 from stanfleet.services.readings_db import ReadingsDB
-from stanfleet.signing import load_signer
-from stanfleet.sim import FleetRunner
 from stanfleet.streaming import StreamingServer
 from stanfleet.up import Fleet, Security
 

@@ -14,11 +14,11 @@ import re
 import nats
 import pytest
 from conftest import FACTORY, GOOD, Backend
-from stanfleet.bundle_build import slot_files
 from stanfleet.client import Client
-from stanfleet.firmware_code import FIRMWARE_DIR
+from stanfleet.fleet.bundle_build import slot_files
+from stanfleet.fleet.firmware_code import FIRMWARE_DIR
+from stanfleet.security.signing import keygen, load_signer
 from stanfleet.services.artifacts import ArtifactServer
-from stanfleet.signing import keygen, load_signer
 
 from tests.services.test_signing import tampered
 
@@ -115,9 +115,9 @@ async def test_tampered_release_is_refused_reported_and_never_acked(
         mark = fleet.mark(DEV)
         await fleet.expect(DEV, f"ota state=failed version={GOOD} reason={reason}",
                            since=mark, timeout=30)
-    await status.wait_for(lambda c: c.json and c.json[-1]["ota"]["state"] == "failed")
-    assert status.json[-1]["ota"] == {"state": "failed", "version": GOOD, "reason": reason}
-    assert status.json[-1]["version"] == FACTORY
+    failed = await status.first(lambda s: s["ota"]["state"] == "failed")
+    assert failed["ota"] == {"state": "failed", "version": GOOD, "reason": reason}
+    assert failed["version"] == FACTORY
     log = device_log(fleet, DEV)
     assert "release acked" not in log and f"version={GOOD} trial=True" not in log
 

@@ -1,4 +1,4 @@
-"""The fleet runner (stanfleet.sim) with toy devices: tiny flash directories
+"""The fleet runner (stanfleet.fleet.runner) with toy devices: tiny flash directories
 whose main.py prints what the test waits for. Each device is a real
 MicroPython unix-port process running sim/board.py."""
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from stanfleet.broker import Broker, BrokerConfig
-from stanfleet.sim import FleetRunner, NetworkProxy, parse_upstreams
+from stanfleet.fleet.proxy import NetworkProxy, parse_upstreams
+from stanfleet.fleet.runner import FleetRunner
 
 NOWHERE = "nats://127.0.0.1:1"  # for devices that never use the network
 
@@ -306,7 +307,7 @@ async def test_existing_flash_gets_this_runs_proxy_and_keeps_its_settings(tmp_pa
 
 
 async def test_new_device_is_provisioned_with_the_factory_bundle(tmp_path):
-    pytest.importorskip("stanfleet.provision")
+    pytest.importorskip("stanfleet.fleet.provision")
     data = tmp_path / "data"
     r = FleetRunner(NOWHERE, data_dir=data, count=2)
     try:

@@ -2,6 +2,10 @@
 
 Same public API as asyncio-nats-streaming 0.4.0 (``stan.aio.client.Client``),
 on nats-py 2.x. Subjects always come from the server's ConnectResponse.
+
+Long because `Client` is one class with the whole asyncio-nats-streaming API
+and its connection state machine; subscriptions, PubAcks and pings live in
+their own modules.
 """
 
 from __future__ import annotations

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from stanfleet.pb import protocol_pb2 as pb
 
-if TYPE_CHECKING:
-    from .subscription import Subscription
+from .session import Acker
 
 
 class Msg:
@@ -18,7 +15,7 @@ class Msg:
 
     __slots__ = ("proto", "sub")
 
-    def __init__(self, proto: pb.MsgProto | None = None, sub: Subscription | None = None):
+    def __init__(self, proto: pb.MsgProto | None = None, sub: Acker | None = None):
         self.proto = proto
         self.sub = sub
 

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.errors import ConnectionClosedError
 from nats.errors import Error as NatsError
@@ -22,10 +22,8 @@ from .errors import (
     ErrUnsubscribeRejected,
 )
 from .msg import Msg
+from .session import Session
 from .wire import decode
-
-if TYPE_CHECKING:
-    from .client import Client
 
 log = logging.getLogger("stanfleet.client")
 
@@ -44,7 +42,7 @@ class Subscription:
 
     def __init__(
         self,
-        sc: Client,
+        sc: Session,
         subject: str,
         cb: MsgHandler,
         error_cb: ErrorHandler | None = None,

@@ -17,7 +17,7 @@ import sqlite3
 
 from ..client import Client
 from ..errors import CommandError
-from ..firmware_code import load
+from ..fleet.firmware_code import load
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS desired_config (

@@ -36,7 +36,7 @@ def secure_options(creds: str | None = None, ca: str | None = None,
     """nats.connect options for a user's credentials file and our CA (PEM)."""
     opts: dict = {}
     if ca:
-        from ..certs import client_context
+        from ..security.certs import client_context
 
         try:
             opts["tls"] = client_context(ca)

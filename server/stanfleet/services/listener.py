@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..client import Client, Msg
-from ..readings import InvalidReading, device_of, parse
 from .connection import open_session
+from .readings import InvalidReading, device_of, parse
 from .readings_db import ReadingsDB
 
 log = logging.getLogger("stanfleet.listener")

@@ -9,9 +9,10 @@ import os
 import sys
 
 from ..errors import CommandError
-from ..firmware_code import FIRMWARE_DIR
+from ..fleet.bundle_check import is_signed
+from ..fleet.firmware_code import FIRMWARE_DIR
+from ..security.signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME
 from ..signals import stop_event
-from ..signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME, is_signed
 from .artifacts import ArtifactServer
 from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments, connection_options
 from .configmgr import ConfigStore
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _keygen(args) -> int:
-    from ..signing import keygen
+    from ..security.signing import keygen
 
     pair = keygen(args.keys)
     print(f"private key: {pair.private_path} (mode 0600: keep it secret, never commit it)")
@@ -106,7 +107,7 @@ def _keygen(args) -> int:
 
 def _signer(args):
     """The Signer for a build, or (None, why not)."""
-    from ..signing import load_signer, private_path
+    from ..security.signing import load_signer, private_path
 
     if args.unsigned:
         return None, "--unsigned"
@@ -119,8 +120,8 @@ def _signer(args):
 
 
 def _build(args) -> int:
-    from ..bundle_build import build_bundle
-    from ..signing import device_check
+    from ..fleet.bundle_build import build_bundle
+    from ..fleet.bundle_check import device_check
 
     version = check_version(args.version)
     signer, why = _signer(args)  # before building: a bad key fails fast

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..client import Client
 from ..errors import CommandError
-from ..firmware_code import load
+from ..fleet.firmware_code import load
 from .configmgr import last_status
 
 RELEASES_CHANNEL = "devices.releases"

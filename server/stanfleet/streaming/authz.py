@@ -22,26 +22,16 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 from dataclasses import dataclass
 
-DEVICE_USER = re.compile(r"^device-([A-Za-z0-9]+)$")
-ADMIN = "admin"
-ANY = (">",)
-
-# role -> (publish patterns, subscribe patterns); fnmatch-style, '*' = one token's text
-ROLES = {
-    "listener": ((), ("devices.*.events", "devices.*.status", "stanfleet.channels")),
-    "config-manager": (("devices.*.cfg",), ("devices.*.status", "stanfleet.channels")),
-    "release-manager": (("devices.releases",), ("devices.*.status", "stanfleet.channels")),
-    ADMIN: (ANY, ANY),
-}
-
-# Accounts the identities live in (docs/security-design.md), and the prefix
-# under which the streaming server's account imports each one's inboxes.
-DEVICES_ACCOUNT = "DEVICES"
-SERVICES_ACCOUNT = "SERVICES"
-INBOX_IMPORTS = {DEVICES_ACCOUNT: "_DEV.", SERVICES_ACCOUNT: "_SVC."}
+from ..security.roles import (
+    ADMIN,
+    DEVICE_USER,
+    DEVICES_ACCOUNT,
+    INBOX_IMPORTS,
+    ROLES,
+    SERVICES_ACCOUNT,
+)
 
 # Bounds on the caches: the header text changes per connection (and when the
 # broker re-measures its RTT), so the caches are cleared, not grown, past these.

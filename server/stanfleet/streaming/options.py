@@ -10,10 +10,10 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
+from ..defaults import DEFAULT_CLUSTER_ID
 from .channels import ChannelLimits
 from .limits import DEFAULT_MAX_CHANNELS, LimitsError, StoreLimits, load, parse_duration, parse_size
 
-DEFAULT_CLUSTER_ID = "test-cluster"
 DEFAULT_PORT = 4222
 DEFAULT_HB_INTERVAL = 30.0
 DEFAULT_HB_TIMEOUT = 10.0
@@ -183,8 +183,8 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
 
 def _security(args: argparse.Namespace) -> dict:
     """Settings from the credentials store: our login, the broker's accounts, TLS."""
-    from ..certs import CertPaths
-    from ..creds import Store
+    from ..security.certs import CertPaths
+    from ..security.creds import Store
 
     if args.user or args.token:
         raise ValueError("--security-dir brings its own login: leave out --user/--auth")

@@ -5,6 +5,10 @@ Wires the parts together and answers the request subjects: discover
 Every request is decoded defensively: a malformed protobuf gets an error
 response where there is a reply subject and a log line otherwise, and the
 server keeps serving.
+
+Long because it is the one place each STAN request subject is routed and
+answered; the work behind each handler lives in clients, channels and
+subscriptions.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ class StreamingServer:
         servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
         tls = {}
         if self.opts.tls_ca:
-            from ..certs import client_context
+            from ..security.certs import client_context
             tls = {"tls": client_context(self.opts.tls_ca)}
         self.nc = await nats.connect(**tls,
             servers=servers, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
@@ -114,7 +118,7 @@ class StreamingServer:
             # With a server certificate every port is TLS, monitoring included.
             ctx = None
             if self.opts.tls_cert:
-                from ..certs import server_context_files
+                from ..security.certs import server_context_files
 
                 ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
             self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port,

@@ -11,6 +11,10 @@ A consumer only receives messages while we are subscribed to its deliver
 subject, so an offline durable gets nothing until it resumes. When the last
 member of a durable leaves we NAK its unacked messages after unsubscribing:
 JetStream then redelivers them first when the durable comes back, as STAN does.
+
+Long because a STAN subscription's life (create, resume, redeliver, hand over
+a queue member's messages, close) is one state machine over one consumer;
+split, its invariants would span files.
 """
 
 from __future__ import annotations

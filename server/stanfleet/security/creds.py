@@ -35,10 +35,10 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .broker import Accounts, NatsUser, reload, write_accounts
-from .errors import CommandError
-from .streaming.authz import DEVICE_USER, ROLES
-from .streaming.options import DEFAULT_CLUSTER_ID
+from ..broker import Accounts, NatsUser, reload, write_accounts
+from ..defaults import DEFAULT_CLUSTER_ID
+from ..errors import CommandError
+from .roles import DEVICE_USER, ROLES
 
 DEFAULT_DIR = "stanfleet-data/security"
 SERVER_USER = "stan"

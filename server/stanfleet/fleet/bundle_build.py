@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import CommandError
+from ..errors import CommandError
 from .firmware_code import load
 
 # Directories of firmware/ whose modules go into a slot, and where.
@@ -66,7 +66,7 @@ def build_bundle(firmware_dir: str | os.PathLike, version: str, out_path: str | 
                  sign: Callable[[bytes], bytes] | None = None) -> dict:
     """Write the bundle for ``version`` to ``out_path``; returns its version,
     size, sha256, path and whether it is signed. ``sign(manifest_line)``
-    returns the ed25519 signature (stanfleet.signing.Signer.sign)."""
+    returns the ed25519 signature (stanfleet.security.signing.Signer.sign)."""
     bundle = load("bundle")
     data = bundle.pack(version, slot_files(firmware_dir), sign)
     out = Path(out_path)

@@ -16,8 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..errors import CommandError
 from .bundle_build import compile_module
-from .errors import CommandError
 from .firmware_code import FIRMWARE_DIR, load
 
 DEVICE_ID = re.compile(r"^[0-9A-Fa-f]{1,32}$")
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CommandError(f"{args.creds}: not a credentials file ({e})") from None
     if args.release_key or args.release_key_file:
-        from .signing import check_public_hex, read_public_key
+        from ..security.signing import check_public_hex, read_public_key
 
         cfg["release_key"] = (check_public_hex(args.release_key) if args.release_key
                               else read_public_key(args.release_key_file))
