@@ -19,13 +19,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, log_path: str | None = None):
+    def __init__(self, *args: str, log_path: str | None = None, ready_line: str = READY_LINE):
         self.args = args
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self.log_path = log_path
+        self.ready_line = ready_line  # e.g. an FT standby's "standing by"
         self._reader: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self._line = asyncio.Event()  # set at every new line
 
     async def start(self, timeout: float = 30) -> "ServerProcess":
         exe = os.path.join(os.path.dirname(sys.executable), "stanfleet")
@@ -54,10 +56,28 @@ class ServerProcess:
             if log:
                 log.write(line + "\n")
                 log.flush()
-            if READY_LINE in line:
+            if self.ready_line in line:
                 self._ready.set()
+            self._line.set()
         if log:
             log.close()
+
+    async def wait_line(self, text: str, timeout: float = 30, start: int = 0) -> str:
+        """The first line from index `start` on that contains text; waits for it."""
+        async def seek() -> str:
+            i = start
+            while True:
+                while i < len(self.lines):
+                    if text in self.lines[i]:
+                        return self.lines[i]
+                    i += 1
+                self._line.clear()
+                await self._line.wait()
+        try:
+            return await asyncio.wait_for(seek(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no line with {text!r} within {timeout}s:\n"
+                                 + "\n".join(self.lines[-30:])) from None
 
     async def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

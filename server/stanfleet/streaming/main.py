@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 
+from ..errors import CommandError
 from ..signals import stop_event
+from .ft import LeaseLost
 from .options import add_arguments, from_args
 from .server import StreamingServer
 
@@ -23,11 +25,16 @@ async def serve(args: argparse.Namespace) -> int:
     logging.getLogger("stanfleet").setLevel(logging.DEBUG if verbose else logging.INFO)
     server = StreamingServer(opts)
     await server.start()
-    await stop_event().wait()
-    log.info("shutting down")
-    await server.stop()
+    try:
+        await server.until_stopped(stop_event())
+    finally:
+        log.info("shutting down")
+        await server.stop()
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(serve(args))
+    try:
+        return asyncio.run(serve(args))
+    except LeaseLost as e:
+        raise CommandError(str(e)) from None

@@ -9,8 +9,11 @@ message counts and sizes of channels come from JetStream, which holds them.
     /streaming/storez      store type and limits
     /streaming/clientsz    clients (?client=ID, ?subs=1, ?offset=, ?limit=)
     /streaming/channelsz   channels (?channel=NAME, ?subs=1, ?offset=, ?limit=)
-    /streaming/isFTActive  200: this server is always the active one
+    /streaming/isFTActive  200 from the active server, 204 from an FT standby
     /metrics               Prometheus text format
+
+An FT standby (--ft_group) has loaded no state: serverz says FT_STANDBY, the
+other endpoints answer 503 and point at the active server.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class Monitor:
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         """Listen on host:port (0 = any free port), HTTPS with ``ssl_context``;
         returns the bound port."""
-        app = web.Application(middlewares=[_errors_as_json])
+        app = web.Application(middlewares=[_errors_as_json, self._standby])
         app.router.add_get("/streaming/serverz", self._serverz)
         app.router.add_get("/streaming/storez", self._storez)
         app.router.add_get("/streaming/clientsz", self._clientsz)
@@ -81,6 +84,16 @@ class Monitor:
             await self._runner.cleanup()
             self._runner = None
 
+    @web.middleware
+    async def _standby(self, request: web.Request, handler):
+        if self.server.active or request.path == "/streaming/isFTActive":
+            return await handler(request)
+        if request.path == "/streaming/serverz":
+            return _json({"cluster_id": self.server.opts.cluster_id,
+                          "server_id": self.server_id, "version": _version(),
+                          "state": "FT_STANDBY", "now": _timestamp(time.time())})
+        raise _error(web.HTTPServiceUnavailable, "FT standby: ask the active server")
+
     # -- endpoints -------------------------------------------------------------
 
     async def _serverz(self, request: web.Request) -> web.Response:
@@ -91,7 +104,7 @@ class Monitor:
         return _json({
             "cluster_id": s.opts.cluster_id, "server_id": self.server_id,
             "version": _version(), "go": f"python{platform.python_version()}",
-            "state": "STANDALONE", "now": _timestamp(now), "start_time": _timestamp(s.started),
+            "state": "FT_ACTIVE" if s.ft else "STANDALONE", "now": _timestamp(now), "start_time": _timestamp(s.started),
             "uptime": uptime(now - s.started), "clients": len(s.clients.clients),
             "subscriptions": len(s.subs.members), "channels": len(s.channels.channels),
             "total_msgs": msgs, "total_bytes": size,
@@ -143,9 +156,9 @@ class Monitor:
         return _json({**header, "channels": list(page)})
 
     async def _ft_active(self, request: web.Request) -> web.Response:
-        # Fault-tolerance standbys do not exist here: JetStream replicates the
-        # store, so every running server is the active one.
-        return web.Response(status=200)
+        # As the original: 200 from the active server (and from one outside an
+        # FT group), 204 from a standby.
+        return web.Response(status=200 if self.server.active else 204)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),

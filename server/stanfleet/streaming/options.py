@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_CLUSTER_ID
 from .channels import ChannelLimits
+from .ft import DEFAULT_FT_LEASE, MIN_FT_LEASE
 from .limits import DEFAULT_MAX_CHANNELS, LimitsError, StoreLimits, load, parse_duration, parse_size
 
 DEFAULT_PORT = 4222
@@ -50,6 +51,8 @@ class ServerOptions:
     authz: bool = False  # every request must carry Nats-Request-Info and pass authz.py
     accounts_file: str | None = None  # embedded nats-server: accounts and users (creds.py)
     broker_pid_file: str | None = None  # embedded nats-server's pid, for reloads
+    ft_group: str | None = None  # fault-tolerance group: one active, the others stand by
+    ft_lease: float = DEFAULT_FT_LEASE  # seconds the active's lease lasts unrenewed
 
 
 def _duration(text: str) -> float:
@@ -77,6 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-hbf", "--hb_fail_count", dest="hb_fail_count", type=int,
                    default=DEFAULT_HB_FAIL_COUNT,
                    help="missed heartbeats before a client is declared dead (10)")
+    g.add_argument("--ft_group", dest="ft_group", default=None,
+                   help="fault-tolerance group: instances with the same name share the "
+                        "JetStream of -ns, one serves and the others stand by")
+    g.add_argument("--ft_lease", dest="ft_lease", type=_duration, default=DEFAULT_FT_LEASE,
+                   help="FT lease: a standby takes over this long after the active's last "
+                        "renewal (default: 2s)")
     lim = p.add_argument_group("store limits (0 = unlimited)")
     d = ChannelLimits()
     lim.add_argument("-mc", "--max_channels", type=int, default=DEFAULT_MAX_CHANNELS,
@@ -151,6 +160,10 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         raise ValueError("-hbf must be at least 1")
     if args.replicas < 1 or args.replicas > 5:
         raise ValueError("--replicas must be between 1 and 5")
+    if args.ft_group is not None and not args.nats_url:
+        raise ValueError("--ft_group needs -ns: the instances of a group share one JetStream")
+    if args.ft_lease < MIN_FT_LEASE:
+        raise ValueError(f"--ft_lease must be at least {MIN_FT_LEASE}s")
     opts = ServerOptions(
         cluster_id=args.cluster_id,
         host=args.host,
@@ -173,6 +186,8 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         authz=args.authz,
+        ft_group=args.ft_group,
+        ft_lease=args.ft_lease,
     )
     if args.security_dir:
         for name, value in _security(args).items():

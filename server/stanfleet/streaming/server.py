@@ -52,6 +52,7 @@ class StreamingServer:
         self.clients: ClientRegistry | None = None
         self.monitor = None  # Monitor, when opts.monitor_port is set
         self.monitor_port: int | None = None
+        self.ft = None  # FaultTolerance, when opts.ft_group is set
         self._nats_subs = []
         self.started = 0.0
         self._closed = asyncio.Event()
@@ -67,12 +68,21 @@ class StreamingServer:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
+        """Serve; in an FT group, stand by until this instance holds the lease."""
         if self.opts.monitor_port is not None:
             # Imported here: aiohttp and prometheus_client cost nothing unless -m is given.
             from .monitor import Monitor
             self.monitor = Monitor(self)
         if not self.opts.nats_url:
             self.broker = self._start_embedded_broker()
+        await self._connect()
+        if self.opts.ft_group:
+            await self._stand_by()
+            return
+        await self._activate(self.nc)
+        await self._start_monitor()
+
+    async def _connect(self) -> None:
         # A comma-separated list names several servers of one cluster.
         servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
         tls = {}
@@ -85,21 +95,48 @@ class StreamingServer:
             reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024,
             error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect)
-        self.clients = ClientRegistry(self.nc, hb_interval=self.opts.hb_interval,
+
+    async def _stand_by(self) -> None:
+        """Connected and watching the lease, not subscribed to any STAN subject."""
+        from .ft import FaultTolerance, Lease
+        lease = Lease(self.nc, self.opts.cluster_id, self.opts.ft_group,
+                      lease=self.opts.ft_lease, storage=self.opts.store,
+                      replicas=self.opts.replicas)
+        await lease.open()
+        self.ft = FaultTolerance(lease, activate=self._activate, deactivate=self._deactivate)
+        await self._start_monitor()
+        log.info("streaming server standing by: cluster=%s ft_group=%s nats=%s",
+                 self.opts.cluster_id, self.opts.ft_group, self.nats_url)
+        self.ft.start(self.nc)
+
+    @property
+    def active(self) -> bool:
+        """Serving STAN requests: always, unless a standby (or fenced) in an FT group."""
+        return self.ft is None or self.ft.active
+
+    def _serving(self) -> bool:
+        return self.ft is None or self.ft.lease.valid()
+
+    async def _activate(self, nc) -> None:
+        """Load channels, clients and subscriptions from JetStream and start serving.
+
+        In an FT group nc is fenced (ft.FencedConnection): nothing it receives is
+        served once the lease may have lapsed."""
+        self.clients = ClientRegistry(nc, hb_interval=self.opts.hb_interval,
                                       hb_timeout=self.opts.hb_timeout,
                                       hb_fail_count=self.opts.hb_fail_count,
                                       on_dead=self._client_dead)
-        self.channels = ChannelStore(self.nc, self.subjects, storage=self.opts.store,
+        self.channels = ChannelStore(nc, self.subjects, storage=self.opts.store,
                                      replicas=self.opts.replicas, limits=self.opts.limits,
                                      pub_ack_timeout=self.opts.pub_ack_timeout,
                                      is_known_client=self.clients.check,
                                      has_subscriptions=self._has_subscriptions,
                                      on_stored=self.monitor.on_stored if self.monitor else None,
                                      authorize=self._authorize_publish if self.authz else None)
-        self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
+        self.state = StateStore(nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         await self.state.open()
-        self.subs = SubscriptionManager(self.nc, self.subjects, self.channels, self.state)
+        self.subs = SubscriptionManager(nc, self.subjects, self.channels, self.state)
         if self.authz:
             self.subs.ack_gate = self._authorize_ack
         await self.channels.start()
@@ -110,23 +147,41 @@ class StreamingServer:
                                  (s.sub, self._on_subscribe), (s.unsub, self._on_unsubscribe),
                                  (s.subclose, self._on_subclose), (s.close, self._on_close)):
             self._nats_subs.append(
-                await self.nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
+                await nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
         self.clients.start()
         self.started = time.time()
-        if self.monitor:
-            # With a server certificate every port is TLS, monitoring included.
-            ctx = None
-            if self.opts.tls_cert:
-                from ..security.certs import server_context_files
-
-                ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
-            self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port,
-                                                         ctx)
-            log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
-                     self.monitor_port)
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
+
+    async def _deactivate(self) -> None:
+        """Undo an activation that failed halfway, so it can be tried again."""
+        for sub in self._nats_subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        self._nats_subs.clear()
+        for part in (self.clients, self.channels, self.subs):
+            if part is not None:
+                try:
+                    await part.stop()
+                except Exception as e:
+                    log.warning("stopping %s: %s", type(part).__name__, e)
+        self.clients = self.channels = self.subs = None
+
+    async def _start_monitor(self) -> None:
+        if not self.monitor:
+            return
+        # With a server certificate every port is TLS, monitoring included.
+        ctx = None
+        if self.opts.tls_cert:
+            from ..security.certs import server_context_files
+
+            ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
+        self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port, ctx)
+        log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
+                 self.monitor_port)
 
     async def _restore(self) -> None:
         """Take over the clients and subscriptions of an earlier run."""
@@ -146,6 +201,9 @@ class StreamingServer:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
 
     def _has_subscriptions(self, channel: str) -> bool:
+        # A server that may not be the active one deletes nothing: say yes.
+        if not self._serving():
+            return True
         return any(g.channel.name == channel and g.members for g in self.subs.groups.values())
 
     async def _forget_client(self, client_id: str) -> None:
@@ -200,6 +258,8 @@ class StreamingServer:
                 await self.channels.stop()
             if self.subs:
                 await self.subs.stop()
+            if self.ft:
+                await self.ft.stop()  # after the drain: the lease covered it
             if self.nc and not self.nc.is_closed:
                 try:
                     await self.nc.drain()
@@ -213,6 +273,17 @@ class StreamingServer:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    async def until_stopped(self, stop: asyncio.Event) -> None:
+        """Wait for stop; in an FT group raise ft.LeaseLost if the lease goes first."""
+        waiting = asyncio.ensure_future(stop.wait())
+        lost = self.ft.lost if self.ft else asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait({waiting, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if lost.done() and not lost.cancelled():
+            lost.result()
 
     async def _on_nats_error(self, e: Exception) -> None:
         log.error("nats: %s", e)
@@ -385,6 +456,8 @@ class StreamingServer:
         await self._respond(msg, pb.CloseResponse())
 
     async def _client_dead(self, info: ClientInfo) -> None:
+        if not self._serving():
+            return  # the registration is the active server's to remove, not ours
         await self._forget_client(info.client_id)
 
     async def _on_ping(self, msg: Msg) -> None:

@@ -1,0 +1,235 @@
+"""Fault tolerance (--ft_group): two real server processes share one JetStream.
+
+SIGKILL the active one: the standby takes over within 5 s, a connected client
+keeps its session, a durable gets its unacked messages again, and every
+acknowledged message is in the channel exactly once. Freeze the active one
+(SIGSTOP) instead: once it wakes it serves nothing and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+import nats
+import pytest
+from stanfleet.broker import Broker, BrokerConfig
+from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.streaming.naming import Subjects, js_name
+
+from ..waiting import eventually
+from .rawstan import RawStan
+from .serverproc import ServerProcess, free_port
+from .test_cluster import cluster, jetstream_ready  # noqa: F401  (cluster is a fixture)
+
+CLUSTER = "test-cluster"
+TAKEOVER_TARGET = 5.0  # seconds from SIGKILL of the active to the first PubAck of the next
+PUBLISH_TIMEOUT = 1.0  # a publish the dead server swallowed is retried this soon
+STANDING_BY = "standing by"
+READY = "streaming server ready"
+
+
+@pytest.fixture
+def monitored_broker(tmp_path):
+    """A nats-server with its monitoring port: /subsz shows who subscribes to what."""
+    b = Broker(BrokerConfig(store_dir=str(tmp_path / "js"), log_file=str(tmp_path / "nats.log"),
+                            monitor_port=free_port()))
+    b.start()
+    yield b
+    b.stop()
+
+
+class Group:
+    """Streaming-server processes of one FT group, each with its monitoring port."""
+
+    def __init__(self, tmp_path, url: str, *extra: str):
+        self.tmp_path = tmp_path
+        self.url = url
+        self.extra = extra
+        self.procs: list[ServerProcess] = []
+        self.ports: dict[ServerProcess, int] = {}
+
+    async def start(self, ready_line: str) -> ServerProcess:
+        port = free_port()
+        n = len(self.procs)
+        proc = ServerProcess("-ns", self.url, "--ft_group", "g1", "-m", str(port),
+                             "-dir", str(self.tmp_path / f"d{n}"), *self.extra,
+                             log_path=str(self.tmp_path / f"server{n}.log"),
+                             ready_line=ready_line)
+        self.procs.append(proc)
+        self.ports[proc] = port
+        return await proc.start()
+
+    async def status(self, proc: ServerProcess) -> int:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{self.ports[proc]}/streaming/isFTActive"
+            async with s.get(url) as r:
+                return r.status
+
+    async def serverz(self, proc: ServerProcess) -> dict:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{self.ports[proc]}/streaming/serverz"
+            async with s.get(url) as r:
+                return await r.json()
+
+    async def stop(self) -> None:
+        for p in self.procs:
+            if p.proc and p.proc.returncode is None:
+                p.proc.send_signal(signal.SIGKILL)
+                await p.proc.wait()
+
+
+class Publisher:
+    """Publishes numbered messages one after another, each retried under its guid
+    until acknowledged, as a STAN client does; records when each was acked."""
+
+    def __init__(self, c: RawStan, channel: str):
+        self.c = c
+        self.channel = channel
+        self.acked: dict[str, float] = {}
+        self._stop = False
+        self._task: asyncio.Task | None = None
+        self.progress = asyncio.Event()  # set at every ack
+
+    def start(self) -> "Publisher":
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        i = 0
+        while not self._stop:
+            guid = f"m-{i}"
+            while True:
+                try:
+                    ack = await asyncio.wait_for(
+                        self.c.publish(self.channel, guid.encode(), guid=guid), PUBLISH_TIMEOUT)
+                    if not ack.error:
+                        break
+                except (asyncio.TimeoutError, nats.errors.Error):
+                    pass
+            self.acked[guid] = time.monotonic()
+            self.progress.set()
+            i += 1
+
+    async def wait_for(self, count: int, timeout: float = 30) -> None:
+        async def enough():
+            while len(self.acked) < count:
+                self.progress.clear()
+                await self.progress.wait()
+        await asyncio.wait_for(enough(), timeout)
+
+    def first_ack_after(self, t: float) -> float:
+        return min(v for v in self.acked.values() if v > t)
+
+    async def stop(self) -> None:
+        self._stop = True
+        await self._task
+
+
+async def stored_guids(nc, channel: str) -> list[str]:
+    """Every message of the channel, read from JetStream."""
+    js = nc.jsm()
+    stream = Subjects(CLUSTER).stream_for(channel)
+    out = []
+
+    async def read():
+        try:
+            info = await js.stream_info(stream)
+            out[:] = [(await js.get_msg(stream, seq)).data.decode()
+                      for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+            return True
+        except nats.js.errors.Error:  # right after a node loss: not yet elected
+            return False
+    await eventually(read, timeout=60, interval=0.5)
+    return out
+
+
+async def stan_subscribers(broker: Broker) -> int:
+    """How many subscriptions on the broker take STAN connect requests."""
+    async with aiohttp.ClientSession() as s:
+        url = (f"http://127.0.0.1:{broker.config.monitor_port}/subsz"
+               f"?subs=1&test=_STAN.discover.{CLUSTER}")
+        async with s.get(url) as r:
+            doc = await r.json()
+    return doc["total"]
+
+
+async def _takeover(group: Group, url: str, kill_more=None):
+    """Active A, standby B; SIGKILL A (and whatever kill_more kills) under publish load."""
+    a = await group.start(READY)
+    b = await group.start(STANDING_BY)
+    assert await group.status(a) == 200 and await group.status(b) == 204
+    assert (await group.serverz(b))["state"] == "FT_STANDBY"
+    assert (await group.serverz(a))["state"] == "FT_ACTIVE"
+
+    c = await RawStan.open(url, CLUSTER, "survivor")
+    assert (await c.connect()).error == ""
+    dur = await c.subscribe("events", "in.dur", durable_name="keep", ack_wait_in_secs=2,
+                            start_position=pb.First)
+    pub = Publisher(c, "events").start()
+    await pub.wait_for(20)
+    got = [await dur.next() for _ in range(3)]
+    await dur.ack(got[0])
+    stream = Subjects(CLUSTER).stream_for("events")
+    consumer = js_name("D", "survivor", "keep")
+
+    async def ack_recorded():
+        info = await c.nc.jsm().consumer_info(stream, consumer)
+        return info.ack_floor.stream_seq >= 1
+    await eventually(ack_recorded)
+
+    killed_at = time.monotonic()
+    await a.kill()
+    if kill_more is not None:
+        kill_more()
+    await b.wait_line(READY, timeout=30)
+    await pub.wait_for(len(pub.acked) + 20, timeout=60)
+    takeover = pub.first_ack_after(killed_at) - killed_at
+    await pub.stop()
+    return a, b, c, dur, pub, takeover
+
+
+async def _check_after_takeover(group, b, c, dur, pub) -> None:
+    assert await group.status(b) == 200
+    # The same session: no new connect, pings and publishes are answered.
+    assert (await c.ping()).error == ""
+    # The durable: its unacked messages come again, then everything else once.
+    seen = {}
+    while len(seen) < len(pub.acked) - 1:
+        m = await dur.next(timeout=30)
+        seen.setdefault(m.sequence, m)
+        await dur.ack(m)
+    assert 1 not in seen  # acked before the kill
+    assert seen[2].redelivered and seen[3].redelivered
+    stored = await stored_guids(c.nc, "events")
+    assert sorted(stored) == sorted(pub.acked)  # every acked message, exactly once
+    await c.close()
+
+
+async def test_standby_takes_over_when_the_active_is_killed(monitored_broker, tmp_path):
+    group = Group(tmp_path, monitored_broker.url)
+    try:
+        a, b, c, dur, pub, takeover = await _takeover(group, monitored_broker.url)
+        print(f"takeover: {takeover:.2f}s")
+        assert takeover < TAKEOVER_TARGET
+        assert await stan_subscribers(monitored_broker) == 1  # only the new active
+        await _check_after_takeover(group, b, c, dur, pub)
+    finally:
+        await group.stop()
+
+
+async def test_standby_does_not_subscribe_to_stan_subjects(monitored_broker, tmp_path):
+    group = Group(tmp_path, monitored_broker.url)
+    try:
+        await group.start(READY)
+        b = await group.start(STANDING_BY)
+        assert await stan_subscribers(monitored_broker) == 1
+        assert await group.status(b) == 204
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{group.ports[b]}/streaming/clientsz"
+            async with s.get(url) as r:
+                assert r.status == 503
+    finally:
+        await group.stop()
