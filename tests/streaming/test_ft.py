@@ -233,3 +233,65 @@ async def test_standby_does_not_subscribe_to_stan_subjects(monitored_broker, tmp
                 assert r.status == 503
     finally:
         await group.stop()
+
+
+async def test_a_frozen_active_serves_nothing_when_it_wakes(monitored_broker, tmp_path):
+    """SIGSTOP stands for a partition: the process neither renews nor serves. While
+    frozen, NATS still queues it every publish and delivery; woken after the
+    standby took over, it must answer none of them, and exit."""
+    group = Group(tmp_path, monitored_broker.url)
+    try:
+        a = await group.start(READY)
+        b = await group.start(STANDING_BY)
+        c = await RawStan.open(monitored_broker.url, CLUSTER, "witness")
+        assert (await c.connect()).error == ""
+        plain = await c.subscribe("events", "in.plain", start_position=pb.First)
+        acks: dict[str, int] = {}
+        acked = asyncio.Event()
+
+        async def on_ack(msg):
+            guid = pb.PubAck.FromString(msg.data).guid
+            acks[guid] = acks.get(guid, 0) + 1
+            acked.set()
+        await c.nc.subscribe("acks.witness", cb=on_ack)
+
+        async def publish(guid: str) -> None:
+            pm = pb.PubMsg(client_id="witness", guid=guid, subject="events",
+                           data=guid.encode(), conn_id=c.conn_id)
+            await c.nc.publish(f"{c.resp.pub_prefix}.events", pm.SerializeToString(),
+                               reply="acks.witness")
+            while guid not in acks:
+                acked.clear()
+                await asyncio.wait_for(acked.wait(), 10)
+
+        await publish("before")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            await b.wait_line(READY, timeout=30)
+            assert await group.status(b) == 200
+            for i in range(20):  # answered by b, and queued for the frozen a too
+                await publish(f"during-{i}")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        rc = await asyncio.wait_for(a.proc.wait(), 30)
+        await a._reader
+        assert rc == 1
+        assert any("lease lost" in line for line in a.lines)
+        # Everything a might still have sent has reached NATS before it exited;
+        # one more round trip through b makes sure it also reached us.
+        await publish("after")
+        await c.nc.flush()
+        deliveries: dict[int, int] = {}
+        while len(deliveries) < 22:
+            m = await plain.next()
+            deliveries[m.sequence] = deliveries.get(m.sequence, 0) + 1
+            await plain.ack(m)
+        await c.nc.flush()
+        while not plain.nothing_pending():
+            m = await plain.next()
+            deliveries[m.sequence] = deliveries.get(m.sequence, 0) + 1
+        assert set(acks.values()) == {1}, acks  # no second PubAck from a
+        assert set(deliveries.values()) == {1}, deliveries  # no second delivery from a
+        assert await group.status(b) == 200
+    finally:
+        await group.stop()
