@@ -331,3 +331,16 @@ async def test_takeover_while_a_nats_node_dies_too(cluster, tmp_path):  # noqa: 
         await _check_after_takeover(group, b, c, dur, pub)
     finally:
         await group.stop()
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--ft_group", "g1"], "--ft_group needs -ns"),
+    (["--ft_group", "g1", "-ns", "nats://127.0.0.1:1", "--ft_lease", "100ms"],
+     "--ft_lease must be at least"),
+])
+def test_ft_flags_are_checked_with_a_one_line_error(args, error, capsys):
+    from stanfleet.cli import main
+
+    assert main(["streaming-server", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert error in err and "\n" not in err
