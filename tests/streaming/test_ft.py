@@ -344,3 +344,22 @@ def test_ft_flags_are_checked_with_a_one_line_error(args, error, capsys):
     assert main(["streaming-server", *args]) == 1
     err = capsys.readouterr().err.strip()
     assert error in err and "\n" not in err
+
+
+async def test_a_stopped_active_hands_over_at_once(monitored_broker, tmp_path):
+    """SIGTERM: the active answers what it has, gives the lease up and exits 0;
+    the standby does not wait for the lease to lapse."""
+    group = Group(tmp_path, monitored_broker.url, "--ft_lease", "30s")
+    try:
+        a = await group.start(READY)
+        b = await group.start(STANDING_BY)
+        c = await RawStan.open(monitored_broker.url, CLUSTER, "calm")
+        assert (await c.connect()).error == ""
+        assert (await c.publish("events", b"1")).error == ""
+        assert await a.terminate() == 0
+        assert any("lease released" in line for line in a.lines)
+        await b.wait_line(READY, timeout=10)  # well before the 30 s lease could lapse
+        assert (await c.publish("events", b"2")).error == ""
+        await c.close()
+    finally:
+        await group.stop()

@@ -7,8 +7,9 @@ response where there is a reply subject and a log line otherwise, and the
 server keeps serving.
 
 Long because it is the one place each STAN request subject is routed and
-answered; the work behind each handler lives in clients, channels and
-subscriptions.
+answered, and the one place the parts are started and stopped (directly, or
+at takeover in an FT group: ft.py); the work behind each handler lives in
+clients, channels and subscriptions.
 """
 
 from __future__ import annotations
