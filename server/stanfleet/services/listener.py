@@ -145,9 +145,16 @@ class Listener:
         async def on_reading(msg: Msg) -> None:
             await self._queue.put((device, msg))
 
-        await self._sc.subscribe(channel, cb=on_reading, queue=QUEUE, durable_name=QUEUE,
-                                 deliver_all_available=True, manual_acks=True,
-                                 ack_wait=ACK_WAIT, max_inflight=MAX_INFLIGHT)
+        try:
+            await self._sc.subscribe(channel, cb=on_reading, queue=QUEUE, durable_name=QUEUE,
+                                     deliver_all_available=True, manual_acks=True,
+                                     ack_wait=ACK_WAIT, max_inflight=MAX_INFLIGHT)
+        except Exception:
+            # Not followed: the registry entry is not acked either, and its
+            # redelivery must find the device still to do (e.g. the subscribe
+            # fell into a streaming-server failover).
+            self._subscribed.discard(device)
+            raise
         log.info("device=%s following %s", device, channel)
 
     async def _writer(self) -> None:
