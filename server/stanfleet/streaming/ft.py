@@ -13,9 +13,9 @@ it *sent* its last renewal that succeeded. A standby cannot take over before
 it has watched that renewal's revision for `lease` seconds, which starts after
 T; so the old active has stopped serving `guard` seconds before anyone else
 may start. "Serving" is checked on every incoming message (FencedConnection),
-against the monotonic clock, so a process that was frozen (SIGSTOP, a VM
-pause) drops everything it finds buffered when it wakes, before any timer of
-its own has run. An active that cannot renew only pauses; when a renewal
+against a clock that also counts time spent suspended (CLOCK_BOOTTIME), so a
+process that was frozen (SIGSTOP, a suspended host) drops everything it finds
+buffered when it wakes, before any timer of its own has run. An active that cannot renew only pauses; when a renewal
 succeeds again nobody took over meanwhile (the compare-and-set proves it), and
 it resumes. An active whose renewal finds another holder has lost the lease
 for good: it raises LeaseLost and the process exits.
@@ -52,6 +52,15 @@ GUARD_FRACTION = 1 / 3  # the active stops serving this much of a lease before i
 DEFAULT_ACTIVATION_RETRY = 0.5  # seconds between attempts to load the state at takeover
 
 
+def _now() -> float:
+    """Seconds on a clock that never goes back and keeps counting while the host
+    is suspended (Linux); elsewhere the monotonic clock."""
+    return time.clock_gettime(_CLOCK)
+
+
+_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 class LeaseLost(Exception):
     """Another instance holds the lease this one held: this one must stop serving."""
 
@@ -73,11 +82,11 @@ class Lease:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{NUID().next().decode()}"
         self.kv = None
         self.revision = 0
-        self.serving_until = 0.0  # monotonic
+        self.serving_until = 0.0  # on _now()
 
     def valid(self) -> bool:
         """True while this instance may serve: it holds the lease and it cannot have lapsed."""
-        return time.monotonic() < self.serving_until
+        return _now() < self.serving_until
 
     async def open(self) -> None:
         try:
@@ -109,7 +118,7 @@ class Lease:
         while True:
             try:
                 entry = await self._read()
-                now = time.monotonic()
+                now = _now()
                 if entry is None:
                     if await self._take(0):
                         return
@@ -124,7 +133,7 @@ class Lease:
 
     async def _take(self, revision: int) -> bool:
         """Compare-and-set on a revision that lapsed (or 0: the key is free)."""
-        sent = time.monotonic()
+        sent = _now()
         try:
             if revision == 0:
                 new = await asyncio.wait_for(self.kv.create(self.key, self._value()), self.lease)
@@ -142,7 +151,7 @@ class Lease:
         interval = self.lease / RENEWS_PER_LEASE
         while True:
             await asyncio.sleep(interval)
-            sent = time.monotonic()
+            sent = _now()
             try:
                 revision = await asyncio.wait_for(
                     self.kv.update(self.key, self._value(), last=self.revision), self.lease)
