@@ -25,6 +25,7 @@ import nats
 import pytest
 from stanfleet.fleet.runner import FleetRunner, device_ids
 from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.services import readings
 
 from tests.streaming.serverproc import ServerProcess, free_port
 from tests.streaming.test_cluster import cluster, jetstream_ready  # noqa: F401  (fixture)
@@ -122,10 +123,9 @@ def stored(db: str) -> list[tuple[str, str, float]]:
 
 
 def reading_key(device: str, data: bytes) -> tuple[str, str, float]:
-    import json
-
-    r = json.loads(data)
-    return device, r["ts"], float(r["temp"])
+    """As the listener stores it (its parser normalises the timestamp)."""
+    r = readings.parse(data)
+    return device, r.ts, r.temp
 
 
 async def test_site_loses_the_active_server_a_nats_node_and_a_listener(cluster, tmp_path,  # noqa: F811
