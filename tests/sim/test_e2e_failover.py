@@ -1,7 +1,7 @@
 """A production-shaped site loses parts while readings flow.
 
-Three nats-server nodes (JetStream, R3), two streaming servers in one FT
-group, two listeners sharing the work on one SQLite file, twenty simulated
+Three nats-server nodes (JetStream, R3, TLS with our own CA), two streaming
+servers in one FT group, two listeners sharing the work on one SQLite file, twenty simulated
 devices running the real firmware. While they send a reading a second: SIGKILL
 the active streaming server, then one NATS node, then one listener. Every
 reading a device got a PubAck for is in the database exactly once afterwards,
@@ -23,18 +23,44 @@ import time
 
 import nats
 import pytest
+from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.fleet.runner import FleetRunner, device_ids
 from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.security import certs
 from stanfleet.services import readings
 
 from tests.streaming.serverproc import ServerProcess, free_port
-from tests.streaming.test_cluster import cluster, jetstream_ready  # noqa: F401  (fixture)
+from tests.streaming.test_cluster import jetstream_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLUSTER = "test-cluster"
 DEVICES = 20
 READY = "streaming server ready"
+
+
+@pytest.fixture
+def tls(tmp_path) -> certs.CertPaths:
+    return certs.init(str(tmp_path / "certs"), ["127.0.0.1"])
+
+
+@pytest.fixture
+def cluster(tmp_path, tls):
+    """Three JetStream nodes; clients only over TLS."""
+    ports = [free_port() for _ in range(3)]
+    routes = [f"nats://127.0.0.1:{p}" for p in ports]
+    nodes = []
+    try:
+        for i, port in enumerate(ports):
+            nodes.append(Broker(BrokerConfig(
+                server_name=f"n{i}", cluster_name="site", cluster_port=port,
+                routes=[r for r in routes if not r.endswith(f":{port}")],
+                tls=(tls.server, tls.server_key), store_dir=str(tmp_path / f"n{i}"),
+                log_file=str(tmp_path / f"n{i}.log"))).start())
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
 
 
 class Tap:
@@ -46,8 +72,8 @@ class Tap:
         self.changed = asyncio.Event()
         self.nc = None
 
-    async def start(self, url: str) -> "Tap":
-        self.nc = await nats.connect(url)
+    async def start(self, url: str, ca: str) -> "Tap":
+        self.nc = await nats.connect(url, tls=certs.client_context(ca))
         await self.nc.subscribe(f"_STAN.pub.{CLUSTER}.devices.*.events", cb=self._on_pub)
         await self.nc.subscribe("_INBOX.>", cb=self._on_inbox)
         await self.nc.flush()
@@ -90,9 +116,9 @@ class Tap:
 class Listener:
     """`stanfleet listener` as a process."""
 
-    def __init__(self, name: str, url: str, db: str, log_path: str):
+    def __init__(self, name: str, url: str, ca: str, db: str, log_path: str):
         self.args = ("listener", "--name", name, "--nats", url, "--cluster-id", CLUSTER,
-                     "--db", db)
+                     "--ca", ca, "--db", db)
         self.log_path = log_path
         self.proc = None
 
@@ -128,28 +154,31 @@ def reading_key(device: str, data: bytes) -> tuple[str, str, float]:
     return device, r.ts, r.temp
 
 
-async def test_site_loses_the_active_server_a_nats_node_and_a_listener(cluster, tmp_path,  # noqa: F811
+async def test_site_loses_the_active_server_a_nats_node_and_a_listener(cluster, tls, tmp_path,
                                                                        releases):
     urls = [n.url for n in cluster]
-    await jetstream_ready(urls[0])
+    assert all(u.startswith("tls://") for u in urls)
+    await jetstream_ready(urls[0], tls=certs.client_context(tls.ca))
     db = str(tmp_path / "fleet.db")
     # Heartbeats tuned for fast failover: a killed listener is declared dead
     # after about 10 s and its queue share (and unacked readings) goes to the
     # other one. At the defaults (30 s x 10) that takes five minutes.
     servers = [ServerProcess("-ns", ",".join(urls), "--replicas", "3", "--ft_group", "site",
-                             "-hbi", "2s", "-hbt", "2s", "-hbf", "3",
+                             "-hbi", "2s", "-hbt", "2s", "-hbf", "3", "-tls_client_cacert", tls.ca,
                              "-dir", str(tmp_path / f"s{i}"), "-m", str(free_port()),
                              log_path=str(tmp_path / f"server{i}.log"),
                              ready_line=READY if i == 0 else "standing by")
                for i in range(2)]
     # Listeners and the tap stay on node 0, which is never killed: a service
     # takes one NATS URL (see the report), the devices' proxies take all three.
-    listeners = [Listener(str(i), urls[0], db, str(tmp_path / f"listener{i}.log"))
+    listeners = [Listener(str(i), urls[0], tls.ca, db, str(tmp_path / f"listener{i}.log"))
                  for i in range(2)]
+    with open(tls.ca_der, "rb") as f:
+        ca_der = f.read()
     fleet = FleetRunner(urls, CLUSTER, tmp_path / "fleet", count=DEVICES, releases_dir=releases,
-                        sending_frequency=1,
+                        sending_frequency=1, ca_der=ca_der,
                         credentials=lambda _id: {"sending_frequency": 1, "buffer_size": 300})
-    tap = await Tap().start(urls[0])
+    tap = await Tap().start(urls[0], tls.ca)
     try:
         for s in servers:
             await s.start(timeout=60)

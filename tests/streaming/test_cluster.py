@@ -39,9 +39,10 @@ def cluster(tmp_path):
             n.stop()
 
 
-async def jetstream_ready(url: str) -> None:
-    """Wait until the cluster can place a 3-replica stream (all peers known)."""
-    nc = await nats.connect(url)
+async def jetstream_ready(url: str, **connect) -> None:
+    """Wait until the cluster can place a 3-replica stream (all peers known).
+    connect: more nats.connect options (e.g. tls)."""
+    nc = await nats.connect(url, **connect)
 
     async def can_place_r3():
         try:

@@ -276,7 +276,15 @@ async def test_a_frozen_active_serves_nothing_when_it_wakes(monitored_broker, tm
                 acked.clear()
                 await asyncio.wait_for(acked.wait(), 10)
 
+        deliveries: dict[int, int] = {}
+
+        async def receive() -> None:
+            m = await plain.next()
+            deliveries[m.sequence] = deliveries.get(m.sequence, 0) + 1
+            await plain.ack(m)
+
         await publish("before")
+        await receive()  # delivered by a before it freezes, not redelivered after ack_wait
         a.proc.send_signal(signal.SIGSTOP)
         try:
             await b.wait_line(READY, timeout=30)
@@ -293,11 +301,8 @@ async def test_a_frozen_active_serves_nothing_when_it_wakes(monitored_broker, tm
         # one more round trip through b makes sure it also reached us.
         await publish("after")
         await c.nc.flush()
-        deliveries: dict[int, int] = {}
         while len(deliveries) < 22:
-            m = await plain.next()
-            deliveries[m.sequence] = deliveries.get(m.sequence, 0) + 1
-            await plain.ack(m)
+            await receive()
         await c.nc.flush()
         while not plain.nothing_pending():
             m = await plain.next()
