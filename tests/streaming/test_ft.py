@@ -17,6 +17,7 @@ import nats
 import pytest
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.streaming.ft import Lease, LeaseLost
 from stanfleet.streaming.naming import Subjects, js_name
 
 from ..waiting import eventually
@@ -368,3 +369,38 @@ async def test_a_stopped_active_hands_over_at_once(monitored_broker, tmp_path):
         await c.close()
     finally:
         await group.stop()
+
+
+async def test_two_standbys_race_for_a_lapsed_lease_and_one_wins(broker):
+    """The lease itself, in-process: a holder that stops renewing lapses, exactly one
+    of two standbys takes it over (compare-and-set), and the old holder learns at
+    its next renewal that it lost."""
+    nc = await nats.connect(broker.url)
+    try:
+        old, s1, s2 = (Lease(nc, CLUSTER, "race", lease=2.0, storage="memory", replicas=1)
+                       for _ in range(3))
+        for lease in (old, s1, s2):
+            await lease.open()
+        await old.acquire()  # the key is free: taken at once
+        assert old.valid()
+        racers = {asyncio.create_task(s.acquire()): s for s in (s1, s2)}
+        done, pending = await asyncio.wait(racers, timeout=15,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and len(pending) == 1
+        winner = racers[done.pop()]
+        assert winner.valid() and not old.valid()
+        keeper = asyncio.create_task(winner.keep())
+        with pytest.raises(LeaseLost):
+            await asyncio.wait_for(old.keep(), 10)
+        # While the winner renews, the loser keeps waiting.
+        first = winner.revision
+
+        async def renewed_three_times():
+            return winner.revision >= first + 3
+        await eventually(renewed_three_times)
+        loser = pending.pop()
+        assert not loser.done()
+        loser.cancel()
+        keeper.cancel()
+    finally:
+        await nc.close()
