@@ -83,6 +83,7 @@ class Lease:
         self.kv = None
         self.revision = 0
         self.serving_until = 0.0  # on _now()
+        self._was_serving = False  # for logging the moment serving stops
 
     def valid(self) -> bool:
         """True while this instance may serve: it holds the lease and it cannot have lapsed."""
@@ -149,6 +150,7 @@ class Lease:
     async def keep(self) -> None:
         """Renew the lease until it is lost to another holder; then raise LeaseLost."""
         interval = self.lease / RENEWS_PER_LEASE
+        failures = 0
         while True:
             await asyncio.sleep(interval)
             sent = _now()
@@ -159,14 +161,21 @@ class Lease:
                 await self._check_still_ours()
                 continue
             except (NatsError, asyncio.TimeoutError) as e:
-                state = "still serving" if self.valid() else "not serving until renewed"
-                log.warning("ft group=%s: lease renewal failed (%s); %s", self.group,
-                            e or type(e).__name__, state)
+                failures += 1
+                # The first failure, and the moment serving stops: not every retry.
+                serving = self.valid()
+                if failures == 1 or (not serving and self._was_serving):
+                    log.warning("ft group=%s: lease renewal failed (%s); %s", self.group,
+                                e or type(e).__name__,
+                                "still serving" if serving else "not serving until renewed")
+                self._was_serving = serving
                 continue
-            paused = not self.valid()
+            if failures:
+                log.info("ft group=%s: lease renewed after %d failures%s", self.group, failures,
+                         "" if self.valid() else "; serving again")
+            failures = 0
             self._held_since(sent, revision)
-            if paused:
-                log.info("ft group=%s: lease renewed; serving again", self.group)
+            self._was_serving = True
 
     async def _check_still_ours(self) -> None:
         """A renewal found another revision: a renewal of ours whose reply was lost,
