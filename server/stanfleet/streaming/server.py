@@ -313,7 +313,9 @@ class StreamingServer:
         return run
 
     async def _respond(self, msg: Msg, response) -> None:
-        if msg.reply:
+        # A request that began while we held the FT lease may end after it
+        # lapsed: unanswered, the client asks again and reaches the new active.
+        if msg.reply and self._serving():
             await self.nc.publish(msg.reply, response.SerializeToString())
 
     def _decode(self, msg: Msg, cls):
