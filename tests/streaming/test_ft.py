@@ -157,11 +157,11 @@ async def stored_guids(nc, channel: str) -> list[str]:
     return out
 
 
-async def stan_subscribers(broker: Broker) -> int:
-    """How many subscriptions on the broker take STAN connect requests."""
+async def stan_subscribers(broker: Broker, subject: str = f"_STAN.discover.{CLUSTER}") -> int:
+    """How many subscriptions on the broker take messages on subject (STAN connects)."""
     async with aiohttp.ClientSession() as s:
         url = (f"http://127.0.0.1:{broker.config.monitor_port}/subsz"
-               f"?subs=1&test=_STAN.discover.{CLUSTER}")
+               f"?subs=1&test={subject}")
         async with s.get(url) as r:
             doc = await r.json()
     return doc["total"]
@@ -238,7 +238,9 @@ async def test_standby_does_not_subscribe_to_stan_subjects(monitored_broker, tmp
     try:
         await group.start(READY)
         b = await group.start(STANDING_BY)
-        assert await stan_subscribers(monitored_broker) == 1
+        for subject in (f"_STAN.discover.{CLUSTER}", f"_STAN.pub.{CLUSTER}.events",
+                        f"_STAN.sub.{CLUSTER}", f"_STAN.close.{CLUSTER}"):
+            assert await stan_subscribers(monitored_broker, subject) == 1, subject
         assert await group.status(b) == 204
         async with aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{group.ports[b]}/streaming/clientsz"
