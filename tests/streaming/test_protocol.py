@@ -266,3 +266,19 @@ async def test_new_channels_are_announced_on_the_registry_channel(stan_server):
     await c.publish("devices.9999.events", b"1")
     names = [json.loads((await reg.next()).data)["channel"] for _ in range(2)]
     assert names == ["devices.3F45.events", "devices.9999.events"]
+
+
+async def test_queue_redelivery_goes_to_a_member_that_acks(stan_server):
+    """A member that never acks (its client lost the subscribe reply, say) does not
+    keep its share: after ack_wait the original redelivers a queue message to the
+    least loaded member, not necessarily the same one."""
+    c = await client(stan_server)
+    await c.subscribe("rq", "in.silent", q_group="w", ack_wait_in_secs=1)  # never acks
+    live = await c.subscribe("rq", "in.live", q_group="w", ack_wait_in_secs=1)
+    for i in range(4):
+        await c.publish("rq", b"%d" % i)
+    got = set()
+    while got != {1, 2, 3, 4}:
+        m = await live.next()
+        got.add(m.sequence)
+        await live.ack(m)

@@ -357,12 +357,27 @@ class SubscriptionManager:
             return  # status or heartbeat messages: not used by our consumers
         seq, delivered, ts = _ack_meta(reply)
         member = group.owner.get(seq)
+        if member is not None and delivered > 1 and len(group.members) > 1:
+            member = self._redelivery_member(group, member, seq)
         if member is None:
             member = self._pick(group)
             if member is None:
                 group.backlog.append(msg)
                 return
         await self._send(group, member, msg, seq, delivered, ts)
+
+    def _redelivery_member(self, group: Group, last: Member, seq: int) -> Member:
+        """As the original server: a queue group's redelivery goes to the member
+        with the fewest unacked messages, not necessarily the one that had it. A
+        member that never acks (its client gone, or its subscribe reply lost to a
+        timeout) must not keep its share from the others."""
+        others = [m for m in group.members
+                  if m is not last and len(m.outstanding) < m.max_in_flight]
+        if not others:
+            return last
+        last.outstanding.pop(seq, None)
+        group.owner.pop(seq, None)
+        return min(others, key=lambda m: len(m.outstanding))
 
     def _pick(self, group: Group) -> Member | None:
         members = group.members
