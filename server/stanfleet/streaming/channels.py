@@ -26,6 +26,7 @@ from nats.js import api
 from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
+from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
 
 log = logging.getLogger("stanfleet.streaming.channels")
@@ -44,15 +45,6 @@ MSG_OVERHEAD = 64
 
 class ChannelError(Exception):
     """A channel cannot be created or used (limit reached, JetStream refused)."""
-
-
-@dataclass
-class ChannelLimits:
-    max_msgs: int = 1_000_000
-    max_bytes: int = 1_000_000 * 1024
-    max_age: float = 0.0  # seconds, 0 = unlimited
-    max_subs: int = 1000
-    max_inactivity: float = 0.0  # seconds without messages or subscriptions; 0 = forever
 
 
 @dataclass

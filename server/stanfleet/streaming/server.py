@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from ..broker import Broker, BrokerConfig
+from ..broker import Broker
 from ..pb import protocol_pb2 as pb
 from . import authz
 from . import errors as E
 from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
+from .embedded import nats_tls, start_broker
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .state import StateStore
@@ -42,10 +42,10 @@ REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 10
 
 
 class StreamingServer:
-    def __init__(self, options: ServerOptions):
+    def __init__(self, options: ServerOptions, broker: Broker | None = None):
         self.opts = options
         self.subjects = Subjects(options.cluster_id)
-        self.broker: Broker | None = None
+        self.broker: Broker | None = broker  # an embedded nats-server started for us
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
         self.subs: SubscriptionManager | None = None
@@ -67,18 +67,15 @@ class StreamingServer:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.opts.monitor_port is not None:
+        if self.opts.monitor_port is not None or self.opts.https_port is not None:
             # Imported here: aiohttp and prometheus_client cost nothing unless -m is given.
             from .monitor import Monitor
             self.monitor = Monitor(self)
-        if not self.opts.nats_url:
+        if not self.opts.nats_url and self.broker is None:
             self.broker = self._start_embedded_broker()
         # A comma-separated list names several servers of one cluster.
         servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
-        tls = {}
-        if self.opts.tls_ca:
-            from ..security.certs import client_context
-            tls = {"tls": client_context(self.opts.tls_ca)}
+        tls = nats_tls(self.opts)
         self.nc = await nats.connect(**tls,
             servers=servers, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
             password=self.opts.password, token=self.opts.token, max_reconnect_attempts=-1,
@@ -117,12 +114,13 @@ class StreamingServer:
         if self.monitor:
             # With a server certificate every port is TLS, monitoring included.
             ctx = None
-            if self.opts.tls_cert:
+            port = self.opts.monitor_port
+            if self.opts.tls_cert and (port is None or self.opts.https_port is not None):
                 from ..security.certs import server_context_files
 
                 ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
-            self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port,
-                                                         ctx)
+                port = self.opts.https_port if self.opts.https_port is not None else port
+            self.monitor_port = await self.monitor.start(self.opts.host, port, ctx)
             log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
                      self.monitor_port)
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
@@ -155,24 +153,7 @@ class StreamingServer:
         await self.state.delete_client(client_id)
 
     def _start_embedded_broker(self) -> Broker:
-        store_dir = None
-        if self.opts.store == "file":
-            store_dir = os.path.join(self.opts.data_dir, "jetstream")
-            os.makedirs(store_dir, exist_ok=True)
-        args = []
-        if self.opts.accounts_file:
-            pass  # our user is one of the accounts' users
-        elif self.opts.user:
-            args += ["--user", self.opts.user, "--pass", self.opts.password or ""]
-        elif self.opts.token:
-            args += ["--auth", self.opts.token]
-        tls = (self.opts.tls_cert, self.opts.tls_key) if self.opts.tls_cert else None
-        cfg = BrokerConfig(host=self.opts.host, port=self.opts.port, store_dir=store_dir,
-                           server_name=f"stanfleet-{self.opts.cluster_id}", extra_args=args,
-                           tls=tls, accounts_file=self.opts.accounts_file,
-                           pid_file=self.opts.broker_pid_file)
-        broker = Broker(cfg)
-        broker.start()
+        broker = start_broker(self.opts)
         log.info("embedded nats-server listening on %s:%s", self.opts.host, broker.port)
         return broker
 

@@ -1,0 +1,87 @@
+"""Start the server fast: the embedded nats-server comes up while we import.
+
+From exec to `_STAN.discover` answered, most of the time is Python importing
+nats-py, protobuf and (with -m) aiohttp, and nats-server opening its port and
+JetStream. Neither needs the other: a thread imports while the main thread
+spawns nats-server and waits for its port. (Not the other way round: the
+kernel's parent-death signal that ties nats-server to us follows the thread
+that spawned it, so the spawning thread must live as long as we do.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+import threading
+
+from .options import ServerOptions
+
+log = logging.getLogger("stanfleet.streaming")
+
+HEAVY_MODULES = ("stanfleet.streaming.server",)
+MONITOR_MODULES = ("stanfleet.streaming.monitor",)
+
+
+class _Importer(threading.Thread):
+    def __init__(self, modules: tuple[str, ...]):
+        super().__init__(name="imports", daemon=True)
+        self.modules = modules
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        # nats-py imports aiohttp (120 ms) only for ws:// URLs, and copes with
+        # its absence: hide it while nats-py loads. The monitor imports it
+        # for real afterwards, when -m asks for it.
+        hide = "aiohttp" not in sys.modules
+        if hide:
+            sys.modules["aiohttp"] = None  # `import aiohttp` raises ImportError
+        try:
+            importlib.import_module("nats.aio.client")
+        except BaseException as e:
+            self.error = e
+        finally:
+            if hide and sys.modules.get("aiohttp", 0) is None:
+                del sys.modules["aiohttp"]
+        try:
+            for name in self.modules:
+                importlib.import_module(name)
+        except BaseException as e:  # re-raised in the main thread
+            self.error = e
+
+    def done(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def run_server(opts: ServerOptions) -> int:
+    modules = HEAVY_MODULES
+    if opts.monitor_port is not None or opts.https_port is not None:
+        modules += MONITOR_MODULES
+    from .embedded import start_broker  # before the thread starts: no wait for the GIL
+
+    importer = _Importer(modules)
+    importer.start()
+    broker = None
+    if not opts.nats_url:
+        broker = start_broker(opts)
+        log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
+    try:
+        importer.done()
+        from ..signals import stop_event
+        from .server import StreamingServer
+
+        async def serve() -> int:
+            server = StreamingServer(opts, broker=broker)
+            await server.start()
+            await stop_event().wait()
+            log.info("shutting down")
+            await server.stop()
+            return 0
+
+        return asyncio.run(serve())
+    finally:
+        if broker is not None:
+            broker.stop()
