@@ -285,10 +285,14 @@ class StreamingServer:
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
         try:
             check_client_id(req.client_id)
+        except InvalidName as e:
+            log.warning("connect refused: %s", e)
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT_ID))
+        try:
             check_subject(req.heartbeat_inbox, "heartbeat inbox")
         except InvalidName as e:
             log.warning("connect refused: %s", e)
-            return await self._respond(msg, pb.ConnectResponse(error=f"stan: {e}"))
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
         try:
             who = self._check(
                 "connect", msg, req.client_id,
@@ -408,7 +412,10 @@ class StreamingServer:
         except E.StanProtocolError as e:
             log.warning("subscribe client=%s channel=%r refused: %s", req.client_id, req.subject, e)
             return await self._respond(msg, pb.SubscriptionResponse(error=str(e)))
-        except (InvalidName, ValueError) as e:
+        except InvalidName as e:
+            log.warning("subscribe client=%s refused: %s", req.client_id, e)
+            return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_INVALID_SUBJECT))
+        except ValueError as e:
             log.warning("subscribe client=%s refused: %s", req.client_id, e)
             return await self._respond(msg, pb.SubscriptionResponse(error=f"stan: {e}"))
         except Exception as e:  # JetStream refused the consumer
