@@ -5,6 +5,13 @@ nats-server child. Its flags are the ones Go passes on to its embedded NATS:
 address, port, TLS, users, routes, logging, the `-c` file, and the NATS keys
 of the `-sc` file. JetStream settings (store directory, encryption at rest,
 sync) come from the streaming options.
+
+NATS clustering (`--cluster`, `--routes`) without `--clustered` is how test
+harnesses build a plain NATS cluster out of Go servers whose streaming side
+nobody uses. A nats-server in a cluster can only run clustered JetStream,
+which a lone seed cannot start, so such a node runs without JetStream: a plain
+NATS cluster member (plain_nats_only). With `--clustered` the nodes run one
+JetStream cluster and channels are replicated.
 """
 
 from __future__ import annotations
@@ -49,10 +56,13 @@ def broker_config(opts: ServerOptions) -> BrokerConfig:
         hostport = opts.cluster_url.split("://", 1)[-1]
         host, _, port = hostport.rpartition(":")
         cluster_host, cluster_port = host or opts.host, int(port)
+    jetstream = not plain_nats_only(opts)
     monitor = -1 if (opts.monitor_port is not None or opts.https_port is not None) else None
+    if not jetstream:
+        monitor = opts.monitor_port  # nats-server serves -m itself: no /streaming here
     return BrokerConfig(
-        host=opts.host, port=opts.port, store_dir=store_dir,
-        server_name=opts.cluster_node_id or f"stanfleet-{opts.cluster_id}",
+        host=opts.host, port=opts.port, store_dir=store_dir, jetstream=jetstream,
+        server_name=opts.cluster_node_id or _server_name(opts, cluster_port),
         extra_args=args, monitor_port=monitor,
         tls=(opts.tls_cert, opts.tls_key) if opts.tls_cert else None,
         accounts_file=opts.accounts_file, pid_file=opts.broker_pid_file,
@@ -60,6 +70,17 @@ def broker_config(opts: ServerOptions) -> BrokerConfig:
         cluster_name=opts.cluster_name, cluster_port=cluster_port,
         cluster_host=cluster_host, routes=list(opts.routes), js_extra=", ".join(js),
         extra_config=nats_conf_text(opts.nats_settings))
+
+
+def _server_name(opts: ServerOptions, cluster_port: int | None) -> str:
+    # Names are unique in a NATS cluster: nodes of one -cid differ by route port.
+    base = f"stanfleet-{opts.cluster_id}"
+    return base if cluster_port is None else f"{base}-{cluster_port}"
+
+
+def plain_nats_only(opts: ServerOptions) -> bool:
+    """A member of a NATS cluster without --clustered: no JetStream, no streaming."""
+    return not opts.nats_url and bool(opts.cluster_url) and not opts.clustered
 
 
 def start_broker(opts: ServerOptions) -> Broker:

@@ -133,7 +133,7 @@ def _nats_server_version() -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--version", action=_Version, help="show version")
+    p.add_argument("-v", "--v", "-version", "--version", action=_Version, help="show version")
     p.add_argument("-help_tls", "--help_tls", action=_TlsHelp, help="TLS help")
     g = p.add_argument_group("streaming server")
     _flag(g, ("cid", "cluster_id"), "cluster_id", help="cluster ID (default: test-cluster)")

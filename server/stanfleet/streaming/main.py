@@ -125,3 +125,10 @@ def standalone_main(argv: list[str]) -> int:
     except (CommandError, ValueError, OSError) as e:
         print(f"stanfleet: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        from ..broker import BrokerError  # nats-server would not start: say why, one line
+
+        if not isinstance(e, BrokerError):
+            raise
+        print(f"stanfleet: {e}", file=sys.stderr)
+        return 1

@@ -33,7 +33,9 @@ def load(path: str) -> dict:
 
 
 def loads(text: str, where: str = "<config>") -> dict:
-    return _Parser(text, where, os.getcwd(), depth=0).document()
+    """`text` read from the file `where`: includes are relative to its folder."""
+    base = os.getcwd() if where.startswith("<") else os.path.dirname(os.path.abspath(where))
+    return _Parser(text, where, base, depth=0).document()
 
 
 class _Parser:

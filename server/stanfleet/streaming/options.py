@@ -156,6 +156,9 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
     flags = StoreLimits(
         max_channels=_int(get("max_channels"), DEFAULT_MAX_CHANNELS, "max_channels"),
         defaults=_channel_defaults(s))
+    # A limit flag on the command line beats the file's server-wide value; the
+    # file's per-channel overrides still apply on top of it.
+    limits_doc = {k: v for k, v in limits_doc.items() if getattr(args, k, None) is None}
     try:
         limits = config_file.store_limits(limits_doc, flags, get("stan_config") or "")
     except LimitsError as e:

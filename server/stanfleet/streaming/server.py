@@ -97,6 +97,7 @@ class StreamingServer:
                                 replicas=self.opts.replicas)
         await self.state.open()
         self.subs = SubscriptionManager(self.nc, self.subjects, self.channels, self.state)
+        self.subs.replace_durable = self.opts.replace_durable
         if self.authz:
             self.subs.ack_gate = self._authorize_ack
         await self.channels.start()
@@ -112,14 +113,15 @@ class StreamingServer:
         self.clients.start()
         self.started = time.time()
         if self.monitor:
-            # With a server certificate every port is TLS, monitoring included.
+            # With a server certificate every port is TLS, monitoring included
+            # (-m as well as Go's -ms).
             ctx = None
-            port = self.opts.monitor_port
-            if self.opts.tls_cert and (port is None or self.opts.https_port is not None):
+            port = self.opts.https_port if self.opts.https_port is not None \
+                else self.opts.monitor_port
+            if self.opts.tls_cert:
                 from ..security.certs import server_context_files
 
                 ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
-                port = self.opts.https_port if self.opts.https_port is not None else port
             self.monitor_port = await self.monitor.start(self.opts.host, port, ctx)
             log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
                      self.monitor_port)

@@ -56,7 +56,32 @@ class _Importer(threading.Thread):
             raise self.error
 
 
+def run_plain_nats(opts: ServerOptions) -> int:
+    """A NATS cluster member and nothing more (embedded.plain_nats_only)."""
+    from ..signals import stop_event
+    from .embedded import start_broker
+
+    broker = start_broker(opts)
+    log.warning("NATS cluster member on %s:%s (routes %s): no streaming service here, "
+                "JetStream in a NATS cluster needs --clustered", opts.host, broker.port,
+                ",".join(opts.routes) or "none")
+    log.info("streaming server ready: plain NATS only")
+
+    async def wait() -> None:
+        await stop_event().wait()
+
+    try:
+        asyncio.run(wait())
+    finally:
+        broker.stop()
+    return 0
+
+
 def run_server(opts: ServerOptions) -> int:
+    from .embedded import plain_nats_only
+
+    if plain_nats_only(opts):
+        return run_plain_nats(opts)
     modules = HEAVY_MODULES
     if opts.monitor_port is not None or opts.https_port is not None:
         modules += MONITOR_MODULES

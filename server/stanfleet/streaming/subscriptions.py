@@ -102,6 +102,9 @@ class SubscriptionManager:
         # (headers, clientID) -> bool: may this Ack's sender ack for the client?
         # Set by the server when authorization is on.
         self.ack_gate = None
+        # --replace_durable: a durable subscribed again takes over from the one
+        # registered, instead of ERR_DUP_DURABLE.
+        self.replace_durable = False
         self._lock = asyncio.Lock()  # serialises changes of group membership
         self.msgs_out = 0
         self.bytes_out = 0
@@ -128,6 +131,11 @@ class SubscriptionManager:
         if req.max_in_flight < 1:
             raise E.StanProtocolError(E.ERR_INVALID_MAX_INFLIGHT)
         channel = await self.channels.ensure(req.subject)
+        if self.replace_durable and req.durable_name and not req.q_group:
+            old = self.groups.get(_group_key(req, ""))
+            for member in list(old.members if old else ()):
+                log.info("durable=%s of client=%s replaced", req.durable_name, req.client_id)
+                await self.remove(member, unsubscribe=False)
         async with self._lock:
             sub_id = _next_id()
             key = _group_key(req, sub_id)
