@@ -51,3 +51,29 @@ async def test_durable_resumed_after_a_crash_is_redelivered_at_once(tmp_path):
         await again.close()
     finally:
         await proc.stop()
+
+
+async def test_replace_durable_hands_the_durable_to_the_new_subscriber(make_stan_server):
+    stan = await make_stan_server(replace_durable=True)
+    c = await RawStan.open(stan.nats_url, stan.cluster_id, "twice")
+    assert (await c.connect()).error == ""
+    first = await c.subscribe("jobs", "in.first", durable_name="d", start_position=pb.First)
+    assert (await c.publish("jobs", b"1")).error == ""
+    m = await first.next()
+    await first.ack(m)
+    second = await c.subscribe("jobs", "in.second", durable_name="d", start_position=pb.First)
+    assert second.error == ""  # not "stan: duplicate durable registration"
+    assert (await c.publish("jobs", b"2")).error == ""
+    m = await second.next()
+    assert (m.sequence, m.data) == (2, b"2")  # the position moved over with the durable
+    assert first.nothing_pending()
+    await c.close()
+
+
+async def test_without_replace_durable_a_second_registration_is_refused(stan_server):
+    c = await RawStan.open(stan_server.nats_url, stan_server.cluster_id, "twice")
+    assert (await c.connect()).error == ""
+    await c.subscribe("jobs", "in.first", durable_name="d")
+    again = await c.subscribe("jobs", "in.second", durable_name="d")
+    assert again.error == "stan: duplicate durable registration"
+    await c.close()
