@@ -22,6 +22,7 @@ from pathlib import Path
 from ..signals import die_with_parent
 
 DEFAULT_START_TIMEOUT = 15.0
+DEFAULT_READY_POLL = 0.005  # the ports file has no event; start-up time is what we poll for
 
 
 class BrokerError(RuntimeError):
@@ -181,14 +182,14 @@ class Broker:
                 with open(ports_file) as f:
                     ports = json.load(f)
             except (FileNotFoundError, ValueError):
-                time.sleep(0.02)
+                time.sleep(DEFAULT_READY_POLL)
                 continue
             self.port = _port_of(ports.get("nats") or ports.get("client") or [])
             if ports.get("monitoring"):
                 self.monitor_port = _port_of(ports["monitoring"])
             if self.port:
                 return
-            time.sleep(0.02)
+            time.sleep(DEFAULT_READY_POLL)
         raise BrokerError(f"nats-server did not report its ports within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -95,12 +95,12 @@ class StreamingServer:
                                      authorize=self._authorize_publish if self.authz else None)
         self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
-        await self.state.open()
         self.subs = SubscriptionManager(self.nc, self.subjects, self.channels, self.state)
         self.subs.replace_durable = self.opts.replace_durable
         if self.authz:
             self.subs.ack_gate = self._authorize_ack
-        await self.channels.start()
+        # Together: start-up time is mostly round trips to JetStream.
+        await asyncio.gather(self.state.open(), self.channels.start())
         await self._restore()
         await self.subs.start()
         s = self.subjects
@@ -130,7 +130,9 @@ class StreamingServer:
 
     async def _restore(self) -> None:
         """Take over the clients and subscriptions of an earlier run."""
-        for r in await self.state.load_clients():
+        clients, subs = await asyncio.gather(self.state.load_clients(),
+                                             self.state.load_subs())
+        for r in clients:
             try:
                 if self.authz and r.get("owner"):
                     self.authz.claim(r["client_id"], authz.Identity("", r["owner"]))
@@ -141,7 +143,7 @@ class StreamingServer:
                     created=r.get("created", time.time())))
             except (KeyError, ValueError, TypeError):
                 log.error("unreadable client record %r dropped", r)
-        subs = await self.subs.restore(await self.state.load_subs(), self.clients.clients)
+        subs = await self.subs.restore(subs, self.clients.clients)
         if self.clients.clients or subs:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
 
