@@ -203,3 +203,22 @@ async def test_sigkill_then_restart_on_the_same_port_and_directory(tmp_path):
         await c.close()
     finally:
         await proc.stop()
+
+
+async def test_encryption_at_rest(tmp_path):
+    port = free_port()
+    data = tmp_path / "d"
+    proc = await ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file",
+                               "-dir", str(data), "--encrypt",
+                               "--encryption_key", "0123456789abcdef0123456789abcdef").start()
+    try:
+        c = await RawStan.open(f"nats://127.0.0.1:{port}", "test-cluster", "enc")
+        assert (await c.connect()).error == ""
+        assert (await c.publish("secret", b"PLAINTEXT-MARKER-0042")).error == ""
+        sub = await c.subscribe("secret", "in.secret", start_position=pb.First)
+        assert (await sub.next()).data == b"PLAINTEXT-MARKER-0042"
+        await c.close()
+    finally:
+        await proc.stop()
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert files and not any(b"PLAINTEXT-MARKER-0042" in p.read_bytes() for p in files)

@@ -164,3 +164,11 @@ def test_a_bad_configuration_file_is_one_clear_error(tmp_path):
         opts("-sc", str(bad))
     with pytest.raises(ValueError, match="cannot read configuration file"):
         opts("-sc", str(tmp_path / "missing.conf"))
+
+
+def test_nats_config_file_gives_the_embedded_server_its_settings(tmp_path):
+    conf = tmp_path / "nats.conf"
+    conf.write_text("port: 4555\nhttp_port: 8555\nmax_payload: 4MB\n")
+    o = opts("-c", str(conf))
+    assert (o.port, o.monitor_port, o.nats_config) == (4555, 8555, str(conf))
+    assert opts("-c", str(conf), "-p", "4666").port == 4666
