@@ -132,12 +132,18 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=DEFAULT_RUNS)
     ap.add_argument("--store", default="file", choices=("file", "memory"))
     a = ap.parse_args()
+    # Bytecode as an installed package has it (pip compiles at install; an
+    # editable checkout under PYTHONDONTWRITEBYTECODE would compile every start).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "server")],
+                   check=True, stdout=subprocess.DEVNULL)
     rows = {"stanfleet": measure(OURS, a.runs, a.store)}
     if GO_BINARY.exists():
         rows["go"] = measure([str(GO_BINARY)], a.runs, a.store)
     else:
         print(f"(Go reference binary not found at {GO_BINARY}: ours only)")
-    print(f"store={a.store}, {a.runs} runs, median (max) in ms; target {TARGET_MS:.0f} ms")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"store={a.store}, {a.runs} runs, median (max) in ms; target {TARGET_MS:.0f} ms; "
+          f"load average {load} on {os.cpu_count()} cores")
     names = list(rows["stanfleet"])
     print(f"{'':16}" + "".join(f"{who:>22}" for who in rows))
     for name in names:
@@ -145,8 +151,7 @@ def main() -> int:
         for figures in rows.values():
             cells.append(f"{statistics.median(figures[name]):9.0f} ({max(figures[name]):5.0f})")
         ours = statistics.median(rows["stanfleet"][name])
-        verdict = "ok" if ours <= TARGET_MS or name == "start-to-port" and ours <= TARGET_MS \
-            else "OVER"
+        verdict = "ok" if ours <= TARGET_MS else "OVER"
         print(f"{name:16}" + "".join(f"{c:>22}" for c in cells) + f"   {verdict}")
     return 0
 
