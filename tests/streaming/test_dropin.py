@@ -222,3 +222,21 @@ async def test_encryption_at_rest(tmp_path):
         await proc.stop()
     files = [p for p in data.rglob("*") if p.is_file()]
     assert files and not any(b"PLAINTEXT-MARKER-0042" in p.read_bytes() for p in files)
+
+
+async def test_nats_monitoring_forwarded_to_an_external_nats(tmp_path):
+    from stanfleet.broker import Broker, BrokerConfig
+    from stanfleet.streaming import ServerOptions, StreamingServer
+
+    with Broker(BrokerConfig(store_dir=str(tmp_path / "js"), monitor_port=-1)) as b:
+        server = StreamingServer(ServerOptions(
+            nats_url=b.url, monitor_port=0, host="127.0.0.1",
+            nats_monitor_url=f"http://127.0.0.1:{b.monitor_port}"))
+        await server.start()
+        try:
+            varz = await get_json(server.monitor_port, "/varz?foo=1")
+            assert varz["port"] == b.port
+            connz = await get_json(server.monitor_port, "/connz")
+            assert any(c.get("name") == "_STAN-test-cluster" for c in connz["connections"])
+        finally:
+            await server.stop()
