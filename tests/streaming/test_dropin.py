@@ -70,13 +70,24 @@ async def test_log_file_pid_file_signal_and_explained_flags(tmp_path):
         text = log.read_text()
         assert "--file_slice_max_msgs: not applicable: JetStream manages files" in text
         assert "INFO stanfleet.streaming: streaming server ready" in text  # -T=false: no time
+        # reload (SIGHUP) and reopen (SIGUSR1) keep it running; reopen starts
+        # the log file afresh, as logrotate expects
+        assert cli("-sl", "reload", "-P", str(pid)).returncode == 0
+        log.rename(tmp_path / "server.log.1")
+        assert cli("-sl", f"reopen={proc.pid}").returncode == 0
         c = await RawStan.open(f"nats://127.0.0.1:{port}", "test-cluster", "logged")
         assert (await c.connect()).error == ""
         await c.close()
+
+        async def reopened():
+            return log.exists() and "client=logged connected" in log.read_text()
+        await eventually(reopened)
+        assert proc.returncode is None
         assert cli("-sl", "quit", "-P", str(pid)).returncode == 0
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         assert not pid.exists()
         assert "shutting down" in log.read_text()
+        assert "--file_slice_max_msgs" not in log.read_text()  # that went to the old file
     finally:
         if proc.returncode is None:
             proc.kill()

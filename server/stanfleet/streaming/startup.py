@@ -56,6 +56,30 @@ class _Importer(threading.Thread):
             raise self.error
 
 
+def forward_signals(broker) -> None:
+    """Go's `-sl reload` (SIGHUP) and `-sl reopen` (SIGUSR1) reach the embedded
+    nats-server (config reload, log reopen); SIGUSR1 also reopens our log file."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+
+    def reopen() -> None:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.close()  # the next record opens the file again
+        if broker is not None and broker.proc is not None:
+            broker.proc.send_signal(signal.SIGUSR1)
+
+    def reload() -> None:
+        if broker is not None and broker.proc is not None:
+            broker.proc.send_signal(signal.SIGHUP)
+        else:
+            log.info("reload: no embedded nats-server to reload")
+
+    loop.add_signal_handler(signal.SIGUSR1, reopen)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+
 def run_plain_nats(opts: ServerOptions) -> int:
     """A NATS cluster member and nothing more (embedded.plain_nats_only)."""
     from ..signals import stop_event
@@ -68,6 +92,7 @@ def run_plain_nats(opts: ServerOptions) -> int:
     log.info("streaming server ready: plain NATS only")
 
     async def wait() -> None:
+        forward_signals(broker)
         await stop_event().wait()
 
     try:
@@ -99,6 +124,7 @@ def run_server(opts: ServerOptions) -> int:
         from .server import StreamingServer
 
         async def serve() -> int:
+            forward_signals(broker)  # before "ready" is logged: a script may signal then
             server = StreamingServer(opts, broker=broker)
             await server.start()
             await stop_event().wait()
