@@ -251,3 +251,36 @@ async def test_nats_monitoring_forwarded_to_an_external_nats(tmp_path):
             assert any(c.get("name") == "_STAN-test-cluster" for c in connz["connections"])
         finally:
             await server.stop()
+
+
+async def test_a_connect_before_the_server_is_ready_is_held_and_answered():
+    """nats-server opens the port before the streaming side is ready (Go's does
+    too, and answers "no responders" meanwhile). Ours holds discover requests
+    from the moment nats-server is up and answers them once ready."""
+    port = free_port()
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-SD")
+    exe = os.path.join(os.path.dirname(sys.executable), "stanfleet")
+    proc.proc = await asyncio.create_subprocess_exec(
+        exe, "streaming-server", *proc.args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    lines = []
+    up = asyncio.Event()
+
+    async def read():
+        while raw := await proc.proc.stdout.readline():
+            lines.append(raw.decode(errors="replace"))
+            if "embedded nats-server listening" in lines[-1]:
+                up.set()
+    reader = asyncio.create_task(read())
+    try:
+        await asyncio.wait_for(up.wait(), 30)
+        c = await RawStan.open(f"nats://127.0.0.1:{port}", "test-cluster", "eager")
+        was_ready = any("streaming server ready" in x for x in lines)
+        assert (await c.connect()).error == ""
+        assert (await c.publish("eager", b"1")).error == ""
+        await c.close()
+        assert was_ready or any("that came before we were ready" in x for x in lines)
+    finally:
+        proc.proc.send_signal(signal.SIGTERM)
+        await proc.proc.wait()
+        await reader

@@ -42,10 +42,11 @@ REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 10
 
 
 class StreamingServer:
-    def __init__(self, options: ServerOptions, broker: Broker | None = None):
+    def __init__(self, options: ServerOptions, broker: Broker | None = None, early=None):
         self.opts = options
         self.subjects = Subjects(options.cluster_id)
         self.broker: Broker | None = broker  # an embedded nats-server started for us
+        self.early = early  # early.EarlyDiscover: connects that came before we were ready
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
         self.subs: SubscriptionManager | None = None
@@ -110,6 +111,14 @@ class StreamingServer:
             self._nats_subs.append(
                 await self.nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
+        # Closed only now, so no connect meets "no responders". One that reached
+        # both subscriptions is answered twice; the client takes the first answer
+        # (ours, which the server delivered before the copy below).
+        held = self.early.close() if self.early else []
+        for r in held:  # connects that came early, in their order, to our own handler
+            await self.nc.publish(r.subject, r.data, reply=r.reply)
+        if held:
+            log.info("answering %d connect requests that came before we were ready", len(held))
         self.clients.start()
         self.started = time.time()
         if self.monitor:

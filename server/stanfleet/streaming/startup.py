@@ -20,6 +20,7 @@ from .options import ServerOptions
 
 log = logging.getLogger("stanfleet.streaming")
 
+DEFAULT_STARTUP_SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
 HEAVY_MODULES = ("stanfleet.streaming.server",)
 MONITOR_MODULES = ("stanfleet.streaming.monitor",)
 
@@ -110,13 +111,21 @@ def run_server(opts: ServerOptions) -> int:
     modules = HEAVY_MODULES
     if opts.monitor_port is not None or opts.https_port is not None:
         modules += MONITOR_MODULES
+    from .early import start_early
     from .embedded import start_broker  # before the thread starts: no wait for the GIL
 
     importer = _Importer(modules)
+    # Short GIL slices while the importer runs: the main thread must subscribe
+    # the moment nats-server is up, not when the importer lets go.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(DEFAULT_STARTUP_SWITCH_INTERVAL)
     importer.start()
     broker = None
     if not opts.nats_url:
         broker = start_broker(opts)
+    early = start_early(opts, broker)  # holds connects until we answer them
+    sys.setswitchinterval(switch)
+    if broker is not None:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
     try:
         importer.done()
@@ -125,7 +134,7 @@ def run_server(opts: ServerOptions) -> int:
 
         async def serve() -> int:
             forward_signals(broker)  # before "ready" is logged: a script may signal then
-            server = StreamingServer(opts, broker=broker)
+            server = StreamingServer(opts, broker=broker, early=early)
             await server.start()
             await stop_event().wait()
             log.info("shutting down")
