@@ -46,6 +46,13 @@ SERVICES = {"up", "streaming-server", "listener", "sim"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["streaming-server"]:
+        # The drop-in for nats-streaming-server must start fast: no other
+        # command's parser (and imports) on its way.
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return importlib.import_module("stanfleet.streaming.main").standalone_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.INFO if args.command in SERVICES else logging.WARNING

@@ -128,7 +128,8 @@ class Security:
         p = argparse.ArgumentParser()
         add_arguments(p)
         return from_args(p.parse_args(["--security-dir", self.dir, "-cid", cluster_id,
-                                       "-a", "127.0.0.1", "-p", str(port), "-dir", data_dir]))
+                                       "-a", "127.0.0.1", "-p", str(port), "-store", "file",
+                                       "-dir", data_dir]))
 
     def ssl_context(self):
         from .security.certs import server_context

@@ -58,7 +58,7 @@ async def _exercise_restart(url: str, start, kill):
 
 
 async def test_restart_with_external_nats_keeps_clients_and_durables(broker, tmp_path):
-    proc = ServerProcess("-ns", broker.url, "-dir", str(tmp_path / "d"),
+    proc = ServerProcess("-ns", broker.url, "-store", "file", "-dir", str(tmp_path / "d"),
                          log_path=str(tmp_path / "server.log"))
     await proc.start()
     try:
@@ -69,7 +69,7 @@ async def test_restart_with_external_nats_keeps_clients_and_durables(broker, tmp
 
 async def test_restart_with_embedded_nats_keeps_clients_and_durables(tmp_path):
     port = free_port()
-    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "d"),
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"),
                          log_path=str(tmp_path / "server.log"))
     await proc.start()
     try:
@@ -80,7 +80,7 @@ async def test_restart_with_embedded_nats_keeps_clients_and_durables(tmp_path):
 
 async def test_sigterm_exits_cleanly_and_stops_the_embedded_nats(tmp_path):
     port = free_port()
-    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "d"),
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"),
                          log_path=str(tmp_path / "server.log"))
     await proc.start()
     url = f"nats://127.0.0.1:{port}"
@@ -119,7 +119,7 @@ async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(t
     from stanfleet.client import Client
 
     port = free_port()
-    args = ("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "d"))
+    args = ("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"))
     proc = ServerProcess(*args, log_path=str(tmp_path / "server.log"))
     await proc.start()
     try:

@@ -34,6 +34,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .nats_monitor import NatsMonitorForwarder
+
 log = logging.getLogger("stanfleet.streaming.monitor")
 
 DEFAULT_LIST_LIMIT = 1024  # the original's default page size
@@ -70,6 +72,7 @@ class Monitor:
         app.router.add_get("/streaming/channelsz", self._channelsz)
         app.router.add_get("/streaming/isFTActive", self._ft_active)
         app.router.add_get("/metrics", self._metrics)
+        NatsMonitorForwarder(self.server).add_routes(app)  # /varz, /connz, /subsz...
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
