@@ -334,6 +334,9 @@ class Device:
         if image.running_label() == trial["label"]:
             image.mark_valid()
             otaboot.put("image", trial["version"])
+            if otaboot.current["frozen"]:
+                # The new image's frozen app runs instead of an older slot's bundle.
+                otaboot.put("app", "frozen")
             self.image = trial["version"]
             self.ota_state = {"state": "installed", "version": trial["version"], "reason": ""}
             log("stanfleet: image healthy version=%s" % trial["version"])
