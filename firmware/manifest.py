@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - freeze(), package(), module() are given by MicroPython's manifestfile.py
 # Freeze manifest of a stanfleet board image: the firmware's code compiled into
 # the MicroPython binary as frozen bytecode, which runs from flash instead of
 # being loaded onto the heap (docs/device.md "Board image").
