@@ -6,7 +6,9 @@ firmware frozen in (firmware/manifest.py) or not. Builds are cached in
 ``$TMPDIR/stanfleet-fwbuild`` under a hash of everything that goes into them
 (build-unix.sh, the manifest, every firmware source, the app version), so a
 second call costs nothing and an edited module gets a new binary.
-``Unavailable`` says why a build cannot be made here (no shared/ folder, no
+``stand_ins=True`` also freezes the simulator's stand-ins (sim/: machine,
+network, esp32, ...), which a board has built in, so a heap measured with
+it is the firmware's alone. ``Unavailable`` says why a build cannot be made here (no shared/ folder, no
 gcc-multilib for 32-bit); callers skip with that reason.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
+SIM = ROOT / "sim"
 MANIFEST = FIRMWARE / "manifest.py"
 SHARED = Path(os.environ.get("STANFLEET_MICROPYTHON_SRC", "/work/shared/micropython"))
 BUILD_SCRIPT = SHARED / "build-unix.sh"
@@ -52,16 +55,41 @@ def check(bits: int) -> None:
             raise Unavailable("gcc cannot build 32-bit programs: apt-get install -y gcc-multilib")
 
 
-def _key(bits: int, frozen: bool, version: str) -> str:
+def stand_in_files() -> list[str]:
+    """sim/'s stand-in modules; board.py is the simulator's boot, not a module."""
+    return sorted(p.name for p in SIM.glob("*.py") if p.name != "board.py")
+
+
+def _sources(frozen: bool, stand_ins: bool) -> list[Path]:
+    files = []
+    if frozen:
+        files += [p for p in sorted(FIRMWARE.rglob("*.py"))
+                  if "boards" not in p.relative_to(FIRMWARE).parts]
+    if stand_ins:
+        files += [SIM / n for n in stand_in_files()]
+    return files
+
+
+def _key(bits: int, frozen: bool, stand_ins: bool, version: str) -> str:
     h = hashlib.sha256()
     h.update(BUILD_SCRIPT.read_bytes())
-    h.update(f"{bits} {frozen} {version}".encode())
-    if frozen:
-        for p in sorted(FIRMWARE.rglob("*.py")):
-            if "boards" in p.relative_to(FIRMWARE).parts:
-                continue
-            h.update(str(p.relative_to(FIRMWARE)).encode() + b"\0" + p.read_bytes())
+    h.update(f"{bits} {frozen} {stand_ins} {version}".encode())
+    for p in _sources(frozen, stand_ins):
+        h.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def _manifest(cache: Path, name: str, frozen: bool, stand_ins: bool) -> Path | None:
+    if not frozen and not stand_ins:
+        return None
+    lines = []
+    if frozen:
+        lines.append(f"include({str(MANIFEST)!r})")
+    if stand_ins:
+        lines.append(f"freeze({str(SIM)!r}, {tuple(stand_in_files())!r})")
+    path = cache / f"{name}.manifest.py"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _prepare_workdir(work: Path) -> None:
@@ -80,12 +108,14 @@ def _prepare_workdir(work: Path) -> None:
 
 
 def binary(bits: int = 32, frozen: bool = True, version: str = DEFAULT_VERSION,
-           log=print) -> Path:
+           stand_ins: bool = False, log=print) -> Path:
     """The cached binary for this variant, built first if needed."""
     check(bits)
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"micropython-{bits}-{'frozen' if frozen else 'plain'}-{_key(bits, frozen, version)}"
+    name = (f"micropython-{bits}-{'frozen' if frozen else 'plain'}{'-sim' if stand_ins else ''}"
+            f"-{_key(bits, frozen, stand_ins, version)}")
+    out = cache / name
     if out.exists():
         return out
     # One build at a time: the scratch tree is shared by every variant.
@@ -98,8 +128,9 @@ def binary(bits: int = 32, frozen: bool = True, version: str = DEFAULT_VERSION,
         cmd = ["bash", str(BUILD_SCRIPT), str(out) + ".tmp"]
         if bits == 32:
             cmd.append("--32")
-        if frozen:
-            cmd += ["--manifest", str(MANIFEST)]
+        manifest = _manifest(cache, name, frozen, stand_ins)
+        if manifest is not None:
+            cmd += ["--manifest", str(manifest)]
         log(f"building {out.name} (a few minutes the first time) ...")
         r = subprocess.run(cmd, capture_output=True, text=True,
                            env=dict(os.environ, MPBUILD_DIR=str(work), STANFLEET_VERSION=version))
