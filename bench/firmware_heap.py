@@ -179,13 +179,17 @@ class Env:
                            micropython=str(binary), on_line=on_line, crash_pause_max=1, **kw)
 
 
-async def run_once(fx: Fixture, binary: Path, v: Variant, heap_kb: int, n: int) -> dict | None:
-    """The figures of one complete run in ``heap_kb``, or None if it failed."""
+async def run_once(fx: Fixture, binary: Path, v: Variant, heap_kb: int, n: int,
+                   trace: bool = False) -> dict | None:
+    """The figures of one complete run in ``heap_kb``, or None if it failed.
+    ``trace``: print the device's log, where each new heap peak shows."""
     async with Env(fx, n) as env:
         statuses: list[dict] = []
         seen = {"peak": 0, "total": 0}
 
         def on_line(_id: str, line: str) -> None:
+            if trace:
+                print("    | " + line, flush=True)
             m = re.match(r"\[heap\] (peak|total)=(\d+)", line)
             if m:
                 key = m.group(1)
@@ -251,7 +255,7 @@ async def passes(fx, binary, v, heap_kb, runs, n0) -> bool:
 
 async def measure(fx: Fixture, v: Variant, args) -> dict:
     binary = mpbuild.binary(v.bits, v.frozen, FACTORY, stand_ins=True)
-    first = await run_once(fx, binary, v, args.high, 0)
+    first = await run_once(fx, binary, v, args.high, 0, args.trace)
     if first is None:
         raise SystemExit(f"{v.name}: the run fails even in {args.high}k")
     print(f"  {v.name}: in {args.high}k peak={first['peak']} live={first['live']}", flush=True)
@@ -324,5 +328,7 @@ if __name__ == "__main__":
     p.add_argument("--low", type=int, default=32, help="KiB, assumed too small")
     p.add_argument("--high", type=int, default=160, help="KiB, must work")
     p.add_argument("--step", type=int, default=4, help="KiB resolution")
+    p.add_argument("--trace", action="store_true",
+                   help="print the device log of the first run, with each heap peak")
     p.add_argument("--runs", type=int, default=5, help="runs that must all pass at the figure")
     asyncio.run(main(p.parse_args()))
