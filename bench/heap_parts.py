@@ -42,7 +42,7 @@ async def main(args) -> None:
             proc = await asyncio.create_subprocess_exec(
                 str(binary), "-X", f"heapsize={args.heap}k", str(ROOT / "bench" / "heap_parts_mp.py"),
                 cwd=flash, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                env=dict(os.environ, SIM_UID=DEV, MICROPYPATH=".frozen"))
+                env=dict(os.environ, SIM_UID=DEV, MICROPYPATH=".frozen:"))  # as boot.py orders it
             out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
     print(f"{args.bits}-bit, {'frozen' if args.frozen else 'not frozen'}, "

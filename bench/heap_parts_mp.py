@@ -52,9 +52,12 @@ async def main():
     d.changed()
     await asyncio.sleep_ms(300)
     part("status task, one status sent")
+    from app import release  # noqa: F401
+
+    part("release decision (app.release, rollout)")
     from app import ota  # noqa: F401
 
-    part("OTA code (app.ota, bundle, http_get, rollout, hal.image)")
+    part("OTA install code (app.ota, bundle, http_get)")
     import ed25519  # noqa: F401
 
     part("ed25519 + sha512")

@@ -28,8 +28,9 @@ from app.buffer import Buffer
 RETRY_MIN_MS = 500
 RETRY_MAX_MS = 30000
 MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
-# The OTA code (app.ota, bundle, http_get, rollout, ed25519) is imported when
-# the first release arrives, not at boot: a device that never sees a release
+# The OTA code (app.ota, bundle, http_get, ed25519) is imported when the
+# first release to install arrives, not at boot nor for a release that is
+# only acked (app.release decides that): a device that never sees a release
 # keeps about 10 KB more heap. It is never unloaded: unloading and reloading
 # ~10 KB of code around long-lived objects fragmented the heap until a 2 KB
 # buffer could not be had with 26 KB free.
@@ -231,18 +232,20 @@ class Device:
     # ---- releases ------------------------------------------------------------------
 
     async def _on_release(self, msg):
-        from app import ota
+        from app import release
 
-        await self._release(ota.Ota(self.id, self.cfg), msg)
-
-    async def _release(self, ota, msg):
-        rel, why = ota.decide(msg.data)
+        rel, why = release.decide(self.id, msg.data)
         if rel is None:
             log("stanfleet: release acked seq=%d %s" % (msg.sequence, why))
             if why.startswith("rejected"):
                 self.set_ota("rejected", None, why)
             await self.sc.ack(msg)
             return
+        from app import ota
+
+        await self._install(ota.Ota(self.id, self.cfg), rel)
+
+    async def _install(self, ota, rel):
         v = rel["version"]
         self.set_ota("downloading", v)
         try:
