@@ -16,6 +16,7 @@
 # not signed: they only catch a broken download. A release_key that is not a
 # valid key fails every install (it never falls back to unsigned).
 
+import gc
 import os
 import time
 
@@ -112,6 +113,10 @@ class Ota:
                 sig = b""
             if not self.key or not sig or not self._check_sig(stmt, sig):
                 raise image.ImageError("bad signature: the image is not signed by the release key")
+            stmt = sig = None
+            # The verify leaves kilobytes of big-integer garbage: free it before
+            # the HTTPS connection and its buffers take their place in the heap.
+            gc.collect()
         stream = await self._download(rel)
         try:
             label = await image.write(stream, rel["size"], rel["sha256"])
