@@ -7,7 +7,7 @@ it: TLS to NATS and HTTPS to the artifact server with a private CA that the
 device verifies (server_hostname checked), a password per device, and a
 release signed with the fleet's key (the device checks the ed25519 signature).
 
-A variant is a MicroPython unix port built from /work/shared/micropython
+A variant is a MicroPython unix port built from ../shared/micropython
 (bench/mpbuild.py, cached under $TMPDIR/stanfleet-fwbuild):
 
   --bits 32|64   word size; 32 is the ESP32's

@@ -1,7 +1,7 @@
 """MicroPython unix-port builds for the heap bench and the frozen-image tests.
 
 ``binary(bits=32, frozen=True)`` returns the path of a `micropython` built
-from /work/shared/micropython (build-unix.sh), 32- or 64-bit, with the
+from ../shared/micropython beside the checkout (build-unix.sh), 32- or 64-bit, with the
 firmware frozen in (firmware/manifest.py) or not. Builds are cached in
 ``$TMPDIR/stanfleet-fwbuild`` under a hash of everything that goes into them
 (build-unix.sh, the manifest, every firmware source, the app version), so a
@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 SIM = ROOT / "sim"
 MANIFEST = FIRMWARE / "manifest.py"
-SHARED = Path(os.environ.get("STANFLEET_MICROPYTHON_SRC", "/work/shared/micropython"))
+# The shared folder lies beside the checkout (as CI lays it out).
+SHARED = Path(os.environ.get("STANFLEET_MICROPYTHON_SRC", ROOT.parent / "shared" / "micropython"))
 BUILD_SCRIPT = SHARED / "build-unix.sh"
 DEFAULT_VERSION = "1.0.0"  # the app version frozen in: the simulator's factory bundle
 

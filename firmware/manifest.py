@@ -3,7 +3,7 @@
 # the MicroPython binary as frozen bytecode, which runs from flash instead of
 # being loaded onto the heap (docs/device.md "Board image").
 #
-#   host:  /work/shared/micropython/build-unix.sh OUT --32 --manifest firmware/manifest.py
+#   host:  ../shared/micropython/build-unix.sh OUT --32 --manifest firmware/manifest.py
 #   ESP32: firmware/boards/STANFLEET_ESP32/manifest.py includes this file
 #
 # The image's app version is STANFLEET_VERSION from the build's environment

@@ -1,5 +1,5 @@
 """The fleet end to end on a board image with the app frozen in: the MicroPython
-unix port built 32-bit (an ESP32's word size) from /work/shared/micropython with
+unix port built 32-bit (an ESP32's word size) from ../shared/micropython with
 firmware/manifest.py (bench/mpbuild.py), so the app runs from frozen bytecode.
 
 How the app changes over the air on such a board (docs/device.md "Board image"):
