@@ -7,6 +7,8 @@ import pytest
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.streaming import ServerOptions, StreamingServer
 
+from .pg import pg_url, postgres_server  # noqa: F401  (fixtures: a real PostgreSQL)
+
 
 @pytest.fixture
 def broker(tmp_path):
