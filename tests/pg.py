@@ -44,7 +44,7 @@ def why_not() -> str:
     return ""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -57,7 +57,7 @@ class PostgresServer:
         self.bin = bin_dir()
         self.dir = tempfile.mkdtemp(prefix="stanfleet-pg-")
         self.data = os.path.join(self.dir, "data")
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else None  # who runs the server
         self.superuser = "postgres"
 

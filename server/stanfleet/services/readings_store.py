@@ -81,3 +81,41 @@ def retention_cutoff(days: float, now: dt.datetime | None = None) -> str:
     """ISO-8601 UTC of `days` ago, in the stores' ts format."""
     now = now or dt.datetime.now(dt.timezone.utc)
     return (now - dt.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def probe(url: str) -> str:
+    """Reach the database without changing it (no migration): what is there,
+    e.g. "PostgreSQL 15.10, schema version 2 of 2". StoreError if it cannot."""
+    from .migrations import LATEST
+
+    if is_postgres(url):
+        import psycopg
+
+        from .readings_pg import DatabaseError, connect
+
+        try:
+            with connect(url) as conn:
+                server = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+                has = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+                version = (conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+                           if has else None)
+        except DatabaseError as e:
+            raise StoreError(str(e)) from None
+        except psycopg.Error as e:
+            raise StoreError(f"{describe(url)}: {_first_line(e)}") from None
+        state = f"schema version {version or 0} of {LATEST}" if has else "empty (created at start)"
+        return f"PostgreSQL {server}, {state}"
+    import os
+
+    from .readings_db import sqlite_path
+
+    path = sqlite_path(url)
+    if os.path.exists(path):
+        return f"SQLite file {path}"
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise StoreError(f"{path}: cannot be created ({parent} is not writable)")
+    return f"SQLite file {path} (created at start)"

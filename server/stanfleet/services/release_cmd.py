@@ -11,8 +11,11 @@ import sys
 from ..errors import CommandError
 from ..fleet.bundle_check import is_signed
 from ..fleet.firmware_code import FIRMWARE_DIR
+from ..ops import logs
+from ..ops.lifecycle import Lifecycle
+from ..ops.siteconfig import DEFAULT_ARTIFACTS_PORT
 from ..security.signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME
-from ..signals import stop_event
+from . import settings
 from .artifacts import ArtifactServer
 from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments, connection_options
 from .configmgr import ConfigStore
@@ -76,10 +79,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     st = sub.add_parser("status", help="every device's version and OTA state")
     st.add_argument("version", nargs="?", help="the release to follow (default: newest)")
     st.add_argument("--watch", action="store_true", help="refresh until every device is done")
-    sv = sub.add_parser("serve", help="run the artifact server")
-    sv.add_argument("--host", default="0.0.0.0")
-    sv.add_argument("--port", type=int, default=8080)
-    for sp in (b, pub, pro, st, sv):  # not keygen: keys live apart from the releases
+    sv = sub.add_parser("serve", help="run the artifact server (with /healthz, /readyz, /metrics)")
+    settings.add_config_argument(sv)
+    sv.add_argument("--host", default=None, help="default: artifacts.host, else 0.0.0.0")
+    sv.add_argument("--port", type=int, default=None,
+                    help=f"default: artifacts.port, else {DEFAULT_ARTIFACTS_PORT}")
+    sv.add_argument("--tls-cert", metavar="FILE", default=None,
+                    help="HTTPS with this certificate (PEM; default: artifacts.tls_cert)")
+    sv.add_argument("--tls-key", metavar="FILE", default=None,
+                    help="its private key (PEM; default: artifacts.tls_key)")
+    sv.add_argument("--releases", default=None,
+                    help=f"directory of built bundles (default: artifacts.dir, else {DEFAULT_RELEASES})")
+    settings.add_log_arguments(sv)
+    for sp in (b, pub, pro, st):  # not keygen: keys live apart from the releases
         sp.add_argument("--releases", default=DEFAULT_RELEASES,
                         help="directory of built bundles (default: %(default)s)")
     for sp in (pub, pro, st):
@@ -235,12 +247,34 @@ def _print_status(version, pct, states, out) -> None:
 
 
 async def _serve(args) -> int:
-    if not os.path.isdir(args.releases):
-        raise CommandError(f"no releases directory {args.releases} (run: stanfleet release build)")
-    server = ArtifactServer(args.releases, args.host, args.port)
+    """The artifact server as a long-running service: --config, SIGTERM, SIGHUP
+    (log settings), and a missing folder or certificate is a one-line error."""
+    cfg = settings.load(args)
+    logs.setup(*settings.log_settings(args, cfg))
+    art = cfg.artifacts if cfg else None
+    releases = settings.pick(args.releases, art.dir if art else None, DEFAULT_RELEASES)
+    cert = settings.pick(args.tls_cert, art.tls_cert if art else None, None)
+    key = settings.pick(args.tls_key, art.tls_key if art else None, None)
+    if not os.path.isdir(releases):
+        raise CommandError(f"no releases directory {releases} (run: stanfleet release build)")
+    if bool(cert) != bool(key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    ssl_context = None
+    if cert:
+        from ..security.certs import server_context_files
+
+        try:
+            ssl_context = server_context_files(cert, key)
+        except (OSError, ValueError) as e:
+            raise CommandError(f"{cert}: cannot load the TLS certificate and key ({e})") from None
+    server = ArtifactServer(releases, settings.pick(args.host, art.host if art else None, "0.0.0.0"),
+                            settings.pick(args.port, art.port if art else None,
+                                          DEFAULT_ARTIFACTS_PORT), ssl_context=ssl_context)
+    lifecycle = Lifecycle()
+    lifecycle.on_reload(lambda: logs.setup(*settings.log_settings(args, settings.load(args))))
     await server.start()
-    await stop_event().wait()
-    await server.stop()
+    await lifecycle.stopping()
+    await server.stop()  # in-flight downloads finish or are cut; devices retry them
     return 0
 
 
