@@ -61,26 +61,29 @@ def run(args: argparse.Namespace) -> int:
         return 1
     report.line(True, "config", f"{args.config}: {len(cfg.nats.urls)} NATS URL(s), cluster "
                                 f"{cfg.nats.cluster_id!r}, database {describe(cfg.database.url)}")
-    files_ok = check_files(cfg, report)
-    asyncio.run(check_services(cfg, report, files_ok))
+    failed = check_files(cfg, report)
+    asyncio.run(check_services(cfg, report, not any(k.startswith("nats.") for k in failed)))
     report.attempt("database", lambda: probe(cfg.database.url))
     report.attempt("artifacts.dir", lambda: _folder(cfg.artifacts.dir))
     return 1 if report.failed else 0
 
 
-def check_files(cfg: SiteConfig, report: Report) -> bool:
-    ok = True
+def check_files(cfg: SiteConfig, report: Report) -> list[str]:
+    """Each file the config names; the keys of those that failed."""
+    failed = []
     for key, path in cfg.files():
         if not os.path.isfile(path):
             report.line(False, key, f"{path}: no such file")
-            ok = False
+            failed.append(key)
         elif key.startswith("nats.creds."):
-            ok &= report.attempt(key, lambda p=path: f"{p}: user {load_credentials(p)[0]}")
+            if not report.attempt(key, lambda p=path: f"{p}: user {load_credentials(p)[0]}"):
+                failed.append(key)
         elif key == "nats.ca":
-            ok &= report.attempt(key, lambda p=path: _ca(p))
+            if not report.attempt(key, lambda p=path: _ca(p)):
+                failed.append(key)
         else:
             report.line(True, key, path)
-    return ok
+    return failed
 
 
 def _ca(path: str) -> str:
@@ -96,7 +99,7 @@ def _folder(path: str) -> str:
 
 async def check_services(cfg: SiteConfig, report: Report, files_ok: bool) -> None:
     if not files_ok:
-        report.line(False, "nats", "not tried: fix the files above first")
+        report.line(False, "nats", "not tried: fix the nats files above first")
         return
     roles = sorted(cfg.nats.creds) or [None]
     first = secure_options(cfg.nats.creds.get(roles[0]) if roles[0] else None, cfg.nats.ca)
