@@ -30,6 +30,7 @@ from stanfleet.client import Client  # noqa: E402
 from stanfleet.services.listener import BATCH_MAX, Listener, ListenerConfig  # noqa: E402
 from stanfleet.services.readings_store import open_store  # noqa: E402
 from stanfleet.streaming import ServerOptions, StreamingServer  # noqa: E402
+
 from tests.pg import PostgresServer, why_not  # noqa: E402
 
 # A fleet of 10,000 devices at the default sending_frequency (3 s).
