@@ -4,6 +4,7 @@ SIGHUP and SIGTERM, and a one-line failure when a dependency is missing."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import aiohttp
@@ -59,6 +60,8 @@ async def test_listener_service_endpoints_logs_reload_and_clean_stop(stan_server
         db = open_store(pg_url)
         assert [s for s, _, _ in db.readings("SV01")] == list(range(1, 11))
         db.close()
+        rc, out, err = await run_once("readings", "SV01", "--config", cfg, "--format", "json")
+        assert rc == 0 and [r["temp"] for r in json.loads(out)] == [20.0 + i for i in range(10)]
         logs = svc.json_lines()
         assert logs and all({"ts", "level", "logger", "msg"} <= set(doc) for doc in logs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from stanfleet.cli import build_parser
 from stanfleet.services import settings
 from stanfleet.services.listener_cmd import listener_config
+from stanfleet.services.release_cmd import resolve
 
 
 def test_plain_defaults_without_a_security_dir(tmp_path, monkeypatch):
@@ -27,7 +28,8 @@ def test_tls_ca_and_the_roles_credentials_from_stanfleet_data(tmp_path, monkeypa
     assert cfg.ca == "stanfleet-data/security/certs/ca.pem"
     assert cfg.creds == "stanfleet-data/security/services/config-manager.json"
     rel = p.parse_args(["release", "publish", "1.2.0"])
-    assert rel.creds.endswith("release-manager.json")
+    resolve(rel)
+    assert rel.connection.creds.endswith("release-manager.json")
     assert rel.url_base == "https://127.0.0.1:8080"
     lst = p.parse_args(["listener"])  # a service: resolved with its --config, see below
     conn = settings.connection(lst, "listener", None)

@@ -12,6 +12,7 @@ import sys
 from ..defaults import DEFAULT_CLUSTER_ID
 from ..errors import CommandError
 from ..streaming.limits import LimitsError, parse_duration
+from . import settings
 from .connection import secure_options
 from .readings_store import describe, open_store
 
@@ -64,8 +65,9 @@ def configure_readings(p: argparse.ArgumentParser) -> None:
     p.add_argument("device", help="device ID, e.g. 3F45")
     p.add_argument("--since", default=None, help="only readings newer than this, e.g. 10m, 24h")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--db", default=DEFAULT_DB,
-                   help="SQLite file or postgresql:// URL (default: %(default)s)")
+    p.add_argument("--db", default=None,
+                   help=f"SQLite file or postgresql:// URL (default: database.url, else {DEFAULT_DB})")
+    settings.add_config_argument(p)
 
 
 def run_readings(args: argparse.Namespace) -> int:
@@ -77,6 +79,8 @@ def run_readings(args: argparse.Namespace) -> int:
             raise CommandError(str(e))
         when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=ago)
         since = when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    cfg = settings.load(args)
+    args.db = settings.pick(args.db, cfg.database.url if cfg else None, DEFAULT_DB)
     db = open_store(args.db)
     try:
         if args.device not in db.devices() and not db.count(args.device):

@@ -17,7 +17,7 @@ from ..ops.siteconfig import DEFAULT_ARTIFACTS_PORT
 from ..security.signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME
 from . import settings
 from .artifacts import ArtifactServer
-from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments, connection_options
+from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments
 from .configmgr import ConfigStore
 from .connection import open_session
 from .releases import ReleaseDir, check_version, fleet_state, publish, version_key
@@ -70,12 +70,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     pub.add_argument("version")
     pub.add_argument("--canary", type=int, default=100, metavar="PCT",
                      help="share of devices (chosen by device ID) that install it first")
-    pub.add_argument("--url-base", default=_default_url_base(),
+    pub.add_argument("--url-base", default=None,
                      help="where devices reach the artifact server, e.g. http://10.0.0.2:8080 "
-                          "(default: %(default)s, the one stanfleet up runs)")
+                          f"(default: artifacts.base_url, else {_default_url_base()}, the one "
+                          "stanfleet up runs)")
     pro = sub.add_parser("promote", help="extend a canary release to every device")
     pro.add_argument("version")
-    pro.add_argument("--url-base", default=_default_url_base(), help="as for publish")
+    pro.add_argument("--url-base", default=None, help="as for publish")
     st = sub.add_parser("status", help="every device's version and OTA state")
     st.add_argument("version", nargs="?", help="the release to follow (default: newest)")
     st.add_argument("--watch", action="store_true", help="refresh until every device is done")
@@ -91,17 +92,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     sv.add_argument("--releases", default=None,
                     help=f"directory of built bundles (default: artifacts.dir, else {DEFAULT_RELEASES})")
     settings.add_log_arguments(sv)
-    for sp in (b, pub, pro, st):  # not keygen: keys live apart from the releases
-        sp.add_argument("--releases", default=DEFAULT_RELEASES,
-                        help="directory of built bundles (default: %(default)s)")
+    b.add_argument("--releases", default=DEFAULT_RELEASES,  # not keygen: keys live apart
+                   help="directory of built bundles (default: %(default)s)")
     for sp in (pub, pro, st):
-        add_connection_arguments(sp, "release-manager")
+        settings.add_config_argument(sp)
+        sp.add_argument("--releases", default=None, help="directory of built bundles "
+                        f"(default: artifacts.dir, else {DEFAULT_RELEASES})")
+        add_connection_arguments(sp, "release-manager", configurable=True)
         sp.add_argument("--db", default=DEFAULT_DB, help="fleet database (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     handler = {"keygen": _keygen, "build": _build, "publish": _publish, "promote": _promote, "status": _status,
                "serve": _serve}[args.action]
+    if args.action in ("publish", "promote", "status"):
+        resolve(args)
     result = handler(args)
     return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
@@ -176,10 +181,27 @@ def _signed(path: str) -> str:
         return "unreadable"
 
 
+def resolve(args: argparse.Namespace) -> None:
+    """publish, promote, status: flags, else --config, else the demo fleet's defaults,
+    resolved once here (args.releases, args.url_base, args.connection)."""
+    cfg = settings.load(args)
+    art = cfg.artifacts if cfg else None
+    args.releases = settings.pick(args.releases, art.dir if art else None, DEFAULT_RELEASES)
+    if "url_base" in args:
+        args.url_base = settings.pick(args.url_base, (art.base_url or None) if art else None,
+                                      _default_url_base())
+    args.connection = settings.connection(args, "release-manager", cfg)
+
+
+async def _session(args, client_id: str):
+    conn = args.connection
+    return await open_session(conn.urls, conn.cluster_id, client_id, once=True,
+                              **conn.nats_options())
+
+
 async def _announce(args, version: str, pct: int) -> int:
     artifact = ReleaseDir(args.releases).artifact(version)
-    sc, nc = await open_session(args.nats, args.cluster_id, f"release-manager-{os.getpid()}",
-                                once=True, **connection_options(args))
+    sc, nc = await _session(args, f"release-manager-{os.getpid()}")
     try:
         await publish(sc, artifact, args.url_base, pct)
     finally:
@@ -216,8 +238,7 @@ async def _status(args) -> int:
         store.close()
     if not devices:
         raise CommandError("no known devices (the listener records them as they appear)")
-    sc, nc = await open_session(args.nats, args.cluster_id, f"release-status-{os.getpid()}",
-                                once=True, **connection_options(args))
+    sc, nc = await _session(args, f"release-status-{os.getpid()}")
     try:
         while True:
             states = await fleet_state(sc, devices, version, pct)
