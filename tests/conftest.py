@@ -7,7 +7,7 @@ import pytest
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.streaming import ServerOptions, StreamingServer
 
-from .pg import pg_url, postgres_server  # noqa: F401  (fixtures: a real PostgreSQL)
+from .pg import make_postgres_server, pg_url, postgres_server  # noqa: F401  (a real PostgreSQL)
 
 
 @pytest.fixture

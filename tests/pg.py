@@ -69,19 +69,31 @@ class PostgresServer:
             raise RuntimeError(f"{cmd[0]} failed ({out.returncode}): {out.stderr or out.stdout}")
 
     def start(self) -> "PostgresServer":
+        """initdb, then run()."""
         if self.user:
             shutil.chown(self.dir, self.user)
         self._run("initdb", "-D", self.data, "-U", self.superuser, "--auth=trust",
                   "--no-sync", "-E", "UTF8")
+        return self.run()
+
+    def run(self) -> "PostgresServer":
+        """Start the server on its port (again, after halt()); returns once it accepts."""
+        # fsync off: a killed server loses nothing (the kernel has the writes), only a
+        # machine crash would. synchronous_commit stays on: a commit is in the WAL
+        # when it returns, which the listener's ack-after-commit relies on.
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+                "-c fsync=off -c full_page_writes=off")
         self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"),
                   "-o", opts, "-w", "-t", str(DEFAULT_START_TIMEOUT), "start")
         return self
 
+    def halt(self, mode: str = "immediate") -> None:
+        """Stop the server and keep its data: as a crash (immediate) or a clean stop (fast)."""
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
     def stop(self) -> None:
         try:
-            self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+            self.halt()
         except RuntimeError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -108,6 +120,22 @@ def postgres_server():
     server = PostgresServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_postgres_server():
+    """Factory: a PostgreSQL of the test's own, for tests that stop and restart it."""
+    reason = why_not()
+    if reason:
+        pytest.skip(reason)
+    started: list[PostgresServer] = []
+
+    def make() -> PostgresServer:
+        started.append(PostgresServer().start())
+        return started[-1]
+    yield make
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

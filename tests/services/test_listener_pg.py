@@ -98,3 +98,31 @@ async def test_retention_drops_old_readings_while_serving(stan_server, pg_url):
     await stop(lst, task)
     await sc.close()
     await nc.close()
+
+
+async def test_readings_flow_again_when_the_database_comes_back(stan_server,
+                                                                make_postgres_server):
+    pg = make_postgres_server()
+    url = pg.database("fleet")
+    lst, task = await start(stan_server, url, "1")
+    sc, nc = await device(stan_server, "DB01")
+    for i in range(5):
+        await sc.publish("devices.DB01.events", reading(i))
+    await stored(url, "DB01", 5)
+    await asyncio.to_thread(pg.halt)  # the database machine dies
+    for i in range(5, 10):
+        await sc.publish("devices.DB01.events", reading(i))
+
+    async def noticed():
+        return lst.not_ready().startswith("database:")
+    await eventually(noticed)
+    await asyncio.to_thread(pg.run)
+    await stored(url, "DB01", 10)  # well within ack_wait: the listener retried, no redelivery
+    assert seqs(url, "DB01") == list(range(1, 11))
+
+    async def ready_again():
+        return lst.not_ready() == ""
+    await eventually(ready_again)
+    await stop(lst, task)
+    await sc.close()
+    await nc.close()

@@ -135,3 +135,17 @@ def test_an_unreachable_postgres_is_one_line_without_the_password():
         open_store(url)
     text = str(e.value)
     assert "\n" not in text and "s3cret" not in text and "fleet:***@127.0.0.1" in text
+
+
+def test_listeners_starting_together_migrate_once(pg_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: open_store(pg_url), range(4)))
+    try:
+        assert {s.schema_version() for s in stores} == {LATEST}
+        rows = stores[0].conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0]
+        assert rows == 1
+    finally:
+        for s in stores:
+            s.close()

@@ -44,6 +44,8 @@ ACK_WAIT = 30
 MAX_INFLIGHT = 1024
 DEFAULT_DRAIN_TIMEOUT = 10.0  # seconds to commit what was received when stopping
 DEFAULT_RETENTION_INTERVAL = 3600.0  # seconds between retention sweeps
+DEFAULT_DB_RETRY = 0.5  # first wait before retrying a failed commit; doubles up to the max
+DEFAULT_DB_RETRY_MAX = 5.0
 
 
 @dataclass
@@ -154,6 +156,30 @@ class Listener:
                     log.error("retention sweep failed: %s", e)
             await asyncio.sleep(self.config.retention_interval)
 
+    async def _commit(self, readings: list, rejects: list) -> bool:
+        """Commit one batch, retrying while the database is away (a restart, a
+        failover) so readings flow again as soon as it is back; False if the
+        listener stops first. Meanwhile nothing is acked: if this outlasts
+        ack_wait the server also redelivers, and the row key makes that harmless."""
+        delay = DEFAULT_DB_RETRY
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._db(self.db.commit_batch, readings, rejects)
+                self._db_error = ""
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                return True
+            except Exception as e:
+                self._db_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                self.metrics.db_errors.inc()
+                log.error("database write of %d rows failed, retrying in %.1fs: %s",
+                          len(readings) + len(rejects), delay, self._db_error)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return False
+            except asyncio.TimeoutError:
+                delay = min(delay * 2, DEFAULT_DB_RETRY_MAX)
+
     async def _session(self) -> None:
         self._lost.clear()
         self._subscribed.clear()
@@ -231,17 +257,8 @@ class Listener:
                 except InvalidReading as e:
                     log.warning("device=%s seq=%d rejected: %s", device, msg.seq, e)
                     rejects.append((device, msg.seq, bytes(msg.data), str(e)))
-            started = time.perf_counter()
-            try:
-                await self._db(self.db.commit_batch, readings, rejects)
-            except Exception as e:
-                # Not acked: the server redelivers after ack_wait.
-                self._db_error = str(e).splitlines()[0] if str(e) else type(e).__name__
-                self.metrics.db_errors.inc()
-                log.error("database write failed, %d messages left unacked: %s", len(batch), e)
-                continue
-            self._db_error = ""
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            if not await self._commit(readings, rejects):
+                continue  # stopping: not acked, the server redelivers after ack_wait
             self.saved += len(readings)
             self.rejected += len(rejects)
             self.metrics.saved.inc(len(readings))
