@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from typing import Callable
@@ -98,23 +99,23 @@ def _folder(path: str) -> str:
 
 
 async def check_services(cfg: SiteConfig, report: Report, files_ok: bool) -> None:
+    """Each NATS node answers; then, through the cluster, the streaming server
+    answers each role's credentials (the TLS handshake and the login are checked there)."""
     if not files_ok:
         report.line(False, "nats", "not tried: fix the nats files above first")
         return
-    roles = sorted(cfg.nats.creds) or [None]
-    first = secure_options(cfg.nats.creds.get(roles[0]) if roles[0] else None, cfg.nats.ca)
     reached = 0
     for url in cfg.nats.urls:
-        reached += await _attempt(report, f"nats {_host(url)}", lambda u=url: _nats(u, first))
+        reached += await _attempt(report, f"nats {_host(url)}", lambda u=url: _nats_info(u))
     if not reached:
         report.line(False, "stan", "not tried: no NATS URL answered")
         return
-    for role in roles:
+    for role in sorted(cfg.nats.creds) or [None]:
         opts = secure_options(cfg.nats.creds.get(role) if role else None, cfg.nats.ca)
+        client_id = f"deploy-check-{role or 'anonymous'}-{os.getpid()}"
         await _attempt(report, f"stan as {role or 'anonymous'}",
-                       lambda o=opts, r=role: reach_stan(cfg.nats.urls, cfg.nats.cluster_id,
-                                                         f"deploy-check-{r or 'anon'}-{os.getpid()}",
-                                                         o))
+                       lambda o=opts, c=client_id: reach_stan(cfg.nats.urls, cfg.nats.cluster_id,
+                                                              c, o))
 
 
 async def _attempt(report: Report, what: str, fn) -> bool:
@@ -131,18 +132,28 @@ def _host(url: str) -> str:
     return url.split("://", 1)[-1].split("@")[-1]
 
 
-async def _nats(url: str, opts: dict) -> str:
-    async def quiet(_e: Exception) -> None:
-        pass  # the failure is reported once, by the exception
-
+async def _nats_info(url: str) -> str:
+    """Read the node's INFO line, which NATS sends in plaintext before any TLS or
+    login: the node is up and says its version and whether it wants TLS."""
+    hostport = _host(url)
+    host, _, port = hostport.rpartition(":")
     try:
-        nc = await nats.connect(url, connect_timeout=DEFAULT_NATS_TIMEOUT, allow_reconnect=False,
-                                max_reconnect_attempts=1, error_cb=quiet, **opts)
-    except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]") or hostport, int(port or 4222)),
+            DEFAULT_NATS_TIMEOUT)
+    except (OSError, asyncio.TimeoutError, ValueError) as e:
         raise CommandError(f"cannot reach {url}: {str(e) or type(e).__name__}") from None
     try:
-        info = nc._server_info or {}
-        tls = "TLS" if opts.get("tls") else "plaintext"
-        return f"{url}: nats-server {info.get('version', '?')} ({tls})"
+        line = await asyncio.wait_for(reader.readline(), DEFAULT_NATS_TIMEOUT)
+    except asyncio.TimeoutError:
+        line = b""
     finally:
-        await nc.close()
+        writer.close()
+    if not line.startswith(b"INFO "):
+        raise CommandError(f"{url}: not a NATS server (no INFO line)")
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        raise CommandError(f"{url}: unreadable INFO line") from None
+    tls = "TLS" if info.get("tls_required") else "plaintext"
+    return f"{url}: nats-server {info.get('version', '?')} ({tls})"
