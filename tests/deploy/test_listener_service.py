@@ -95,3 +95,17 @@ async def test_listener_refuses_to_start_without_its_dependencies(stan_server, t
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"stanfleet: cannot reach PostgreSQL at {bad_db}"), err
     assert "Traceback" not in err
+
+
+async def test_a_taken_ops_port_is_one_line(stan_server, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, _, err = await run_once("listener", "--nats", stan_server.nats_url,
+                                    "--db", str(tmp_path / "f.db"), "--ops-port", str(port))
+    assert rc == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"stanfleet: cannot serve /healthz, /readyz, /metrics on 127.0.0.1:{port}")

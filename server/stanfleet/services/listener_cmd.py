@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 
+from ..errors import CommandError
 from ..ops import logs
 from ..ops.endpoints import OpsServer
 from ..ops.lifecycle import Lifecycle
@@ -73,7 +74,12 @@ async def serve(args: argparse.Namespace, cfg, config: ListenerConfig) -> int:
                                        DEFAULT_LISTENER_OPS_PORT))
     runner = asyncio.create_task(listener.run())
     try:
-        await ops.start()
+        try:
+            await ops.start()
+        except OSError as e:
+            raise CommandError(f"cannot serve /healthz, /readyz, /metrics on {ops.host}:{ops.port} "
+                               f"({e.strerror or e}); set --ops-port or listener.ops_port "
+                               "(0: any free port)") from None
         stop = asyncio.create_task(lifecycle.stopping())
         await asyncio.wait([runner, stop], return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
