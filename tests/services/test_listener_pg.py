@@ -64,7 +64,7 @@ async def test_two_instances_share_the_work_into_one_database(stan_server, pg_ur
     a, ta = await start(stan_server, pg_url, "a")
     b, tb = await start(stan_server, pg_url, "b")
     devices = [await device(stan_server, f"Q{i:03d}") for i in range(4)]
-    per_device = 100
+    per_device = 30
 
     async def publish(i, sc):
         for n in range(per_device):
