@@ -11,7 +11,8 @@ from stanfleet.services.release_cmd import resolve
 def test_plain_defaults_without_a_security_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = build_parser().parse_args(["config", "set", "3F45", "sending_frequency=5"])
-    assert (args.nats, args.ca, args.creds) == ("nats://127.0.0.1:4222", None, None)
+    conn = settings.connection(args, "config-manager", None)
+    assert (conn.urls, conn.ca, conn.creds) == (["nats://127.0.0.1:4222"], None, None)
 
 
 def test_tls_ca_and_the_roles_credentials_from_stanfleet_data(tmp_path, monkeypatch):
@@ -23,8 +24,9 @@ def test_tls_ca_and_the_roles_credentials_from_stanfleet_data(tmp_path, monkeypa
     for role in ("config-manager", "release-manager", "listener"):
         (sec / "services" / f"{role}.json").write_text("{}")
     p = build_parser()
-    cfg = p.parse_args(["config", "set", "3F45", "sending_frequency=5"])
-    assert cfg.nats == "tls://127.0.0.1:4222"
+    cfg = settings.connection(p.parse_args(["config", "set", "3F45", "sending_frequency=5"]),
+                              "config-manager", None)
+    assert cfg.urls == ["tls://127.0.0.1:4222"]
     assert cfg.ca == "stanfleet-data/security/certs/ca.pem"
     assert cfg.creds == "stanfleet-data/security/services/config-manager.json"
     rel = p.parse_args(["release", "publish", "1.2.0"])
@@ -35,8 +37,10 @@ def test_tls_ca_and_the_roles_credentials_from_stanfleet_data(tmp_path, monkeypa
     conn = settings.connection(lst, "listener", None)
     assert conn.creds.endswith("listener.json") and conn.urls == ["tls://127.0.0.1:4222"]
     # Flags still win.
-    other = p.parse_args(["config", "show", "--nats", "tls://h:1", "--creds", "c.json"])
-    assert (other.nats, other.creds) == ("tls://h:1", "c.json")
+    other = settings.connection(
+        p.parse_args(["config", "show", "--nats", "tls://h:1", "--creds", "c.json"]),
+        "config-manager", None)
+    assert (other.urls, other.creds) == (["tls://h:1"], "c.json")
 
 
 def test_a_service_takes_the_config_file_and_flags_win(tmp_path, monkeypatch):

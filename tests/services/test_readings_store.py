@@ -149,3 +149,19 @@ def test_listeners_starting_together_migrate_once(pg_url):
     finally:
         for s in stores:
             s.close()
+
+
+def test_the_config_manager_shares_the_database(store_url):
+    from stanfleet.services.configmgr import ConfigStore
+
+    db = open_store(store_url)
+    db.add_device("3F45")  # as the listener records a device it follows
+    db.close()
+    store = ConfigStore(store_url)
+    try:
+        store.record("9999", {"sending_frequency": 30, "mode": "eco"})
+        store.record("9999", {"sending_frequency": 60})
+        assert store.desired("9999") == {"sending_frequency": 60, "mode": "eco"}
+        assert store.known_devices() == ["3F45", "9999"]
+    finally:
+        store.close()

@@ -49,6 +49,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     ), postgres=(
         "CREATE INDEX IF NOT EXISTS readings_by_age ON readings (ts)",
     )),
+    # The configuration manager's table, which it used to create on its own
+    # (configmgr.py before versioning): in the same database on both engines.
+    Migration(3, "desired config per device and key", sqlite=(
+        """CREATE TABLE IF NOT EXISTS desired_config (
+            device TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+            updated TEXT NOT NULL, PRIMARY KEY (device, key))""",
+    ), postgres=(
+        """CREATE TABLE IF NOT EXISTS desired_config (
+            device TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+            updated TEXT NOT NULL, PRIMARY KEY (device, key))""",
+    )),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -99,7 +99,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         sp.add_argument("--releases", default=None, help="directory of built bundles "
                         f"(default: artifacts.dir, else {DEFAULT_RELEASES})")
         add_connection_arguments(sp, "release-manager", configurable=True)
-        sp.add_argument("--db", default=DEFAULT_DB, help="fleet database (default: %(default)s)")
+        sp.add_argument("--db", default=None, help="fleet database, a SQLite file or a "
+                        f"postgresql:// URL (default: database.url, else {DEFAULT_DB})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,7 +184,7 @@ def _signed(path: str) -> str:
 
 def resolve(args: argparse.Namespace) -> None:
     """publish, promote, status: flags, else --config, else the demo fleet's defaults,
-    resolved once here (args.releases, args.url_base, args.connection)."""
+    resolved once here (args.releases, args.url_base, args.connection, args.db)."""
     cfg = settings.load(args)
     art = cfg.artifacts if cfg else None
     args.releases = settings.pick(args.releases, art.dir if art else None, DEFAULT_RELEASES)
@@ -191,6 +192,7 @@ def resolve(args: argparse.Namespace) -> None:
         args.url_base = settings.pick(args.url_base, (art.base_url or None) if art else None,
                                       _default_url_base())
     args.connection = settings.connection(args, "release-manager", cfg)
+    args.db = settings.pick(args.db, cfg.database.url if cfg else None, DEFAULT_DB)
 
 
 async def _session(args, client_id: str):
