@@ -1,9 +1,9 @@
-"""The readings database (SQLite).
+"""The readings database on SQLite (the default: one file, no server).
 
 Idempotent by construction: a reading's key is (device, channel sequence),
 so a redelivered message never makes a second row. Rows are written in
 batches, one transaction each; the caller acks the messages only after
-`commit_batch` returned.
+`commit_batch` returned. The schema is versioned (migrations.py).
 """
 
 from __future__ import annotations
@@ -12,37 +12,21 @@ import datetime as dt
 import os
 import sqlite3
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    device   TEXT    NOT NULL,
-    seq      INTEGER NOT NULL,
-    ts       TEXT    NOT NULL,
-    temp     REAL    NOT NULL,
-    received TEXT    NOT NULL,
-    PRIMARY KEY (device, seq)
-);
-CREATE INDEX IF NOT EXISTS readings_by_time ON readings (device, ts);
-CREATE TABLE IF NOT EXISTS rejects (
-    device   TEXT    NOT NULL,
-    seq      INTEGER NOT NULL,
-    raw      BLOB    NOT NULL,
-    reason   TEXT    NOT NULL,
-    received TEXT    NOT NULL,
-    PRIMARY KEY (device, seq)
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device     TEXT PRIMARY KEY,
-    first_seen TEXT NOT NULL
-);
-"""
+from .migrations import LATEST, VERSION_TABLE, SchemaTooNew, pending
 
 
-def _now() -> str:
+def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def sqlite_path(url: str) -> str:
+    """A plain path, or sqlite:///PATH."""
+    return url[len("sqlite://"):] if url.startswith("sqlite:///") else url
 
 
 class ReadingsDB:
     def __init__(self, path: str):
+        path = sqlite_path(path)
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         # Several listener processes may share one file: WAL lets readers and
@@ -52,14 +36,43 @@ class ReadingsDB:
                                     check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Bring the schema to LATEST; BEGIN IMMEDIATE keeps two starting
+        listeners from migrating at once."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._version()
+            if current > LATEST:
+                raise SchemaTooNew(current)
+            for step in pending(current):
+                for sql in step.sqlite:
+                    self.conn.execute(sql)
+                self.conn.execute("DELETE FROM schema_version")
+                self.conn.execute("INSERT INTO schema_version VALUES (?)", (step.version,))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _version(self) -> int:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master")}
+        self.conn.execute(VERSION_TABLE)
+        row = self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        if row[0] is not None:
+            return row[0]
+        return 1 if "readings" in tables else 0  # made before versioning: version 1
+
+    def schema_version(self) -> int:
+        return self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
 
     def close(self) -> None:
         self.conn.close()
 
     def commit_batch(self, readings, rejects) -> None:
         """readings: (device, seq, ts, temp); rejects: (device, seq, raw, reason)."""
-        now = _now()
+        now = now_iso()
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.executemany(
@@ -71,7 +84,7 @@ class ReadingsDB:
 
     def add_device(self, device: str) -> None:
         with self.conn:
-            self.conn.execute("INSERT OR IGNORE INTO devices VALUES (?, ?)", (device, _now()))
+            self.conn.execute("INSERT OR IGNORE INTO devices VALUES (?, ?)", (device, now_iso()))
 
     def devices(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT device FROM devices ORDER BY device")]
@@ -95,3 +108,11 @@ class ReadingsDB:
             return self.conn.execute("SELECT COUNT(*) FROM readings WHERE device = ?",
                                      (device,)).fetchone()[0]
         return self.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+
+    def delete_older_than(self, cutoff: str) -> int:
+        """Drop readings taken before `cutoff` (ISO-8601 UTC); how many went."""
+        with self.conn:
+            return self.conn.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT 1").fetchone()
