@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import sqlite3
 
 from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
+from . import dbfile, device_status
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS desired_config (
@@ -64,10 +63,7 @@ class ConfigStore:
     """Desired config per device, in the fleet database."""
 
     def __init__(self, path: str):
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn = dbfile.connect(path)
         self.conn.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -95,8 +91,10 @@ async def send(sc: Client, device: str, settings: dict) -> None:
     await sc.publish(f"devices.{device}.cfg", payload)  # raises unless the PubAck is clean
 
 
-async def last_status(sc: Client, device: str, wait: float = STATUS_WAIT) -> dict | None:
-    """The device's most recent status message, or None if it never sent one."""
+async def last_status(sc: Client, device: str,
+                      wait: float = STATUS_WAIT) -> device_status.DeviceStatus | None:
+    """The device's most recent status, parsed (`rejected` says why when it is
+    not a valid one), or None if it never sent one."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def cb(msg):
@@ -110,8 +108,4 @@ async def last_status(sc: Client, device: str, wait: float = STATUS_WAIT) -> dic
         return None
     finally:
         await sub.unsubscribe()
-    try:
-        doc = json.loads(data)
-        return doc if isinstance(doc, dict) else None
-    except ValueError:
-        return None
+    return device_status.from_bytes(data)

@@ -10,14 +10,19 @@ Each events subscription is a durable queue subscription (queue and durable
 name "listener"), so several listener instances share the work and a
 restarted listener continues where the group left off. A reading is acked
 only after its row is committed; the row's key (device, sequence) makes a
-redelivery harmless. Invalid payloads go to the rejects table with the raw
-bytes and the reason, and are acked: nothing is silently dropped.
+redelivery harmless. Invalid payloads go to the rejects table (a bounded
+sample, the reason, a count per device: services/rejections.py), are acked
+and logged once per device per minute: nothing is silently dropped, and no
+payload can come back after every restart.
+
+A task of the listener that fails for a reason it does not expect (a bug)
+stops `run()` with ListenerFailed and the traceback, never a silent stall;
+a restarted listener resumes from its durables.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -27,14 +32,19 @@ from ..client import Client, Msg
 from .connection import open_session
 from .readings import InvalidReading, device_of, parse
 from .readings_db import ReadingsDB
+from .registry import REGISTRY_CHANNEL, channel_of
+from .rejections import RejectLog, rejection
 
 log = logging.getLogger("stanfleet.listener")
 
-REGISTRY_CHANNEL = "stanfleet.channels"
 QUEUE = "listener"
 BATCH_MAX = 500  # rows per transaction
 ACK_WAIT = 30
 MAX_INFLIGHT = 1024
+
+
+class ListenerFailed(RuntimeError):
+    """A listener task died of an unexpected error; the cause is chained."""
 
 
 @dataclass
@@ -61,11 +71,14 @@ class Listener:
         self._stop = asyncio.Event()
         self.saved = 0
         self.rejected = 0
+        self.reject_log = RejectLog(log)
+        self._failure: asyncio.Task | None = None  # the task that died, if one did
         self.ready = asyncio.Event()  # set once subscribed (for tests and `up`)
 
     async def run(self) -> None:
         """Serve until stop(); a lost session is re-established with backoff."""
-        writer = asyncio.create_task(self._writer())
+        writer = asyncio.create_task(self._writer(), name=f"{self.client_id}-writer")
+        writer.add_done_callback(self._on_task_end)
         delay = 0.5
         try:
             while not self._stop.is_set():
@@ -89,6 +102,17 @@ class Listener:
             await self._teardown()
             await self._db(self.db.close)
             self._db_thread.shutdown()
+        if self._failure is not None:
+            raise ListenerFailed(f"{self._failure.get_name()} stopped") \
+                from self._failure.exception()
+
+    def _on_task_end(self, task: asyncio.Task) -> None:
+        """A task that ends by itself failed: stop serving (run() raises)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r; stopping", task.get_name(), task.exception())
+            self._failure = task
+            self._stop.set()
+            self._lost.set()
 
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -124,14 +148,11 @@ class Listener:
             await nc.close()
 
     async def _on_channel(self, msg: Msg) -> None:
-        try:
-            channel = json.loads(msg.data)["channel"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("unreadable registry entry seq=%d ignored", msg.seq)
-            await self._sc.ack(msg)
-            return
-        device = device_of(channel)
-        if device:
+        channel = channel_of(msg.data)
+        device = device_of(channel) if channel else None
+        if device is None:
+            log.debug("registry entry seq=%d is no device's events channel", msg.seq)
+        else:
             await self._db(self.db.add_device, device)
             await self._follow(device)
         await self._sc.ack(msg)
@@ -162,8 +183,9 @@ class Listener:
                     r = parse(msg.data)
                     readings.append((device, msg.seq, r.ts, r.temp))
                 except InvalidReading as e:
-                    log.warning("device=%s seq=%d rejected: %s", device, msg.seq, e)
-                    rejects.append((device, msg.seq, bytes(msg.data), str(e)))
+                    rej = rejection(device, msg.seq, msg.data, str(e))
+                    self.reject_log.record(rej)
+                    rejects.append((device, msg.seq, rej.sample, rej.reason))
             try:
                 await self._db(self.db.commit_batch, readings, rejects)
             except Exception as e:
