@@ -30,10 +30,11 @@ class Rejection:
 
 
 def safe_text(text: str, limit: int = MAX_REASON) -> str:
-    """Printable ASCII: a reason quotes device bytes, and goes to a terminal,
-    a log and a database that must not choke on lone surrogates or escapes."""
-    cut = text[:limit]
-    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in cut)
+    """Printable characters only, at most ``limit`` of them: a reason quotes
+    device bytes and goes to a terminal (no escape sequences, no bidi
+    overrides), a log and a database (no lone surrogates, which UTF-8 cannot
+    encode). Anything else is shown as its Python escape."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
 
 
 def rejection(device: str, seq: int, payload: bytes, reason: str,
