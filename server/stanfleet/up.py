@@ -297,14 +297,13 @@ class Fleet:
         """(device, last temp, its time, version, connection state) per known device."""
         db = ReadingsDB(self.db_path)
         try:
-            latest = {d: db.readings(d)[-1:] for d in db.devices()}
+            latest = {d: db.latest(d) for d in db.devices()}
         finally:
             db.close()
         connected = set(self.server.clients.clients) if self.server else set()
         out = []
         for device in sorted(set(latest) | set(self.status)):
-            last = latest.get(device) or [(None, "-", None)]
-            _, ts, temp = last[0]
+            _, ts, temp = latest.get(device) or (None, "-", None)
             st = self.status.get(device)
             version = "-" if st is None else "invalid" if st.rejected else st.version or "-"
             state = "online" if f"device-{device}" in connected else "offline"

@@ -73,14 +73,16 @@ async def test_case3_a_status_message_does_not_take_down_up(fleet):
                                            cluster_id=fleet.args.cluster_id), "devices")
     await sc.publish("devices.EV1L.status", b'{"version": {"a": 1}}')
     await sc.publish("devices.600D.status", b'{"version": "1.2.0"}')
+    await sc.publish("devices.600D.events", reading(21.5))
+    await sc.publish("devices.600D.events", reading(22.5))
 
     async def both_seen():
-        return {"EV1L", "600D"} <= set(fleet.status)
+        return {"EV1L", "600D"} <= set(fleet.status) and fleet.listener.saved == 2
     await eventually(both_seen)
     out = io.StringIO()
     render(fleet.rows(), out)  # the live table, redrawn every second
     table = {line.split()[0]: line.split() for line in out.getvalue().splitlines()[3:]}
-    assert table["600D"][-2:] == ["1.2.0", "offline"]
+    assert table["600D"][1] == "22.50" and table["600D"][-2:] == ["1.2.0", "offline"]
     assert table["EV1L"][-2] != "{'a':"  # shown as invalid, not as the device's object
     assert all(not t.done() for t in fleet._tasks)
     await sc.close()

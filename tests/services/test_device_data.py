@@ -14,7 +14,7 @@ from stanfleet.services import device_status, readings, registry
 from stanfleet.services.readings_db import ReadingsDB
 from stanfleet.services.rejections import RejectLog, rejection, safe_text
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),

@@ -117,6 +117,12 @@ class ReadingsDB:
             args.append(since)
         return list(self.conn.execute(q + " ORDER BY seq", args))
 
+    def latest(self, device: str) -> tuple | None:
+        """(seq, ts, temp) of the device's newest reading: one index lookup,
+        however many readings it sent (up's table asks every second)."""
+        return self.conn.execute("SELECT seq, ts, temp FROM readings WHERE device = ? "
+                                 "ORDER BY seq DESC LIMIT 1", (device,)).fetchone()
+
     def rejects(self, device: str | None = None) -> list[tuple]:
         q = "SELECT device, seq, raw, reason FROM rejects"
         if device:
