@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stanfleet.services.readings_db import ReadingsDB
@@ -28,6 +29,7 @@ batches = st.lists(st.tuples(st.sampled_from(HOSTILE), payloads | big), min_size
                    max_size=15)
 
 
+@pytest.mark.timeout(600)  # up to 40 examples, each waiting for the listener
 async def test_hostile_readings_never_hold_up_other_devices(stan_server, tmp_path):
     db = tmp_path / "r.db"
     lst, task = await start_listener(stan_server, db)
@@ -50,7 +52,7 @@ async def test_hostile_readings_never_hold_up_other_devices(stan_server, tmp_pat
                 sent["honest"] += 1
                 await honest.publish("devices.600D.events", reading(sent["honest"] % 100))
         await asyncio.gather(hostile(), honest_two())
-        await eventually(handled_all, timeout=30)  # the honest ones among them
+        await eventually(handled_all, timeout=60)  # the honest ones among them
         assert not task.done()
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -74,7 +76,7 @@ async def test_hostile_readings_never_hold_up_other_devices(stan_server, tmp_pat
     await newcomer.publish("devices.N3W0.events", json.dumps(
         {"ts": "2026-11-25T10:00:00Z", "temp": 21.5}).encode())
     sent["honest"] += 1
-    await eventually(handled_all)
+    await eventually(handled_all, timeout=60)
     assert [t for _, _, t in rows(db, "N3W0")[0]] == [21.5]
     await newcomer.close()
     await newcomer_nc.close()

@@ -50,7 +50,7 @@ async def test_case1_one_reading_stops_no_other_device(stan_server, tmp_path, po
 
     async def all_in():
         return len(rows(db, "600D")[0]) == 5 and len(rows(db, "EV1L")[1]) == 1
-    await eventually(all_in)
+    await eventually(all_in, timeout=60)
     assert not task.done()
     saved, rejects = rows(db, "EV1L")
     assert saved == [] and rejects[0][2] == poison[:256] and "out" in rejects[0][3]
@@ -61,7 +61,7 @@ async def test_case1_one_reading_stops_no_other_device(stan_server, tmp_path, po
 
     async def next_one():
         return lst.saved == 1
-    await eventually(next_one)
+    await eventually(next_one, timeout=60)
     assert lst.rejected == 0
     await stop_listener(lst, task)
     for c in (evil, good, evil_nc, good_nc):
@@ -78,7 +78,7 @@ async def test_case3_a_status_message_does_not_take_down_up(fleet):
 
     async def both_seen():
         return {"EV1L", "600D"} <= set(fleet.status) and fleet.listener.saved == 2
-    await eventually(both_seen)
+    await eventually(both_seen, timeout=60)
     out = io.StringIO()
     render(fleet.rows(), out)  # the live table, redrawn every second
     table = {line.split()[0]: line.split() for line in out.getvalue().splitlines()[3:]}
@@ -128,6 +128,7 @@ async def test_case3_release_status_survives_hostile_statuses(stan_server, tmp_p
     assert "1/4 installed" in out.splitlines()[0]
 
 
+@pytest.mark.timeout(300)
 async def test_case4_large_rejected_payloads_do_not_grow_the_database(stan_server, tmp_path):
     db = tmp_path / "r.db"
     lst, task = await start_listener(stan_server, db)
@@ -138,7 +139,7 @@ async def test_case4_large_rejected_payloads_do_not_grow_the_database(stan_serve
 
     async def all_rejected():
         return lst.rejected == n
-    await eventually(all_rejected, timeout=60)
+    await eventually(all_rejected, timeout=120)
     await stop_listener(lst, task)
     on_disk = sum(os.path.getsize(p) for p in (db, Path(f"{db}-wal")) if os.path.exists(p))
     assert on_disk < 1_000_000, f"{on_disk} bytes for {n} rejects of {size} bytes"
@@ -154,6 +155,7 @@ def private(path: Path) -> bool:
     return not stat.S_IMODE(os.lstat(path).st_mode) & 0o077
 
 
+@pytest.mark.timeout(300)
 async def test_case6_up_leaves_nothing_readable_by_others(tmp_path):
     data = tmp_path / "data"
     exe = os.path.join(os.path.dirname(sys.executable), "stanfleet")
@@ -165,7 +167,7 @@ async def test_case6_up_leaves_nothing_readable_by_others(tmp_path):
     try:
         log = data / "devices" / "D0000001" / "log"
         while True:  # the device's first reading is in fleet.db once it is online
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
             assert line, "up exited:\n" + "".join(out)
             out.append(line.decode())
             if "device=D0000001 following" in out[-1]:
@@ -173,7 +175,7 @@ async def test_case6_up_leaves_nothing_readable_by_others(tmp_path):
 
         async def connected():
             return log.exists() and "stanfleet: connected" in log.read_text()
-        await eventually(connected, timeout=60)
+        await eventually(connected, timeout=120)
         for p in (data / "fleet.db", data / "fleet.db-wal", data / "security", log):
             assert p.exists() and private(p), f"{p} is {oct(os.lstat(p).st_mode)}"
         opened = [str(p) for p in data.rglob("*") if not p.is_symlink() and not private(p)]

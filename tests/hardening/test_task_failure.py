@@ -40,14 +40,14 @@ async def test_a_dead_writer_stops_the_listener_and_a_restart_resumes(stan_serve
     await sc.publish("devices.B0B0.events", reading(20))
     await sc.publish("devices.B0B0.events", BUG)
     with pytest.raises(ListenerFailed) as failed:
-        await asyncio.wait_for(task, 15)
+        await asyncio.wait_for(task, 60)
     assert isinstance(failed.value.__cause__, RuntimeError)
     monkeypatch.setattr(listener_mod, "parse", real)  # the bug is fixed; restart
     lst, task = await start_listener(stan_server, db)
 
     async def both_saved():
         return [s for s, _, _ in rows(db, "B0B0")[0]] == [1, 2]
-    await eventually(both_saved)
+    await eventually(both_saved, timeout=60)
     await stop_listener(lst, task)
     await sc.close()
     await nc.close()
@@ -66,7 +66,7 @@ async def test_the_listener_command_exits_non_zero_with_a_traceback(stan_server,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO)
     sc, nc = await device(stan_server, "B0B0")
     await sc.publish("devices.B0B0.events", BUG)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode != 0
     text = err.decode()
     assert "Traceback" in text and "RuntimeError: injected bug" in text
@@ -81,7 +81,7 @@ async def test_a_dead_listener_stops_up(fleet, monkeypatch):
     sc, nc = await device(type("S", (), {"nats_url": fleet.server.nats_url,
                                          "cluster_id": fleet.args.cluster_id}), "B0B0")
     await sc.publish("devices.B0B0.events", BUG)
-    await asyncio.wait_for(asyncio.wait([fleet._tasks[0]]), 15)
+    await asyncio.wait_for(asyncio.wait([fleet._tasks[0]]), 60)
     with pytest.raises(FleetFailed) as failed:
         fleet.check()  # what up's main loop calls every second
     assert isinstance(failed.value.__cause__, ListenerFailed)
