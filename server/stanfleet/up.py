@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -57,6 +58,22 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="log lines instead of the live table (also when not on a terminal)")
     p.add_argument("--insecure", action="store_true",
                    help="plaintext NATS and HTTP without credentials (development only)")
+
+
+def make_private(root: str) -> int:
+    """Take group and other permissions off everything under root (left by
+    an older version, or a copy); returns how many needed it."""
+    changed = 0
+    for path in [root] + [os.path.join(d, n) for d, dirs, files in os.walk(root)
+                          for n in dirs + files]:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+            changed += 1
+    return changed
 
 
 class Security:
@@ -168,6 +185,10 @@ class Fleet:
     async def start(self) -> None:
         a = self.args
         os.makedirs(os.path.join(self.data, "releases"), exist_ok=True)
+        opened = await asyncio.to_thread(make_private, self.data)
+        if opened:
+            log.warning("%d files and directories under %s were readable by others; "
+                        "now private", opened, self.data)
         port = a.port if a.port > 0 else -1  # -1: nats-server picks a free port
         broker_dir = os.path.join(self.data, "broker")
         if a.insecure:

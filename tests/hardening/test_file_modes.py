@@ -66,3 +66,26 @@ def test_the_security_dir_is_private_whoever_creates_it(tmp_path):
     os.chmod(opened, 0o755)
     Security(str(opened), "test-cluster")  # up opens it
     assert mode(opened) == 0o700
+
+
+async def test_up_makes_what_an_older_version_left_open_private(tmp_path):
+    from stanfleet.up import Fleet
+
+    from .conftest import up_args
+
+    data = tmp_path / "data"
+    (data / "broker").mkdir(parents=True)
+    os.chmod(data, 0o755)
+    os.chmod(data / "broker", 0o755)
+    (data / "broker" / "nats.log").write_text("old log\n")
+    os.chmod(data / "broker" / "nats.log", 0o644)
+    os.symlink("/etc/hostname", data / "link")  # a link is not followed
+    before = mode("/etc/hostname")
+    fleet = Fleet(up_args(tmp_path))
+    try:
+        await fleet.start()
+    finally:
+        await fleet.stop()
+    for p in (data, data / "broker", data / "broker" / "nats.log"):
+        assert not mode(p) & 0o077, p
+    assert mode("/etc/hostname") == before
