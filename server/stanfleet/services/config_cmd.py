@@ -105,12 +105,14 @@ async def _show(args) -> int:
         await nc.close()
     print(f"{'device':<12} {'key':<20} {'desired':>10} {'applied':>10}  state")
     for device, status in zip(devices, statuses):
-        applied = (status or {}).get("config") or {}
+        applied = status.config if status is not None else {}
         keys = sorted(set(desired[device]) | set(applied)) or ["-"]
         for key in keys:
             want, have = desired[device].get(key, "-"), applied.get(key, "-")
             if status is None:
                 state = "never reported"
+            elif status.rejected:
+                state = f"INVALID STATUS: {status.rejected}"
             elif key in desired[device] and want != have:
                 state = "NOT APPLIED"
             else:

@@ -16,6 +16,7 @@ import json
 from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
+from . import device_status
 from .readings_store import is_postgres, open_store
 
 STATUS_WAIT = 2.0  # seconds to wait for a device's last status message
@@ -51,7 +52,8 @@ class ConfigStore:
     postgresql:// URL, the listener's: its devices table names the known devices)."""
 
     def __init__(self, url: str):
-        self._store = open_store(url)  # migrated: desired_config is there
+        # migrated: desired_config is there; a SQLite file is made 0600 (dbfile.py)
+        self._store = open_store(url)
         self.conn = self._store.conn
         self._pg = is_postgres(url)
 
@@ -87,8 +89,10 @@ async def send(sc: Client, device: str, settings: dict) -> None:
     await sc.publish(f"devices.{device}.cfg", payload)  # raises unless the PubAck is clean
 
 
-async def last_status(sc: Client, device: str, wait: float = STATUS_WAIT) -> dict | None:
-    """The device's most recent status message, or None if it never sent one."""
+async def last_status(sc: Client, device: str,
+                      wait: float = STATUS_WAIT) -> device_status.DeviceStatus | None:
+    """The device's most recent status, parsed (`rejected` says why when it is
+    not a valid one), or None if it never sent one."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def cb(msg):
@@ -102,8 +106,4 @@ async def last_status(sc: Client, device: str, wait: float = STATUS_WAIT) -> dic
         return None
     finally:
         await sub.unsubscribe()
-    try:
-        doc = json.loads(data)
-        return doc if isinstance(doc, dict) else None
-    except ValueError:
-        return None
+    return device_status.from_bytes(data)

@@ -10,19 +10,24 @@ Each events subscription is a durable queue subscription (queue and durable
 name "listener"), so several listener instances share the work and a
 restarted listener continues where the group left off. A reading is acked
 only after its row is committed; the row's key (device, sequence) makes a
-redelivery harmless. Invalid payloads go to the rejects table with the raw
-bytes and the reason, and are acked: nothing is silently dropped.
+redelivery harmless. Invalid payloads go to the rejects table (a bounded
+sample, the reason, a count per device: services/rejections.py), are acked
+and logged once per device per minute: nothing is silently dropped, and no
+payload can come back after every restart.
 
 The store is SQLite or PostgreSQL (readings_store.py). On stop, readings
 already received are committed and acked before the session closes; any that
 arrive after that are left unacked and the server redelivers them to another
 instance of the group (or to this one when it is back) after ack_wait.
+
+A task of the listener that fails for a reason it does not expect (a bug)
+stops `run()` with ListenerFailed and the traceback, never a silent stall;
+a restarted listener resumes from its durables.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -34,10 +39,11 @@ from .connection import open_session
 from .listener_metrics import ListenerMetrics
 from .readings import InvalidReading, device_of, parse
 from .readings_store import describe, open_store, retention_cutoff
+from .registry import REGISTRY_CHANNEL, channel_of
+from .rejections import RejectLog, rejection
 
 log = logging.getLogger("stanfleet.listener")
 
-REGISTRY_CHANNEL = "stanfleet.channels"
 QUEUE = "listener"
 BATCH_MAX = 500  # rows per transaction
 ACK_WAIT = 30
@@ -46,6 +52,10 @@ DEFAULT_DRAIN_TIMEOUT = 10.0  # seconds to commit what was received when stoppin
 DEFAULT_RETENTION_INTERVAL = 3600.0  # seconds between retention sweeps
 DEFAULT_DB_RETRY = 0.5  # first wait before retrying a failed commit; doubles up to the max
 DEFAULT_DB_RETRY_MAX = 5.0
+
+
+class ListenerFailed(RuntimeError):
+    """A listener task died of an unexpected error; the cause is chained."""
 
 
 @dataclass
@@ -78,12 +88,16 @@ class Listener:
         self._stop = asyncio.Event()
         self.saved = 0
         self.rejected = 0
+        self.reject_log = RejectLog(log)
+        self._failure: asyncio.Task | None = None  # the task that died, if one did
         self.ready = asyncio.Event()  # set once subscribed (for tests and `up`)
 
     async def run(self) -> None:
         """Serve until stop(); a lost session is re-established with backoff."""
-        writer = asyncio.create_task(self._writer())
-        sweeper = asyncio.create_task(self._retention())
+        writer = asyncio.create_task(self._writer(), name=f"{self.client_id}-writer")
+        sweeper = asyncio.create_task(self._retention(), name=f"{self.client_id}-retention")
+        for task in (writer, sweeper):
+            task.add_done_callback(self._on_task_end)
         delay = 0.5
         try:
             while not self._stop.is_set():
@@ -110,6 +124,17 @@ class Listener:
             await self._teardown()
             await self._db(self.db.close)
             self._db_thread.shutdown()
+        if self._failure is not None:
+            raise ListenerFailed(f"{self._failure.get_name()} stopped") \
+                from self._failure.exception()
+
+    def _on_task_end(self, task: asyncio.Task) -> None:
+        """A task that ends by itself failed: stop serving (run() raises)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r; stopping", task.get_name(), task.exception())
+            self._failure = task
+            self._stop.set()
+            self._lost.set()
 
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -210,14 +235,11 @@ class Listener:
             await nc.close()
 
     async def _on_channel(self, msg: Msg) -> None:
-        try:
-            channel = json.loads(msg.data)["channel"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("unreadable registry entry seq=%d ignored", msg.seq)
-            await self._sc.ack(msg)
-            return
-        device = device_of(channel)
-        if device:
+        channel = channel_of(msg.data)
+        device = device_of(channel) if channel else None
+        if device is None:
+            log.debug("registry entry seq=%d is no device's events channel", msg.seq)
+        else:
             await self._db(self.db.add_device, device)
             await self._follow(device)
         await self._sc.ack(msg)
@@ -255,8 +277,9 @@ class Listener:
                     r = parse(msg.data)
                     readings.append((device, msg.seq, r.ts, r.temp))
                 except InvalidReading as e:
-                    log.warning("device=%s seq=%d rejected: %s", device, msg.seq, e)
-                    rejects.append((device, msg.seq, bytes(msg.data), str(e)))
+                    rej = rejection(device, msg.seq, msg.data, str(e))
+                    self.reject_log.record(rej)
+                    rejects.append((device, msg.seq, rej.sample, rej.reason))
             if not await self._commit(readings, rejects):
                 continue  # stopping: not acked, the server redelivers after ack_wait
             self.saved += len(readings)

@@ -60,6 +60,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             device TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
             updated TEXT NOT NULL, PRIMARY KEY (device, key))""",
     )),
+    # Rejected payloads are bounded (a sample, the newest per device and in all:
+    # readings_db.py); this counts every one, including those no longer kept.
+    Migration(4, "count of rejected payloads per device", sqlite=(
+        """CREATE TABLE IF NOT EXISTS reject_counts (
+            device TEXT PRIMARY KEY, rejected INTEGER NOT NULL, last TEXT NOT NULL)""",
+    ), postgres=(
+        """CREATE TABLE IF NOT EXISTS reject_counts (
+            device TEXT PRIMARY KEY, rejected BIGINT NOT NULL, last TEXT NOT NULL)""",
+    )),
 )
 LATEST = MIGRATIONS[-1].version
 

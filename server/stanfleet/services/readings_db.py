@@ -4,15 +4,24 @@ Idempotent by construction: a reading's key is (device, channel sequence),
 so a redelivered message never makes a second row. Rows are written in
 batches, one transaction each; the caller acks the messages only after
 `commit_batch` returned. The schema is versioned (migrations.py).
+
+Rejected payloads are bounded: a sample of each (DEFAULT_SAMPLE_BYTES), the
+newest DEFAULT_REJECTS_PER_DEVICE per device and DEFAULT_REJECTS_TOTAL in
+all; `reject_counts` counts every one. A device sending garbage costs a few
+kilobytes, not the disk. The PostgreSQL store (readings_pg.py) keeps the
+same bounds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import sqlite3
 
+from . import dbfile
 from .migrations import LATEST, VERSION_TABLE, SchemaTooNew, pending
+from .rejections import DEFAULT_SAMPLE_BYTES
+
+DEFAULT_REJECTS_PER_DEVICE = 100  # newest rejected payloads kept per device
+DEFAULT_REJECTS_TOTAL = 10_000  # and in all
 
 
 def now_iso() -> str:
@@ -25,17 +34,15 @@ def sqlite_path(url: str) -> str:
 
 
 class ReadingsDB:
-    def __init__(self, path: str):
-        path = sqlite_path(path)
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        # Several listener processes may share one file: WAL lets readers and
-        # one writer proceed together, and the busy timeout makes writers queue.
+    def __init__(self, path: str, rejects_per_device: int = DEFAULT_REJECTS_PER_DEVICE,
+                 rejects_total: int = DEFAULT_REJECTS_TOTAL):
+        # Several listener processes may share one file (WAL, busy timeout);
+        # dbfile makes it, and its folder, private to the owner.
         # check_same_thread=False: the listener runs every call on its one DB thread.
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn = dbfile.connect(sqlite_path(path), check_same_thread=False)
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.rejects_per_device = rejects_per_device
+        self.rejects_total = rejects_total
         self.migrate()
 
     def migrate(self) -> None:
@@ -78,9 +85,30 @@ class ReadingsDB:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?)",
                 [(d, s, ts, t, now) for d, s, ts, t in readings])
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO rejects VALUES (?, ?, ?, ?, ?)",
-                [(d, s, raw, why, now) for d, s, raw, why in rejects])
+            if rejects:
+                self._add_rejects(rejects, now)
+
+    def _add_rejects(self, rejects, now: str) -> None:
+        for d, s, raw, why in rejects:
+            cur = self.conn.execute("INSERT OR IGNORE INTO rejects VALUES (?, ?, ?, ?, ?)",
+                                    (d, s, bytes(raw[:DEFAULT_SAMPLE_BYTES]), why, now))
+            if cur.rowcount:  # a redelivery is not counted twice
+                self.conn.execute(
+                    "INSERT INTO reject_counts VALUES (?, 1, ?) ON CONFLICT (device) "
+                    "DO UPDATE SET rejected = rejected + 1, last = excluded.last", (d, now))
+        for d in {r[0] for r in rejects}:
+            self.conn.execute(
+                "DELETE FROM rejects WHERE device = ? AND seq NOT IN (SELECT seq FROM rejects "
+                "WHERE device = ? ORDER BY seq DESC LIMIT ?)", (d, d, self.rejects_per_device))
+        excess = self.conn.execute("SELECT COUNT(*) FROM rejects").fetchone()[0] \
+            - self.rejects_total
+        if excess > 0:
+            self.conn.execute("DELETE FROM rejects WHERE rowid IN (SELECT rowid FROM rejects "
+                              "ORDER BY received, rowid LIMIT ?)", (excess,))
+
+    def reject_counts(self) -> dict[str, int]:
+        """Every payload each device had rejected, including those no longer kept."""
+        return dict(self.conn.execute("SELECT device, rejected FROM reject_counts"))
 
     def add_device(self, device: str) -> None:
         with self.conn:
@@ -96,6 +124,12 @@ class ReadingsDB:
             q += " AND ts >= ?"
             args.append(since)
         return list(self.conn.execute(q + " ORDER BY seq", args))
+
+    def latest(self, device: str) -> tuple | None:
+        """(seq, ts, temp) of the device's newest reading: one index lookup,
+        however many readings it sent (up's table asks every second)."""
+        return self.conn.execute("SELECT seq, ts, temp FROM readings WHERE device = ? "
+                                 "ORDER BY seq DESC LIMIT 1", (device,)).fetchone()
 
     def rejects(self, device: str | None = None) -> list[tuple]:
         q = "SELECT device, seq, raw, reason FROM rejects"

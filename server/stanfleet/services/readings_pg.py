@@ -1,8 +1,8 @@
 """The readings database on PostgreSQL (database URL postgresql://...).
 
-Same schema, same key and same batch-then-ack contract as the SQLite store
-(readings_db.py), so several listener instances on several machines share
-one database. Migrations take a transaction-scoped advisory lock, so
+Same schema, same key, same batch-then-ack contract and the same bounds on
+rejected payloads as the SQLite store (readings_db.py), so several listener
+instances on several machines share one database. Migrations take a transaction-scoped advisory lock, so
 listeners started together migrate once.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 import psycopg
 
 from .migrations import LATEST, VERSION_TABLE, SchemaTooNew, pending
-from .readings_db import now_iso
+from .readings_db import DEFAULT_REJECTS_PER_DEVICE, DEFAULT_REJECTS_TOTAL, now_iso
+from .rejections import DEFAULT_SAMPLE_BYTES
 
 DEFAULT_CONNECT_TIMEOUT = 5  # seconds: a start against a dead database fails fast
 MIGRATION_LOCK = 0x5354414E  # advisory lock key ("STAN"), held while migrating
@@ -43,8 +44,11 @@ def _first_line(e: Exception) -> str:
 
 
 class PostgresReadings:
-    def __init__(self, url: str):
+    def __init__(self, url: str, rejects_per_device: int = DEFAULT_REJECTS_PER_DEVICE,
+                 rejects_total: int = DEFAULT_REJECTS_TOTAL):
         self.url = url
+        self.rejects_per_device = rejects_per_device
+        self.rejects_total = rejects_total
         self.conn = connect(url)
         self.migrate()
 
@@ -93,9 +97,37 @@ class PostgresReadings:
                     "INSERT INTO readings VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     [(d, s, ts, t, now) for d, s, ts, t in readings])
             if rejects:
-                cur.executemany(
-                    "INSERT INTO rejects VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(d, s, raw, why, now) for d, s, raw, why in rejects])
+                self._add_rejects(cur, rejects, now)
+
+    def _add_rejects(self, cur: psycopg.Cursor, rejects, now: str) -> None:
+        """As ReadingsDB._add_rejects, in three statements whatever the batch size."""
+        # Only rows actually inserted are counted: a redelivery is not counted twice.
+        cur.execute(
+            "WITH new AS (INSERT INTO rejects SELECT d, s, raw, why, %s FROM "
+            "unnest(%s::text[], %s::bigint[], %s::bytea[], %s::text[]) AS r(d, s, raw, why) "
+            "ON CONFLICT DO NOTHING RETURNING device) "
+            "INSERT INTO reject_counts SELECT device, COUNT(*), %s FROM new GROUP BY device "
+            "ON CONFLICT (device) DO UPDATE SET "
+            "rejected = reject_counts.rejected + excluded.rejected, last = excluded.last",
+            (now, [r[0] for r in rejects], [r[1] for r in rejects],
+             [bytes(r[2][:DEFAULT_SAMPLE_BYTES]) for r in rejects], [r[3] for r in rejects],
+             now))
+        cur.execute(
+            "DELETE FROM rejects r USING (SELECT device, seq, row_number() OVER "
+            "(PARTITION BY device ORDER BY seq DESC) AS n FROM rejects WHERE device = ANY(%s)) "
+            "old WHERE r.device = old.device AND r.seq = old.seq AND old.n > %s",
+            (sorted({r[0] for r in rejects}), self.rejects_per_device))
+        excess = cur.execute("SELECT COUNT(*) FROM rejects").fetchone()[0] - self.rejects_total
+        if excess > 0:
+            # SQLite drops the oldest by (received, rowid); PostgreSQL has no insertion
+            # order, so rows received together go by (device, seq).
+            cur.execute(
+                "DELETE FROM rejects WHERE (device, seq) IN (SELECT device, seq FROM rejects "
+                "ORDER BY received, device, seq LIMIT %s)", (excess,))
+
+    def reject_counts(self) -> dict[str, int]:
+        """Every payload each device had rejected, including those no longer kept."""
+        return dict(self.conn.execute("SELECT device, rejected FROM reject_counts"))
 
     def add_device(self, device: str) -> None:
         self.conn.execute("INSERT INTO devices VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -111,6 +143,12 @@ class PostgresReadings:
             q += " AND ts >= %s"
             args.append(since)
         return [tuple(r) for r in self.conn.execute(q + " ORDER BY seq", args)]
+
+    def latest(self, device: str) -> tuple | None:
+        """(seq, ts, temp) of the device's newest reading: one index lookup."""
+        row = self.conn.execute("SELECT seq, ts, temp FROM readings WHERE device = %s "
+                                "ORDER BY seq DESC LIMIT 1", (device,)).fetchone()
+        return tuple(row) if row else None
 
     def rejects(self, device: str | None = None) -> list[tuple]:
         q = "SELECT device, seq, raw, reason FROM rejects"

@@ -19,14 +19,24 @@ from .migrations import SchemaTooNew
 class ReadingsStore(Protocol):
     def commit_batch(self, readings: list[tuple], rejects: list[tuple]) -> None:
         """readings (device, seq, ts, temp), rejects (device, seq, raw, reason): one
-        transaction; a (device, seq) already stored is left as it is."""
+        transaction; a (device, seq) already stored is left as it is (and a
+        rejection is counted once)."""
 
     def add_device(self, device: str) -> None: ...
     def devices(self) -> list[str]: ...
     def readings(self, device: str, since: str | None = None) -> list[tuple]:
         """(seq, ts, temp) by sequence; `since` is ISO-8601 UTC."""
 
-    def rejects(self, device: str | None = None) -> list[tuple]: ...
+    def latest(self, device: str) -> tuple | None:
+        """(seq, ts, temp) of the device's newest reading, or None: one index lookup."""
+
+    def rejects(self, device: str | None = None) -> list[tuple]:
+        """(device, seq, sample, reason) of the rejected payloads still kept: the
+        newest per device and in all (readings_db.DEFAULT_REJECTS_*)."""
+
+    def reject_counts(self) -> dict[str, int]:
+        """Every payload each device had rejected, including those no longer kept."""
+
     def count(self, device: str | None = None) -> int: ...
     def delete_older_than(self, cutoff: str) -> int: ...
     def schema_version(self) -> int: ...
