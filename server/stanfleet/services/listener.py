@@ -108,8 +108,8 @@ class Listener:
                     if self._stop.is_set():
                         break
                     log.warning("session failed: %s; retrying in %.1fs", e, delay)
-                if self._stop.is_set():
-                    await self._drain()
+                if self._stop.is_set() and not writer.done():
+                    await self._drain()  # a dead writer never drains: no use waiting
                 await self._teardown()
                 if self._stop.is_set():
                     break

@@ -85,8 +85,10 @@ async def serve(args: argparse.Namespace, cfg, config: ListenerConfig) -> int:
         stop.cancel()
     finally:
         await listener.stop()
-        await runner
-        await ops.stop()
+        try:
+            await runner  # ListenerFailed, if a task of it died: the traceback, exit 1
+        finally:
+            await ops.stop()
     log.info("stopped: %d readings saved, %d rejected", listener.saved, listener.rejected)
     return 0
 
