@@ -159,8 +159,19 @@ def test_rejections_are_logged_once_per_device_per_interval(caplog):
                      "device=D1 seq=101 rejected: not JSON (and 99 more since the last line)"]
 
 
-def test_rejects_are_bounded_per_device_and_in_all_and_counted(tmp_path):
-    db = ReadingsDB(str(tmp_path / "r.db"), rejects_per_device=10, rejects_total=25)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bounded_store(request, tmp_path):
+    """Both readings stores, with small bounds on what they keep of rejections."""
+    bounds = dict(rejects_per_device=10, rejects_total=25)
+    if request.param == "sqlite":
+        return ReadingsDB(str(tmp_path / "r.db"), **bounds)
+    from stanfleet.services.readings_pg import PostgresReadings
+
+    return PostgresReadings(request.getfixturevalue("pg_url"), **bounds)
+
+
+def test_rejects_are_bounded_per_device_and_in_all_and_counted(bounded_store):
+    db = bounded_store
     for seq in range(1, 51):
         db.commit_batch([], [("D1", seq, b"y" * 1000, "not JSON")])
     db.commit_batch([], [("D1", 50, b"y", "redelivered")])  # the same message again
@@ -170,4 +181,14 @@ def test_rejects_are_bounded_per_device_and_in_all_and_counted(tmp_path):
         db.commit_batch([], [(dev, s, b"z", "x") for s in range(1, 11)])
     assert len(db.rejects()) == 25
     assert db.reject_counts() == {"D1": 50, "D2": 10, "D3": 10, "D4": 10}
+    db.close()
+
+
+def test_a_rejection_delivered_twice_in_one_batch_is_counted_once(bounded_store):
+    db = bounded_store
+    db.commit_batch([], [("D1", 1, b"x", "not JSON"), ("D1", 1, b"x", "not JSON"),
+                         ("D2", 1, b"x", "not JSON")])
+    db.commit_batch([], [("D1", 1, b"x", "not JSON")])  # and once more, later
+    assert db.reject_counts() == {"D1": 1, "D2": 1}
+    assert [(r[0], r[1]) for r in db.rejects()] == [("D1", 1), ("D2", 1)]
     db.close()

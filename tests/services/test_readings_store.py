@@ -165,3 +165,16 @@ def test_the_config_manager_shares_the_database(store_url):
         assert store.known_devices() == ["3F45", "9999"]
     finally:
         store.close()
+
+
+def test_latest_is_the_newest_reading_of_one_device(store_url):
+    db = open_store(store_url)
+    try:
+        assert db.latest("D1") is None
+        db.commit_batch([("D1", 2, "2026-11-25T10:00:03.000Z", 20.5),
+                         ("D1", 1, "2026-11-25T10:00:00.000Z", 20.0),
+                         ("D2", 9, "2026-11-25T10:00:00.000Z", 30.0)], [])
+        assert db.latest("D1") == (2, "2026-11-25T10:00:03.000Z", 20.5)
+        assert db.reject_counts() == {}
+    finally:
+        db.close()
