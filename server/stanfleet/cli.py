@@ -27,6 +27,7 @@ COMMANDS = {
     "release": ("stanfleet.services.release_cmd", "build, publish and follow firmware releases"),
     "sim": ("stanfleet.fleet.sim_cmd", "run simulated devices (MicroPython unix port) against a NATS server"),
     "provision": ("stanfleet.fleet.provision", "write the files for one device's flash"),
+    "deploy": ("stanfleet.deploy", "check a site's deployment config and its dependencies"),
 }
 
 

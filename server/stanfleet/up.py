@@ -20,20 +20,29 @@ import asyncio
 import json
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 
 from .security.roles import ROLES
+from .services import device_status
 from .services.artifacts import ArtifactServer
 from .services.connection import open_session, secure_options
 from .services.listener import Listener, ListenerConfig
 from .services.readings_db import ReadingsDB
+from .services.registry import channel_of
+from .services.rejections import RejectLog, rejection
 from .signals import stop_event
 from .streaming import ServerOptions, StreamingServer
 
 log = logging.getLogger("stanfleet.up")
 REFRESH = 1.0  # seconds between redraws of the live table
 CERT_HOSTS = ["localhost", "127.0.0.1"]  # up listens on 127.0.0.1 only
+PRIVATE_UMASK = 0o077
+
+
+class FleetFailed(RuntimeError):
+    """A part of the fleet (listener, status table) stopped by itself; the cause is chained."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -51,6 +60,22 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="plaintext NATS and HTTP without credentials (development only)")
 
 
+def make_private(root: str) -> int:
+    """Take group and other permissions off everything under root (left by
+    an older version, or a copy); returns how many needed it."""
+    changed = 0
+    for path in [root] + [os.path.join(d, n) for d, dirs, files in os.walk(root)
+                          for n in dirs + files]:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+            changed += 1
+    return changed
+
+
 class Security:
     """<data-dir>/security: the CA, and credentials for the services up runs
     and for each simulated device; made on the first run, reused after."""
@@ -60,6 +85,9 @@ class Security:
         from .security.creds import Store
 
         self.dir = directory
+        # Private, also when an older version or `certs init` made it 0755.
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
         self.store = Store(directory, cluster_id=cluster_id)
         self.certs = CertPaths(self.store.certs_dir)
 
@@ -153,11 +181,15 @@ class Fleet:
         # a cancel that lands while a STAN request completes can be lost (Python 3.11
         # wait_for), and the task then waited forever.
         self._stopping = asyncio.Event()
-        self.status: dict[str, dict] = {}  # device -> last status message
+        self.status: dict[str, device_status.DeviceStatus] = {}  # device -> its last status
 
     async def start(self) -> None:
         a = self.args
         os.makedirs(os.path.join(self.data, "releases"), exist_ok=True)
+        opened = await asyncio.to_thread(make_private, self.data)
+        if opened:
+            log.warning("%d files and directories under %s were readable by others; "
+                        "now private", opened, self.data)
         port = a.port if a.port > 0 else -1  # -1: nats-server picks a free port
         broker_dir = os.path.join(self.data, "broker")
         if a.insecure:
@@ -173,13 +205,13 @@ class Fleet:
         self.listener = Listener(ListenerConfig(nats_url=url, cluster_id=a.cluster_id,
                                                 name="up", db_path=self.db_path,
                                                 nats_options=self.service_options("listener")))
-        self._tasks.append(asyncio.create_task(self.listener.run()))
+        self._tasks.append(asyncio.create_task(self.listener.run(), name="listener"))
         await asyncio.wait_for(self.listener.ready.wait(), 30)
         self.artifacts = ArtifactServer(
             os.path.join(self.data, "releases"), "127.0.0.1", a.artifact_port,
             ssl_context=None if self.security is None else self.security.ssl_context())
         await self.artifacts.start()
-        self._tasks.append(asyncio.create_task(self._follow_status(url)))
+        self._tasks.append(asyncio.create_task(self._follow_status(url), name="status table"))
         if self.device_ids:
             from .fleet.runner import FleetRunner  # the simulator needs the MicroPython unix port
 
@@ -248,26 +280,34 @@ class Fleet:
         if self.server is not None:
             await self.server.stop()
 
+    def check(self) -> None:
+        """Raise FleetFailed if one of up's tasks ended by itself: a part that
+        stopped must stop the whole, loudly, not leave a table that lies."""
+        for t in self._tasks:
+            if t.done() and not self._stopping.is_set():
+                cause = None if t.cancelled() else t.exception()
+                raise FleetFailed(f"{t.get_name()} stopped") from cause
+
     async def _follow_status(self, url: str) -> None:
         """Keep the latest status of every device, discovered through the registry."""
         sc, nc = await open_session(url, self.args.cluster_id, "up-dashboard",
                                     **self.service_options("listener"))
         followed: set[str] = set()
+        refused = RejectLog(log)
+
+        async def on_status(m, device: str) -> None:
+            st = device_status.from_bytes(m.data)
+            if st.rejected:
+                refused.record(rejection(device, m.seq, m.data, f"status: {st.rejected}"))
+            self.status[device] = st
 
         async def on_channel(msg):
-            channel = json.loads(msg.data).get("channel", "")
-            parts = channel.split(".")
-            if len(parts) == 3 and parts[0] == "devices" and parts[2] == "status" \
-                    and channel not in followed:
+            channel = channel_of(msg.data) or ""
+            device = device_status.device_of(channel)
+            if device is not None and channel not in followed:
                 followed.add(channel)
-                device = parts[1]
-
-                async def on_status(m, device=device):
-                    try:
-                        self.status[device] = json.loads(m.data)
-                    except ValueError:
-                        pass
-                await sc.subscribe(channel, cb=on_status, start_at="last_received")
+                await sc.subscribe(channel, cb=lambda m, d=device: on_status(m, d),
+                                   start_at="last_received")
         try:
             await sc.subscribe("stanfleet.channels", cb=on_channel, deliver_all_available=True)
             await self._stopping.wait()
@@ -279,15 +319,15 @@ class Fleet:
         """(device, last temp, its time, version, connection state) per known device."""
         db = ReadingsDB(self.db_path)
         try:
-            latest = {d: db.readings(d)[-1:] for d in db.devices()}
+            latest = {d: db.latest(d) for d in db.devices()}
         finally:
             db.close()
         connected = set(self.server.clients.clients) if self.server else set()
         out = []
         for device in sorted(set(latest) | set(self.status)):
-            last = latest.get(device) or [(None, "-", None)]
-            _, ts, temp = last[0]
-            version = self.status.get(device, {}).get("version", "-")
+            _, ts, temp = latest.get(device) or (None, "-", None)
+            st = self.status.get(device)
+            version = "-" if st is None else "invalid" if st.rejected else st.version or "-"
             state = "online" if f"device-{device}" in connected else "offline"
             out.append((device, "-" if temp is None else f"{temp:.2f}", ts, version, state))
         return out
@@ -306,6 +346,10 @@ def render(rows: list[tuple], out, banner: list[str] = ()) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Everything up writes (database, logs, broker store, credentials) is its
+    # owner's alone: files 0600, directories 0700 (docs/security-design.md).
+    os.umask(PRIVATE_UMASK)
+
     async def main() -> None:
         fleet = Fleet(args)
         stop = stop_event()
@@ -316,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
             if not live:
                 print("fleet up: " + "\n  ".join(banner), flush=True)
             while not stop.is_set():
+                fleet.check()
                 if live:
                     render(fleet.rows(), sys.stdout, banner)
                 try:
