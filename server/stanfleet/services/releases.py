@@ -29,6 +29,7 @@ from ..fleet.firmware_code import load
 from .configmgr import last_status
 
 RELEASES_CHANNEL = "devices.releases"
+ROLLOUTS = "rollouts.json"  # in the releases directory: version -> percentage published last
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -71,6 +72,25 @@ class ReleaseDir:
             return []
         names = [n[:-4] for n in os.listdir(self.path) if n.endswith(".bin")]
         return sorted((v for v in names if VERSION.match(v)), key=version_key)
+
+
+def rollouts(releases_dir: str) -> dict:
+    """version -> the percentage it was last published to (release status, promote)."""
+    try:
+        with open(os.path.join(releases_dir, ROLLOUTS)) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_rollout(releases_dir: str, version: str, pct: int) -> None:
+    data = rollouts(releases_dir)
+    data[version] = pct
+    tmp = os.path.join(releases_dir, ROLLOUTS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, os.path.join(releases_dir, ROLLOUTS))
 
 
 def version_key(version: str) -> tuple:
