@@ -135,14 +135,14 @@ async def fleet_state(sc: Client, devices: list[str], version: str | None,
             continue
         running = st.get("version")
         ota = st.get("ota") or {}
-        state, reason = _ota_state(running, ota, version)
+        state, reason = ota_state(running, ota, version)
         if state == "pending" and not rules.selected(device, rollout):
             state = "not selected"
         out.append(DeviceState(device, running, state, reason, st.get("ts", "")))
     return out
 
 
-def _ota_state(running: str | None, ota: dict, version: str | None) -> tuple[str, str]:
+def ota_state(running: str | None, ota: dict, version: str | None) -> tuple[str, str]:
     if version is None:
         return ota.get("state") or "idle", ota.get("reason") or ""
     if running == version:

@@ -1,0 +1,175 @@
+"""The dashboard in a real browser against a running `stanfleet up` (3 simulated
+devices running the real firmware, TLS, logins)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from .conftest import DEVICES, screenshot
+
+pytestmark = pytest.mark.slow
+WAIT = 30  # seconds for a page condition; OTA takes longer (OTA_WAIT)
+OTA_WAIT = 150
+RELEASE = "1.1.0"
+
+
+def wait(driver, timeout=WAIT):
+    return WebDriverWait(driver, timeout, poll_frequency=0.1)
+
+
+def login(driver, up, role: str, password: str | None = None) -> None:
+    driver.get(up.url + "login")
+    driver.find_element(By.ID, "user").send_keys(role)
+    driver.find_element(By.ID, "password").send_keys(password or up.password(role))
+    driver.find_element(By.ID, "login").click()
+
+
+def logged_in(driver, up, role: str) -> None:
+    login(driver, up, role)
+    wait(driver).until(EC.presence_of_element_located((By.ID, "who")))
+
+
+def device_ids() -> list[str]:
+    return [f"D{i:07d}" for i in range(1, DEVICES + 1)]
+
+
+def test_login_refuses_a_wrong_password(browser, up):
+    login(browser, up, "operator", "not-the-password")
+    wait(browser).until(EC.visibility_of_element_located((By.ID, "error")))
+    assert browser.current_url.startswith(up.url + "login")
+
+
+def test_fleet_page_lists_every_device_and_updates_live(browser, up):
+    logged_in(browser, up, "operator")
+    for d in device_ids():  # each device appears once it has reported (live, no reload)
+        wait(browser, 60).until(EC.presence_of_element_located((By.ID, f"row-{d}")))
+    row = f"#row-{device_ids()[0]}"
+    wait(browser, 60).until(lambda b: b.find_element(By.CSS_SELECTOR, f"{row} .connection").text
+                            == "online")
+    first = browser.find_element(By.CSS_SELECTOR, f"{row} .age").get_attribute("data-ts")
+    # A new reading arrives every 3 s and reaches the page over server-sent events.
+    marker = browser.execute_script("window.__same_page = 1; return window.__same_page")
+    wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, f"{row} .age")
+                        .get_attribute("data-ts") != first)
+    assert browser.execute_script("return window.__same_page") == marker  # not reloaded
+    assert browser.find_element(By.CSS_SELECTOR, f"{row} .version").text == "1.0.0"
+    # Filtering narrows the table; the fleet chart has points.
+    browser.find_element(By.ID, "filter").send_keys(device_ids()[1])
+    wait(browser).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")) == 1)
+    browser.find_element(By.ID, "filter").clear()
+    browser.find_element(By.ID, "filter").send_keys(" ")  # oninput fires on typing, not clear()
+    wait(browser).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")) == DEVICES)
+    browser.find_element(By.CSS_SELECTOR, 'th[data-key="device"]').click()  # descending
+    wait(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, "#fleet tbody tr").get_attribute("id")
+                        == f"row-{device_ids()[-1]}")
+    browser.find_element(By.CSS_SELECTOR, 'button[data-range="hour"]').click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#fleet-chart.rendered canvas")))
+    screenshot(browser, "fleet")
+
+
+def test_device_chart_renders_with_points(browser, up):
+    logged_in(browser, up, "operator")
+    device = device_ids()[0]
+    browser.get(f"{up.url}device/{device}")
+    chart = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#chart.rendered")))
+    assert int(chart.get_attribute("data-points")) > 0
+    assert chart.find_element(By.TAG_NAME, "canvas").size["width"] > 300
+    browser.find_element(By.CSS_SELECTOR, 'button[data-range="week"]').click()
+    wait(browser).until(lambda b: "10 min buckets" in b.find_element(By.ID, "chart-label").text)
+    wait(browser).until(lambda b: "stanfleet: connected" in b.find_element(By.ID, "log").text)
+    screenshot(browser, "device")
+
+
+def test_config_change_on_the_page_reaches_the_device(browser, up):
+    logged_in(browser, up, "operator")
+    device = device_ids()[1]
+    browser.get(f"{up.url}device/{device}")
+    form = wait(browser).until(EC.presence_of_element_located((By.ID, "cfg-form")))
+    Select(form.find_element(By.ID, "cfg-key")).select_by_value("sending_frequency")
+    # The firmware's rules refuse 0 before anything is sent.
+    form.find_element(By.ID, "cfg-value").send_keys("0")
+    form.find_element(By.ID, "cfg-send").click()
+    wait(browser).until(lambda b: "between 1 and 86400" in b.find_element(By.ID, "cfg-msg").text)
+    value = form.find_element(By.ID, "cfg-value")
+    value.clear()
+    value.send_keys("2")
+    form.find_element(By.ID, "cfg-send").click()
+    wait(browser).until(lambda b: "pending until applied" in b.find_element(By.ID, "cfg-msg").text)
+    # Desired 2, applied 2 once the device reports it: no longer pending.
+    wait(browser, 60).until(lambda b: (lambda t: "2 → 2" in t and "pending" not in t)(
+        b.find_element(By.ID, "config").text))
+    assert "sending_frequency" in browser.find_element(By.ID, "config-changes").text
+    screenshot(browser, "device-config-applied")
+
+
+def test_release_published_on_the_page_reaches_every_device(browser, up):
+    built = subprocess.run(
+        [sys.executable, "-m", "stanfleet.cli", "release", "build", RELEASE,
+         "--releases", str(up.data / "releases"), "--keys", str(up.data / "security")],
+        capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    logged_in(browser, up, "operator")
+    browser.get(up.url + "releases")
+    row = wait(browser).until(EC.presence_of_element_located((By.ID, f"release-{RELEASE}")))
+    canary = row.find_element(By.CSS_SELECTOR, "input.canary")
+    canary.clear()
+    canary.send_keys("100")
+    row.find_element(By.CSS_SELECTOR, "button.publish").click()
+    wait(browser).until(lambda b: "published" in b.find_element(By.ID, "release-msg").text)
+    progress = f"#progress-{RELEASE.replace('.', chr(92) + '.')}"
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, progress)))
+    screenshot(browser, "releases-started")
+    wait(browser, OTA_WAIT).until(lambda b: b.find_element(By.CSS_SELECTOR, f"{progress} .count").text
+                                  == f"{DEVICES}/{DEVICES} installed")
+    states = [e.text for e in browser.find_elements(By.CSS_SELECTOR, f"{progress} td.state")]
+    assert states == ["installed"] * DEVICES
+    bar = browser.find_element(By.CSS_SELECTOR, f"{progress} .bar > div")
+    assert "width: 100%" in bar.get_attribute("style")
+    screenshot(browser, "releases-done")
+    browser.get(up.url)
+    wait(browser).until(lambda b: all(
+        b.find_element(By.CSS_SELECTOR, f"#row-{d} .version").text == RELEASE for d in device_ids()))
+
+
+def test_read_only_role_sees_no_controls_and_a_forged_change_is_refused(browser, up):
+    logged_in(browser, up, "listener")
+    wait(browser).until(EC.presence_of_element_located((By.ID, f"row-{device_ids()[0]}")))
+    assert "read only" in browser.find_element(By.ID, "who").text
+    assert not browser.find_elements(By.ID, "cfg-form")
+    assert not browser.find_elements(By.ID, "range-form")
+    browser.get(up.url + "releases")
+    wait(browser).until(lambda b: "may not publish" in b.find_element(By.ID, "release-msg").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, "button.publish")
+    screenshot(browser, "read-only")
+    # The same requests the operator's page sends, forged from the listener's page:
+    # with its own session and CSRF token the server still refuses them.
+    forged = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const me = await (await fetch('/api/me')).json();
+        const post = (url, body, csrf) => fetch(url, {method: 'POST', body: JSON.stringify(body),
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}}).then(r => r.status);
+        done([await post('/api/config', {target: '*', settings: {sending_frequency: 1}}, me.csrf),
+              await post('/api/releases/publish', {version: '%s', canary: 100}, me.csrf),
+              await post('/api/alert-range', {low: 0, high: 1}, me.csrf),
+              await post('/api/config', {target: '*', settings: {sending_frequency: 1}}, 'wrong')]);
+    """ % RELEASE)
+    assert forged == [403, 403, 403, 403]
+    # And nothing changed on the devices: none wants sending_frequency 1.
+    rows = json.loads(browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('/api/fleet').then(r => r.text()).then(done);"))["rows"]
+    assert all(r["desired"].get("sending_frequency") != 1 for r in rows)
+
+
+def test_without_a_session_nothing_is_served(browser, up):
+    browser.get(up.url)
+    wait(browser).until(EC.url_contains("/login"))
+    browser.get(up.url + "api/fleet")
+    assert "log in first" in browser.page_source
