@@ -91,7 +91,7 @@ class Sessions:
         self.secret = secret
 
     def new(self, user: str) -> tuple[Session, str]:
-        s = Session(user, secrets.token_urlsafe(24), time.time() + SESSION_SECONDS)
+        s = Session(user, secrets.token_urlsafe(24), float(int(time.time()) + SESSION_SECONDS))
         body = base64.urlsafe_b64encode(json.dumps(
             {"u": s.user, "c": s.csrf, "e": int(s.expires)}).encode()).decode()
         return s, f"{body}.{self._sign(body)}"
