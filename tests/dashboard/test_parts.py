@@ -115,3 +115,26 @@ def test_config_file_and_flags(tmp_path):
     f.write_text('[dashboard]\nprot = 1\n')
     with pytest.raises(CommandError, match="unknown \\[dashboard\\] keys: prot"):
         cmd.load_config(_args(config=f))
+
+
+def test_fleet_rollup_matches_the_live_query_and_sees_late_readings(tmp_path):
+    from stanfleet.dashboard import rollup
+
+    db = FleetDB(str(tmp_path / "fleet.db"))
+    now = 1_800_000_000.0
+    db._readings.commit_batch([(d, i, iso(now - 2 * 86400 + i * 60), float(i % 7))
+                               for d in ("A", "B") for i in range(2 * 1440)], [])
+    r = rollup.FleetRollup()
+    cached = r.series(db.queries, now - 2 * 86400, now, now)
+    live = db.queries.series(None, now - 2 * 86400, now)
+    assert cached.t == live.t[:len(cached.t)] and cached.mean == live.mean[:len(cached.t)]
+    assert len(cached.t) >= 2 * 144
+    # A device that was offline sends an old reading late: after RECHECK the
+    # recent buckets are read again.
+    late = now - 3 * 3600
+    db._readings.commit_batch([("C", 1, iso(late), 100.0)], [])
+    bucket = float(int(late // 600) * 600)
+    assert 100.0 not in r.series(db.queries, now - 86400, now, now).hi
+    again = r.series(db.queries, now - 86400, now, now + rollup.RECHECK + 1)
+    assert again.hi[again.t.index(bucket)] == 100.0
+    db.close()

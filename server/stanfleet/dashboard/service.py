@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,10 +20,13 @@ from .actions import Actions
 from .auth import Sessions, load_secret
 from .fleetstate import FleetState
 from .follower import DatabasePoller, StatusFollower
+from .rollup import FleetRollup
 from .store import FleetDB
 from .web import DashboardApp
 
 log = logging.getLogger("stanfleet.dashboard")
+STOP_GRACE = 5.0  # seconds
+WARM = 7 * 86400  # the fleet chart's longest range
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Dashboard:
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self.rollup = FleetRollup()
+        self.warmed: asyncio.Task | None = None
         self.port = config.port
 
     def _options(self, role: str) -> dict:
@@ -64,6 +70,16 @@ class Dashboard:
             return {}
         return secure_options(os.path.join(sec, "services", f"{role}.json"),
                               os.path.join(sec, "certs", "ca.pem"))
+
+    def _warm(self) -> None:
+        db = FleetDB(self.config.db)
+        try:
+            now = time.time()
+            self.rollup.series(db.queries, now - WARM, now, now)
+        except Exception as e:  # only a head start: the page computes it when asked
+            log.warning("dashboard: fleet chart warm-up failed: %s", e)
+        finally:
+            db.close()
 
     @property
     def url(self) -> str:
@@ -79,7 +95,8 @@ class Dashboard:
 
             ssl_ctx = server_context(CertPaths(os.path.join(c.security_dir, "certs")))
         app = DashboardApp(self.state, self.actions, c.db, self.sessions, c.security_dir,
-                           c.devices_dir, secure_cookie=ssl_ctx is not None).app()
+                           c.devices_dir, secure_cookie=ssl_ctx is not None,
+                           rollup=self.rollup).app()
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, c.host, c.port, ssl_context=ssl_ctx)
@@ -87,11 +104,21 @@ class Dashboard:
         self.port = site._server.sockets[0].getsockname()[1]
         self._tasks = [asyncio.create_task(self.follower.run(self._stop)),
                        asyncio.create_task(self.poller.run(self._stop))]
+        # The week's fleet buckets, computed now rather than at the first page view.
+        self.warmed = asyncio.create_task(asyncio.to_thread(self._warm))
         log.info("dashboard on %s", self.url)
 
     async def stop(self) -> None:
         self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A first connect that never succeeds (no broker) does not see the stop
+        # event: give the tasks a moment to end by themselves, then cancel.
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.warmed is not None:
+            await asyncio.gather(self.warmed, return_exceptions=True)  # a thread: let it end
         await self.actions.close()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -21,6 +21,8 @@ from ..fleet.firmware_code import load
 from .actions import ActionError, Actions, release_progress
 from .auth import COOKIE, AuthError, Session, Sessions, check_password, open_session
 from .fleetstate import FleetState
+from .queries import bucket_for
+from .rollup import BUCKET, FleetRollup
 from .store import FleetDB
 
 STATIC = Path(__file__).parent / "static"
@@ -35,10 +37,12 @@ PUBLIC = ("/login", "/static/", "/healthz")
 class DashboardApp:
     def __init__(self, state: FleetState, actions: Actions, db_path: str,
                  sessions: Sessions | None, security_dir: str | None,
-                 devices_dir: str | None = None, secure_cookie: bool = True):
+                 devices_dir: str | None = None, secure_cookie: bool = True,
+                 rollup: FleetRollup | None = None):
         self.state, self.actions, self.db_path = state, actions, db_path
         self.sessions, self.security_dir = sessions, security_dir
         self.devices_dir, self.secure_cookie = devices_dir, secure_cookie
+        self.rollup = rollup or FleetRollup()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._access])
@@ -175,6 +179,8 @@ class DashboardApp:
     def _series(self, device, start, end):
         db = FleetDB(self.db_path)
         try:
+            if device is None and bucket_for(end - start)[0] >= BUCKET:
+                return self.rollup.series(db.queries, start, end)
             return db.queries.series(device, start, end)
         finally:
             db.close()

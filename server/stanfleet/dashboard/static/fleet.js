@@ -87,8 +87,9 @@ function alertRangeForm() {
 }
 
 (async () => {
+  const fleet = SF.get("/api/fleet");  // both requests at once: the table needs both
   await SF.init("Fleet");
-  const snap = await SF.get("/api/fleet");
+  const snap = await fleet;
   SF.clockSkew = snap.now - Date.now() / 1000;
   alertRange = snap.alert_range;
   snap.rows.forEach((r) => rows.set(r.device, r));
