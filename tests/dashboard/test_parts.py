@@ -138,3 +138,17 @@ def test_fleet_rollup_matches_the_live_query_and_sees_late_readings(tmp_path):
     again = r.series(db.queries, now - 86400, now, now + rollup.RECHECK + 1)
     assert again.hi[again.t.index(bucket)] == 100.0
     db.close()
+
+
+async def test_a_device_falling_silent_reaches_the_pages_without_any_new_message():
+    state = FleetState()
+    now = time.time()
+    state.on_readings({"A": (iso(now), 21.0)})
+    q = state.watch()
+    state.tick(now)
+    q.get_nowait()  # first sight
+    state.tick(now + 1)
+    assert q.empty()  # nothing moved
+    state.tick(now + 10)  # more than 3 intervals of 3 s: silent, offline
+    assert q.get_nowait() == {"A"}
+    assert state.row("A", now + 10)["connection"] == "offline"

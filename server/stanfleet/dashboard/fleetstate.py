@@ -48,6 +48,7 @@ class FleetState:
         # (stanfleet up); otherwise connection state is read from reading age.
         self._connected = connected
         self._watchers: set[asyncio.Queue] = set()
+        self._flags: dict[str, tuple] = {}  # device -> (connection, alert kinds) last shown
 
     def record(self, device: str) -> DeviceRecord:
         rec = self.devices.get(device)
@@ -83,6 +84,18 @@ class FleetState:
     def set_alert_range(self, low: float, high: float) -> None:
         self.alert_range = AlertRange(low, high)
         self.changed(set(self.devices))
+
+    def tick(self, now: float | None = None) -> None:
+        """Time alone changes a row: a device falls silent, goes offline. Called
+        after every poll; tells the pages about the rows whose flags moved."""
+        now = time.time() if now is None else now
+        moved = set()
+        for device, rec in self.devices.items():
+            flags = (self.connection(rec, now), tuple(a["kind"] for a in self.alerts(rec, now)))
+            if self._flags.get(device) != flags:
+                self._flags[device] = flags
+                moved.add(device)
+        self.changed(moved)
 
     # -- change notification ------------------------------------------------------
 

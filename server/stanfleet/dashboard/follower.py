@@ -103,6 +103,7 @@ class DatabasePoller:
             self._thread, self._read)
         self.state.on_readings(latest)
         self.state.on_desired(desired)
+        self.state.tick()
         self.polled.set()
 
     async def run(self, stop: asyncio.Event) -> None:
