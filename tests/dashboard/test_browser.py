@@ -15,6 +15,7 @@ from .conftest import DEVICES, screenshot
 
 pytest.importorskip("selenium", reason="browser tests skipped: selenium is not installed")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -96,6 +97,12 @@ def test_device_chart_renders_with_points(browser, up):
     chart = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#chart.rendered")))
     assert int(chart.get_attribute("data-points")) > 0
     assert chart.find_element(By.TAG_NAME, "canvas").size["width"] > 300
+    # Drag across the chart: the zoomed range is fetched again, in finer buckets.
+    over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
+    width = over.size["width"]
+    ActionChains(browser).move_to_element_with_offset(over, -width // 4, 0).click_and_hold() \
+        .move_by_offset(width // 2, 0).release().perform()
+    wait(browser).until(lambda b: "zoomed" in text(b, "#chart-label"))
     browser.find_element(By.CSS_SELECTOR, 'button[data-range="week"]').click()
     wait(browser).until(lambda b: "10 min buckets" in text(b, "#chart-label"))
     wait(browser).until(lambda b: "stanfleet: connected" in text(b, "#log"))
