@@ -1,7 +1,8 @@
 """`stanfleet up`: the demo fleet in one command.
 
 Starts, in this process, the streaming server with its embedded nats-server,
-the listener and the release manager's artifact server, then N simulated
+the listener, the release manager's artifact server and the fleet dashboard
+(its URL is in the banner), then N simulated
 devices (MicroPython unix port, one process each), and shows a live table:
 device, last reading and its time, firmware version, connection state.
 Ctrl-C stops everything, devices first, and leaves no process behind.

@@ -112,7 +112,8 @@ const SF = {
     if (!data.t.length) { el.innerHTML = `<p class="empty" id="${el.id}-empty">no readings in this range</p>`; return null; }
     const opts = {
       width: Math.max(320, el.clientWidth || 800), height: 240,
-      scales: { x: { time: true } },
+      // The x axis spans the range asked for, not just the buckets that have readings.
+      scales: { x: { time: true, range: () => [data.start, data.end] } },
       series: [{}, { label: "min °C", stroke: "#4a90d9" }, { label: "mean °C", stroke: "#1d2d44", width: 2 },
                { label: "max °C", stroke: "#d9534f" }],
       axes: [{}, { label: "°C" }],
