@@ -168,7 +168,7 @@ class FleetState:
 
     def rows(self, devices=None) -> list[dict]:
         now = time.time()
-        return [self.row(d, now) for d in sorted(devices or self.devices)]
+        return [self.row(d, now) for d in sorted(self.devices if devices is None else devices)]
 
 
 def _epoch(ts: str) -> float:

@@ -92,15 +92,16 @@ class DatabasePoller:
         self._db: FleetDB | None = None
         self.polled = asyncio.Event()  # set after the first complete poll
 
-    def _read(self):
+    def _read(self, known: list[str]):
         if self._db is None:
             self._db = FleetDB(self.db_path)
-        devices = sorted(set(self._db.queries.devices()) | set(self.state.devices))
+        devices = sorted(set(self._db.queries.devices()) | set(known))
         return self._db.queries.latest(devices), self._db.desired()
 
     async def poll_once(self) -> None:
+        # The device list is copied here, on the loop: the state changes only there.
         latest, desired = await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._read)
+            self._thread, self._read, list(self.state.devices))
         self.state.on_readings(latest)
         self.state.on_desired(desired)
         self.state.tick()
