@@ -152,3 +152,32 @@ async def test_a_device_falling_silent_reaches_the_pages_without_any_new_message
     state.tick(now + 10)  # more than 3 intervals of 3 s: silent, offline
     assert q.get_nowait() == {"A"}
     assert state.row("A", now + 10)["connection"] == "offline"
+
+
+def test_release_progress_counts_the_canary_and_the_failures():
+    from stanfleet.dashboard.actions import release_progress
+    from stanfleet.fleet.firmware_code import load
+
+    rollout = load("rollout")
+    ids = [f"D{i:07d}" for i in range(1, 41)]
+    chosen = [d for d in ids if rollout.selected(d, 20)]
+    assert 0 < len(chosen) < len(ids)
+    rows = []
+    for d in ids:
+        ota = {"state": "idle", "version": "", "reason": ""}
+        version = "1.0.0"
+        if d == chosen[0]:
+            version = "1.1.0"
+        elif d == chosen[1]:
+            ota = {"state": "rolled_back", "version": "1.1.0", "reason": "not healthy after 3 boots"}
+        heard = d != chosen[2]  # chosen[2] has sent no status yet
+        rows.append({"device": d, "version": version if heard else "", "ota": ota,
+                     "status_ts": "t" if heard else ""})
+    p = release_progress("1.1.0", 20, rows)
+    by = {x["device"]: x for x in p["devices"]}
+    assert by[chosen[0]]["state"] == "installed"
+    assert by[chosen[1]]["state"] == "rolled back"
+    assert by[chosen[1]]["reason"] == "not healthy after 3 boots"
+    assert by[chosen[2]]["state"] == "unknown"
+    assert p["counts"]["not selected"] == len(ids) - len(chosen)
+    assert p["installed"] == 1 and p["target"] == len(chosen)

@@ -138,7 +138,8 @@ def release_progress(version: str, rollout: int, rows: list[dict]) -> dict:
             state, reason = "unknown", "no status reported"
         else:
             state, reason = ota_state(r.get("version") or None, ota, version)
-        if state == "pending" and not rules.selected(r["device"], rollout):
+        # Who takes part follows from the ID alone, also for a device never heard from.
+        if state in ("pending", "unknown") and not rules.selected(r["device"], rollout):
             state = "not selected"
         counts[state] = counts.get(state, 0) + 1
         devices.append({"device": r["device"], "version": r.get("version", ""),
