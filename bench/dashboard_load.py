@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import ssl
 import statistics
 import sys
@@ -183,6 +184,7 @@ async def main() -> None:
             print(text, flush=True)
     finally:
         await dash.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # hundreds of MB of generated readings
 
 
 def _spki(cert_path: str) -> str:
