@@ -1,7 +1,8 @@
 """`stanfleet up`: the demo fleet in one command.
 
 Starts, in this process, the streaming server with its embedded nats-server,
-the listener and the release manager's artifact server, then N simulated
+the listener, the release manager's artifact server and the fleet dashboard
+(its URL is in the banner), then N simulated
 devices (MicroPython unix port, one process each), and shows a live table:
 device, last reading and its time, firmware version, connection state.
 Ctrl-C stops everything, devices first, and leaves no process behind.
@@ -24,6 +25,7 @@ import stat
 import sys
 from pathlib import Path
 
+from .dashboard.service import Dashboard, DashboardConfig
 from .security.roles import ROLES
 from .services import device_status
 from .services.artifacts import ArtifactServer
@@ -52,6 +54,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=4222, help="NATS client port (default: 4222)")
     p.add_argument("--artifact-port", type=int, default=8080,
                    help="artifact server port (default: 8080)")
+    p.add_argument("--dashboard-port", type=int, default=8443,
+                   help="fleet dashboard port, HTTPS unless --insecure (default: 8443; 0: any "
+                        "free port; -1: no dashboard)")
     p.add_argument("--no-sim", action="store_true", help="backend only, no simulated devices")
     p.add_argument("--cluster-id", default="test-cluster")
     p.add_argument("--plain", action="store_true",
@@ -174,6 +179,7 @@ class Fleet:
         self.server: StreamingServer | None = None
         self.listener: Listener | None = None
         self.artifacts: ArtifactServer | None = None
+        self.dashboard: Dashboard | None = None
         self.devices = None  # the simulator's fleet runner
         self.security: Security | None = None  # None: --insecure
         self._tasks: list[asyncio.Task] = []
@@ -212,6 +218,7 @@ class Fleet:
             ssl_context=None if self.security is None else self.security.ssl_context())
         await self.artifacts.start()
         self._tasks.append(asyncio.create_task(self._follow_status(url), name="status table"))
+        await self._start_dashboard(url)
         if self.device_ids:
             from .fleet.runner import FleetRunner  # the simulator needs the MicroPython unix port
 
@@ -223,6 +230,19 @@ class Fleet:
                                        ca_der=None if sec is None else sec.ca_der(),
                                        server_hostname=None if sec is None else "127.0.0.1")
             await self.devices.start()
+
+    async def _start_dashboard(self, url: str) -> None:
+        port = getattr(self.args, "dashboard_port", -1)  # absent: a caller without a dashboard
+        if port is None or port < 0:
+            return
+        self.dashboard = Dashboard(DashboardConfig(
+            nats=url, cluster_id=self.args.cluster_id,
+            security_dir=None if self.security is None else self.security.dir,
+            db=self.db_path, releases=os.path.join(self.data, "releases"),
+            devices_dir=os.path.join(self.data, "devices"), url_base=self.artifacts_url,
+            host="127.0.0.1", port=port),
+            connected=lambda: set(self.server.clients.clients) if self.server else set())
+        await self.dashboard.start()
 
     @property
     def device_ids(self) -> list[str]:
@@ -246,6 +266,11 @@ class Fleet:
         url = self.server.nats_url
         lines = [f"nats {url}, artifacts {self.artifacts_url}/releases/, "
                  f"{len(self.device_ids)} devices"]
+        if self.dashboard is not None:
+            login = "" if self.security is None else (
+                f" (log in as operator or listener: passwords in "
+                f"{self.security.service_creds('ROLE')})")
+            lines.append(f"dashboard {self.dashboard.url}{login}")
         if self.security is None:
             lines.append("INSECURE: plaintext, no credentials (--insecure)")
             lines.append(f"commands: --nats {url}")
@@ -267,6 +292,8 @@ class Fleet:
         self._stopping.set()
         if self.devices is not None:
             await self.devices.stop()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.listener is not None:
             await self.listener.stop()
             # Let it close its STAN session while the server is still up.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 
@@ -20,10 +19,17 @@ from .artifacts import ArtifactServer
 from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments
 from .configmgr import ConfigStore
 from .connection import open_session
-from .releases import ReleaseDir, check_version, fleet_state, publish, version_key
+from .releases import (
+    ReleaseDir,
+    check_version,
+    fleet_state,
+    publish,
+    rollouts,
+    save_rollout,
+    version_key,
+)
 
 DEFAULT_RELEASES = "stanfleet-data/releases"
-ROLLOUTS = "rollouts.json"  # version -> percentage published last
 
 
 SIGNING_HELP = f"""\
@@ -160,21 +166,6 @@ def _build(args) -> int:
     return 0
 
 
-def _rollouts(releases: str) -> dict:
-    try:
-        with open(os.path.join(releases, ROLLOUTS)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_rollout(releases: str, version: str, pct: int) -> None:
-    data = _rollouts(releases)
-    data[version] = pct
-    with open(os.path.join(releases, ROLLOUTS), "w") as f:
-        json.dump(data, f)
-
-
 def _signed(path: str) -> str:
     try:
         return "signed" if is_signed(path) else "unsigned"
@@ -209,7 +200,7 @@ async def _announce(args, version: str, pct: int) -> int:
     finally:
         await sc.close()
         await nc.close()
-    _save_rollout(args.releases, version, pct)
+    save_rollout(args.releases, version, pct)
     who = "all devices" if pct >= 100 else f"{pct}% of devices (canary)"
     print(f"{version} published to {who}: {artifact.size} bytes, sha256 {artifact.sha256}, "
           f"{_signed(artifact.path)}")
@@ -222,7 +213,7 @@ def _publish(args):
 
 def _promote(args):
     version = check_version(args.version)
-    if version not in _rollouts(args.releases):
+    if version not in rollouts(args.releases):
         raise CommandError(f"{version} was never published; publish it first")
     return _announce(args, version, 100)
 
@@ -232,7 +223,7 @@ async def _status(args) -> int:
     version = check_version(args.version) if args.version else (releases.versions() or [None])[-1]
     if args.version and version not in releases.versions():
         raise CommandError(f"no artifact for {version} in {args.releases}")
-    pct = _rollouts(args.releases).get(version, 100) if version else 100
+    pct = rollouts(args.releases).get(version, 100) if version else 100
     store = ConfigStore(args.db)
     try:
         devices = store.known_devices()

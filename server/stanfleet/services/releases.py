@@ -30,6 +30,7 @@ from .configmgr import last_status
 from .device_status import OtaReport
 
 RELEASES_CHANNEL = "devices.releases"
+ROLLOUTS = "rollouts.json"  # in the releases directory: version -> percentage published last
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -72,6 +73,25 @@ class ReleaseDir:
             return []
         names = [n[:-4] for n in os.listdir(self.path) if n.endswith(".bin")]
         return sorted((v for v in names if VERSION.match(v)), key=version_key)
+
+
+def rollouts(releases_dir: str) -> dict:
+    """version -> the percentage it was last published to (release status, promote)."""
+    try:
+        with open(os.path.join(releases_dir, ROLLOUTS)) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_rollout(releases_dir: str, version: str, pct: int) -> None:
+    data = rollouts(releases_dir)
+    data[version] = pct
+    tmp = os.path.join(releases_dir, ROLLOUTS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, os.path.join(releases_dir, ROLLOUTS))
 
 
 def version_key(version: str) -> tuple:
@@ -118,14 +138,14 @@ async def fleet_state(sc: Client, devices: list[str], version: str | None,
         if st.rejected:
             out.append(DeviceState(device, None, "invalid status", st.rejected))
             continue
-        state, reason = _ota_state(st.version, st.ota, version)
+        state, reason = ota_state(st.version, st.ota, version)
         if state == "pending" and not rules.selected(device, rollout):
             state = "not selected"
         out.append(DeviceState(device, st.version, state, reason, st.ts))
     return out
 
 
-def _ota_state(running: str | None, ota: OtaReport, version: str | None) -> tuple[str, str]:
+def ota_state(running: str | None, ota: OtaReport, version: str | None) -> tuple[str, str]:
     if version is None:
         return ota.state, ota.reason
     if running == version:
