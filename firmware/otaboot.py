@@ -5,6 +5,13 @@
 #
 # Every write goes to a new file that is then renamed over ota.json, so a
 # power cut leaves either the old state or the new one, never half of one.
+#
+# A board image may carry the app frozen (firmware/manifest.py; its
+# frozen_app module names the version). Frozen code runs from flash, so it
+# is the app to run whenever it is the newest the board has: at first boot,
+# and after an image update (ota.json "app": "frozen"). A bundle installed
+# over the air is newer: its slot goes first on sys.path, where its modules
+# shadow every frozen one, and ota.json says "app": "slot" once it is good.
 
 import json
 import os
@@ -14,8 +21,19 @@ STATE = "ota.json"
 SLOTS = ("a", "b")
 MAX_TRIAL_BOOTS = 3
 
-# Set by select(): {"slot": "a", "dir": "slots/a", "version": "1.0.0", "trial": False}
+# Set by select(): {"slot": "a", "dir": "slots/a", "version": "1.0.0", "trial": False,
+# "frozen": False}; with the frozen app, "dir" is None and "version" the image's app.
 current = None
+
+
+def frozen_version():
+    """The version of the app frozen into this image, or None."""
+    try:
+        import frozen_app
+
+        return frozen_app.VERSION
+    except ImportError:
+        return None
 
 
 def _read():
@@ -67,6 +85,7 @@ def select():
             st["trial"] = None
             trial = None
         _write(st)
+    frozen = frozen_version()
     if trial:
         slot, is_trial = trial["slot"], True
     else:
@@ -74,15 +93,24 @@ def select():
         if slot not in SLOTS or version_of(slot) is None:
             # Unknown or broken active slot: run whichever slot is complete.
             good = [s for s in SLOTS if version_of(s) is not None]
-            if not good:
+            if not good and frozen is None:
                 raise OSError("no bootable slot")
-            slot = st["active"] = good[0]
-            _write(st)
-    d = slot_dir(slot)
-    if d not in sys.path:
-        sys.path.insert(0, d)
-    current = {"slot": slot, "dir": d, "version": version_of(slot), "trial": is_trial}
-    print("stanfleet: boot slot=%s version=%s trial=%s" % (slot, current["version"], is_trial))
+            slot = good[0] if good else None
+            if st.get("active") != slot:
+                st["active"] = slot
+                _write(st)
+    # An image on trial runs its own frozen app: that is what is being tried.
+    if frozen is not None and not is_trial and (
+            slot is None or st.get("app") != "slot" or st.get("image_trial")):
+        current = {"slot": slot, "dir": None, "version": frozen, "trial": False, "frozen": True}
+    else:
+        d = slot_dir(slot)
+        if d not in sys.path:
+            sys.path.insert(0, d)
+        current = {"slot": slot, "dir": d, "version": version_of(slot), "trial": is_trial,
+                   "frozen": False}
+    print("stanfleet: boot slot=%s version=%s trial=%s frozen=%s"
+          % (slot, current["version"], is_trial, current["frozen"]))
     return current
 
 
@@ -96,6 +124,7 @@ def mark_good():
         return False
     st = _read()
     st["active"] = current["slot"]
+    st["app"] = "slot"  # newer than the frozen app: it shadows it from now on
     st["trial"] = None
     st["last"] = {"state": "installed", "version": current["version"], "reason": ""}
     _write(st)

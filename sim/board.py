@@ -33,6 +33,8 @@ def _trace_heap():
     import time
 
     gc.threshold(4096)
+    gc.collect()
+    print("[heap] total=%d" % (gc.mem_free() + gc.mem_alloc()))
 
     def sample():
         peak = 0

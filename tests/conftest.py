@@ -7,6 +7,8 @@ import pytest
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.streaming import ServerOptions, StreamingServer
 
+from .pg import make_postgres_server, pg_url, postgres_server  # noqa: F401  (a real PostgreSQL)
+
 
 @pytest.fixture
 def broker(tmp_path):

@@ -13,18 +13,24 @@ PACKAGE = Path(__file__).resolve().parent.parent / "server" / "stanfleet"
 # folder (or top-level module) -> what it may import; the README's Layout map.
 ALLOWED = {
     "defaults": set(), "errors": set(), "signals": set(), "pb": set(),
+    # what every long-running process shares: deployment config, logs, endpoints, signals
+    "ops": {"defaults", "errors", "signals"},
     "broker": {"signals", "errors", "defaults"},
     "security": {"broker", "defaults", "errors"},
     "client": {"pb", "defaults"},
-    "streaming": {"pb", "broker", "security", "defaults", "errors", "signals"},
+    "streaming": {"pb", "broker", "security", "ops", "defaults", "errors", "signals"},
     "fleet": {"security", "defaults", "errors", "signals"},
     # services use the STAN client, never the server's internals but its
     # duration syntax (streaming.limits), shared so both read "30s" alike
-    "services": {"client", "fleet", "security", "streaming.limits", "defaults", "errors",
+    "services": {"client", "fleet", "security", "streaming.limits", "ops", "defaults", "errors",
                  "signals"},
+    # the dashboard reads and changes the fleet through the services' own code
+    "dashboard": {"client", "fleet", "security", "services", "defaults", "errors", "signals"},
     "cli": {"errors"},
-    "up": {"broker", "client", "fleet", "security", "services", "streaming", "defaults",
-           "errors", "signals"},
+    # `stanfleet deploy check`: reaches every dependency a site's config names
+    "deploy": {"ops", "services", "defaults", "errors", "signals"},
+    "up": {"broker", "client", "fleet", "security", "services", "dashboard", "streaming", "ops",
+           "defaults", "errors", "signals"},
 }
 LONG = 400  # lines; longer needs a "Long because" line in the module docstring
 

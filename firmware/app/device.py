@@ -28,8 +28,9 @@ from app.buffer import Buffer
 RETRY_MIN_MS = 500
 RETRY_MAX_MS = 30000
 MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
-# The OTA code (app.ota, bundle, http_get, rollout, ed25519) is imported when
-# the first release arrives, not at boot: a device that never sees a release
+# The OTA code (app.ota, bundle, http_get, ed25519) is imported when the
+# first release to install arrives, not at boot nor for a release that is
+# only acked (app.release decides that): a device that never sees a release
 # keeps about 10 KB more heap. It is never unloaded: unloading and reloading
 # ~10 KB of code around long-lived objects fragmented the heap until a 2 KB
 # buffer could not be had with 26 KB free.
@@ -50,6 +51,14 @@ def parse_nats_url(url):
     return tls, host, int(port)
 
 
+def _reading(secs, centi):
+    """The JSON payload of a buffered reading (docs: {"ts": ..., "temp": 21.37})."""
+    sign = "-" if centi < 0 else ""
+    centi = abs(centi)
+    return ('{"ts": "%s", "temp": %s%d.%02d}'
+            % (system.iso(secs), sign, centi // 100, centi % 100)).encode()
+
+
 async def _backoff(delay):
     from random import getrandbits
 
@@ -65,6 +74,11 @@ class Device:
         self.client_id = "device-" + self.id
         self.settings = settings_mod.load_settings(cfg, log)
         self.buf = Buffer(max(2, int(cfg.get("buffer_size", 120))))
+        # Readings' guids: this boot's prefix and a number kept in the buffer.
+        from random import getrandbits
+
+        self._guid_pfx = "%08xr" % getrandbits(32)
+        self._guid_n = 0
         st = otaboot.state()
         last = st.get("last")
         self.image = st.get("image")  # MicroPython image version, when one was installed
@@ -126,9 +140,9 @@ class Device:
         nxt = time.ticks_ms()
         dropped = 0
         while True:
-            ts = system.iso_now()
+            secs = int(time.time())  # a float on the unix port
             t = await sensor.read()
-            self.buf.push(('{"ts": "%s", "temp": %.2f}' % (ts, t)).encode())
+            self.buf.push(secs, int(round(t * 100)))
             if not self.online:
                 log("stanfleet: offline buffered=%d" % len(self.buf))
             if self.buf.dropped != dropped:
@@ -159,12 +173,16 @@ class Device:
                 buf.ev.clear()
                 await buf.ev.wait()
                 continue
-            if item[1] is None:
+            secs, centi, g = item
+            if not g:
                 # One guid per reading across retries: the server stores it once.
-                item[1] = self.sc.new_guid()
-            buf.sending = item
+                self._guid_n += 1
+                g = self._guid_n
+                buf.set_guid(g)
+            buf.sending = True
             try:
-                await self.sc.publish(channel, item[0], item[1])
+                await self.sc.publish(channel, _reading(secs, centi),
+                                      "%s%x" % (self._guid_pfx, g))
             except stan.StanError as e:
                 log("stanfleet: reading refused error=%s" % e)
                 # Only a refusal that can never change drops the reading; a
@@ -172,17 +190,17 @@ class Device:
                 if _permanent(str(e)):
                     errors += 1
                     if errors >= MAX_SEND_ERRORS:
-                        buf.sent(item)
+                        buf.sent()
                         buf.dropped += 1
                         errors = 0
                 delay = await _backoff(delay)
                 continue
             except Exception as e:  # noqa: BLE001 - timeout or link down: keep it, retry
-                buf.sending = None
+                buf.sending = False
                 log("stanfleet: reading not acked yet buffered=%d error=%r" % (len(buf), e))
                 delay = await _backoff(delay)
                 continue
-            buf.sent(item)
+            buf.sent()
             errors = 0
             delay = RETRY_MIN_MS
             if buf.dropped != reported:
@@ -214,18 +232,20 @@ class Device:
     # ---- releases ------------------------------------------------------------------
 
     async def _on_release(self, msg):
-        from app import ota
+        from app import release
 
-        await self._release(ota.Ota(self.id, self.cfg), msg)
-
-    async def _release(self, ota, msg):
-        rel, why = ota.decide(msg.data)
+        rel, why = release.decide(self.id, msg.data)
         if rel is None:
             log("stanfleet: release acked seq=%d %s" % (msg.sequence, why))
             if why.startswith("rejected"):
                 self.set_ota("rejected", None, why)
             await self.sc.ack(msg)
             return
+        from app import ota
+
+        await self._install(ota.Ota(self.id, self.cfg), rel)
+
+    async def _install(self, ota, rel):
         v = rel["version"]
         self.set_ota("downloading", v)
         try:
@@ -334,6 +354,9 @@ class Device:
         if image.running_label() == trial["label"]:
             image.mark_valid()
             otaboot.put("image", trial["version"])
+            if otaboot.current["frozen"]:
+                # The new image's frozen app runs instead of an older slot's bundle.
+                otaboot.put("app", "frozen")
             self.image = trial["version"]
             self.ota_state = {"state": "installed", "version": trial["version"], "reason": ""}
             log("stanfleet: image healthy version=%s" % trial["version"])

@@ -1,4 +1,5 @@
 # Releases: install a new application bundle over the air (docs/device.md).
+# Whether a release is to be installed at all is app/release.py's call.
 #
 # A release message is acked only when it needs nothing more from this
 # device: installed (seen again after the reboot into it), not newer than
@@ -15,44 +16,13 @@
 # not signed: they only catch a broken download. A release_key that is not a
 # valid key fails every install (it never falls back to unsigned).
 
-import json
+import gc
 import os
 import time
 
 import bundle
 import http_get
 import otaboot
-import rollout
-
-
-class Rejected(Exception):
-    """The release can never be installed here: ack it and report why."""
-
-
-def version_tuple(v):
-    try:
-        t = tuple(int(p) for p in v.split("."))
-    except (AttributeError, ValueError):
-        raise Rejected("bad version %r" % (v,))
-    if len(t) != 3:
-        raise Rejected("bad version %r" % (v,))
-    return t
-
-
-def parse(data):
-    try:
-        rel = json.loads(data)
-    except ValueError:
-        raise Rejected("release is not JSON")
-    if not isinstance(rel, dict):
-        raise Rejected("release is not a JSON object")
-    for key, kind in (("version", str), ("url", str), ("size", int), ("sha256", str)):
-        if not isinstance(rel.get(key), kind):
-            raise Rejected("release has no valid %r" % key)
-    version_tuple(rel["version"])
-    if rel.get("kind", "bundle") not in ("bundle", "image"):
-        raise Rejected("unknown release kind %r" % (rel.get("kind"),))
-    return rel
 
 
 def _rmtree(path):
@@ -84,32 +54,6 @@ class Ota:
                 self.key = b""
             if len(self.key) != 32:
                 self.key = b""  # still set: installs fail, none goes unchecked
-
-    def decide(self, data):
-        """(release, None) to install, or (None, why) to ack without installing."""
-        try:
-            rel = parse(data)
-        except Rejected as e:
-            return None, "rejected: %s" % e
-        v = rel["version"]
-        st = otaboot.state()
-        if rel.get("kind") == "image":
-            # MicroPython itself: its version is tracked apart from the app's.
-            from hal import image
-
-            if not image.available():
-                return None, "rejected: this board has no OTA partition for an image"
-            running = st.get("image") or "0.0.0"
-        else:
-            running = otaboot.current["version"] or "0.0.0"
-        if version_tuple(v) <= version_tuple(running):
-            return None, "%s is not newer than the running %s" % (v, running)
-        last = st.get("last") or {}
-        if last.get("state") == "rolled_back" and last.get("version") == v:
-            return None, "%s was rolled back here" % v
-        if not rollout.selected(self.device_id, rel.get("rollout")):
-            return None, "not in the %s%% canary" % rel.get("rollout")
-        return rel, None
 
     def _check_sig(self, line, sig):
         # ed25519 (and sha512) load on the first signed release and stay loaded.
@@ -169,6 +113,10 @@ class Ota:
                 sig = b""
             if not self.key or not sig or not self._check_sig(stmt, sig):
                 raise image.ImageError("bad signature: the image is not signed by the release key")
+            stmt = sig = None
+            # The verify leaves kilobytes of big-integer garbage: free it before
+            # the HTTPS connection and its buffers take their place in the heap.
+            gc.collect()
         stream = await self._download(rel)
         try:
             label = await image.write(stream, rel["size"], rel["sha256"])

@@ -22,7 +22,12 @@ def sync_clock(log):
 
 
 def iso_now():
-    t = time.gmtime()
+    return iso(int(time.time()))
+
+
+def iso(secs):
+    """UTC time ``secs`` (the port's epoch, as time.time()) as ISO 8601."""
+    t = time.gmtime(secs)
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (t[0], t[1], t[2], t[3], t[4], t[5])
 
 

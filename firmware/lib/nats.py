@@ -115,7 +115,6 @@ class Client:
         self._resp_prefix = None  # request/reply inbox, "<inbox_prefix>.<rand>."
         self._resp = {}  # token -> [Event, Msg]
         self._token = 0
-        self.info = {}
         self.last_error = None
         self.reconnects = 0
 
@@ -257,7 +256,9 @@ class Client:
             raise OSError("closed before INFO")
         if not line.startswith(b"INFO "):
             raise NatsError("expected INFO")
-        self.info = info = json.loads(line[5:])
+        # Not kept: only tls_required is read, and the whole INFO (server id,
+        # version, connect URLs, ...) is most of a kilobyte of heap.
+        info = json.loads(line[5:])
         c = self.cfg
         tls = c["tls"] or info.get("tls_required", False)
         if tls:

@@ -25,8 +25,10 @@ COMMANDS = {
     "readings": ("stanfleet.services.readings_cmd", "show a device's saved readings"),
     "config": ("stanfleet.services.config_cmd", "send configuration to devices, show it"),
     "release": ("stanfleet.services.release_cmd", "build, publish and follow firmware releases"),
+    "dashboard": ("stanfleet.dashboard.cmd", "the fleet in a browser: devices, charts, config, releases"),
     "sim": ("stanfleet.fleet.sim_cmd", "run simulated devices (MicroPython unix port) against a NATS server"),
     "provision": ("stanfleet.fleet.provision", "write the files for one device's flash"),
+    "deploy": ("stanfleet.deploy", "check a site's deployment config and its dependencies"),
 }
 
 
@@ -42,10 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that keep running log what they do; one-shot commands print their
 # result and log only warnings and errors.
-SERVICES = {"up", "streaming-server", "listener", "sim"}
+SERVICES = {"up", "streaming-server", "listener", "sim", "dashboard"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["streaming-server"]:
+        # The drop-in for nats-streaming-server must start fast: no other
+        # command's parser (and imports) on its way.
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return importlib.import_module("stanfleet.streaming.main").standalone_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.INFO if args.command in SERVICES else logging.WARNING

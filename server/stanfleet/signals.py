@@ -3,12 +3,13 @@ SIGTERM, and the children we start die with us."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 
-def stop_event() -> asyncio.Event:
-    """An event set by the first SIGINT or SIGTERM (call inside the running loop)."""
+def stop_event():
+    """An asyncio.Event set by the first SIGINT or SIGTERM (call inside the running loop)."""
+    import asyncio  # here: the broker's die_with_parent must not cost an asyncio import
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,7 +1,8 @@
 """`stanfleet up`: the demo fleet in one command.
 
 Starts, in this process, the streaming server with its embedded nats-server,
-the listener and the release manager's artifact server, then N simulated
+the listener, the release manager's artifact server and the fleet dashboard
+(its URL is in the banner), then N simulated
 devices (MicroPython unix port, one process each), and shows a live table:
 device, last reading and its time, firmware version, connection state.
 Ctrl-C stops everything, devices first, and leaves no process behind.
@@ -20,20 +21,30 @@ import asyncio
 import json
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 
+from .dashboard.service import Dashboard, DashboardConfig
 from .security.roles import ROLES
+from .services import device_status
 from .services.artifacts import ArtifactServer
 from .services.connection import open_session, secure_options
 from .services.listener import Listener, ListenerConfig
 from .services.readings_db import ReadingsDB
+from .services.registry import channel_of
+from .services.rejections import RejectLog, rejection
 from .signals import stop_event
 from .streaming import ServerOptions, StreamingServer
 
 log = logging.getLogger("stanfleet.up")
 REFRESH = 1.0  # seconds between redraws of the live table
 CERT_HOSTS = ["localhost", "127.0.0.1"]  # up listens on 127.0.0.1 only
+PRIVATE_UMASK = 0o077
+
+
+class FleetFailed(RuntimeError):
+    """A part of the fleet (listener, status table) stopped by itself; the cause is chained."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -43,12 +54,31 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=4222, help="NATS client port (default: 4222)")
     p.add_argument("--artifact-port", type=int, default=8080,
                    help="artifact server port (default: 8080)")
+    p.add_argument("--dashboard-port", type=int, default=8443,
+                   help="fleet dashboard port, HTTPS unless --insecure (default: 8443; 0: any "
+                        "free port; -1: no dashboard)")
     p.add_argument("--no-sim", action="store_true", help="backend only, no simulated devices")
     p.add_argument("--cluster-id", default="test-cluster")
     p.add_argument("--plain", action="store_true",
                    help="log lines instead of the live table (also when not on a terminal)")
     p.add_argument("--insecure", action="store_true",
                    help="plaintext NATS and HTTP without credentials (development only)")
+
+
+def make_private(root: str) -> int:
+    """Take group and other permissions off everything under root (left by
+    an older version, or a copy); returns how many needed it."""
+    changed = 0
+    for path in [root] + [os.path.join(d, n) for d, dirs, files in os.walk(root)
+                          for n in dirs + files]:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+            changed += 1
+    return changed
 
 
 class Security:
@@ -60,6 +90,9 @@ class Security:
         from .security.creds import Store
 
         self.dir = directory
+        # Private, also when an older version or `certs init` made it 0755.
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
         self.store = Store(directory, cluster_id=cluster_id)
         self.certs = CertPaths(self.store.certs_dir)
 
@@ -128,7 +161,8 @@ class Security:
         p = argparse.ArgumentParser()
         add_arguments(p)
         return from_args(p.parse_args(["--security-dir", self.dir, "-cid", cluster_id,
-                                       "-a", "127.0.0.1", "-p", str(port), "-dir", data_dir]))
+                                       "-a", "127.0.0.1", "-p", str(port), "-store", "file",
+                                       "-dir", data_dir]))
 
     def ssl_context(self):
         from .security.certs import server_context
@@ -145,6 +179,7 @@ class Fleet:
         self.server: StreamingServer | None = None
         self.listener: Listener | None = None
         self.artifacts: ArtifactServer | None = None
+        self.dashboard: Dashboard | None = None
         self.devices = None  # the simulator's fleet runner
         self.security: Security | None = None  # None: --insecure
         self._tasks: list[asyncio.Task] = []
@@ -152,11 +187,15 @@ class Fleet:
         # a cancel that lands while a STAN request completes can be lost (Python 3.11
         # wait_for), and the task then waited forever.
         self._stopping = asyncio.Event()
-        self.status: dict[str, dict] = {}  # device -> last status message
+        self.status: dict[str, device_status.DeviceStatus] = {}  # device -> its last status
 
     async def start(self) -> None:
         a = self.args
         os.makedirs(os.path.join(self.data, "releases"), exist_ok=True)
+        opened = await asyncio.to_thread(make_private, self.data)
+        if opened:
+            log.warning("%d files and directories under %s were readable by others; "
+                        "now private", opened, self.data)
         port = a.port if a.port > 0 else -1  # -1: nats-server picks a free port
         broker_dir = os.path.join(self.data, "broker")
         if a.insecure:
@@ -172,13 +211,14 @@ class Fleet:
         self.listener = Listener(ListenerConfig(nats_url=url, cluster_id=a.cluster_id,
                                                 name="up", db_path=self.db_path,
                                                 nats_options=self.service_options("listener")))
-        self._tasks.append(asyncio.create_task(self.listener.run()))
+        self._tasks.append(asyncio.create_task(self.listener.run(), name="listener"))
         await asyncio.wait_for(self.listener.ready.wait(), 30)
         self.artifacts = ArtifactServer(
             os.path.join(self.data, "releases"), "127.0.0.1", a.artifact_port,
             ssl_context=None if self.security is None else self.security.ssl_context())
         await self.artifacts.start()
-        self._tasks.append(asyncio.create_task(self._follow_status(url)))
+        self._tasks.append(asyncio.create_task(self._follow_status(url), name="status table"))
+        await self._start_dashboard(url)
         if self.device_ids:
             from .fleet.runner import FleetRunner  # the simulator needs the MicroPython unix port
 
@@ -190,6 +230,19 @@ class Fleet:
                                        ca_der=None if sec is None else sec.ca_der(),
                                        server_hostname=None if sec is None else "127.0.0.1")
             await self.devices.start()
+
+    async def _start_dashboard(self, url: str) -> None:
+        port = getattr(self.args, "dashboard_port", -1)  # absent: a caller without a dashboard
+        if port is None or port < 0:
+            return
+        self.dashboard = Dashboard(DashboardConfig(
+            nats=url, cluster_id=self.args.cluster_id,
+            security_dir=None if self.security is None else self.security.dir,
+            db=self.db_path, releases=os.path.join(self.data, "releases"),
+            devices_dir=os.path.join(self.data, "devices"), url_base=self.artifacts_url,
+            host="127.0.0.1", port=port),
+            connected=lambda: set(self.server.clients.clients) if self.server else set())
+        await self.dashboard.start()
 
     @property
     def device_ids(self) -> list[str]:
@@ -213,6 +266,11 @@ class Fleet:
         url = self.server.nats_url
         lines = [f"nats {url}, artifacts {self.artifacts_url}/releases/, "
                  f"{len(self.device_ids)} devices"]
+        if self.dashboard is not None:
+            login = "" if self.security is None else (
+                f" (log in as operator or listener: passwords in "
+                f"{self.security.service_creds('ROLE')})")
+            lines.append(f"dashboard {self.dashboard.url}{login}")
         if self.security is None:
             lines.append("INSECURE: plaintext, no credentials (--insecure)")
             lines.append(f"commands: --nats {url}")
@@ -234,6 +292,8 @@ class Fleet:
         self._stopping.set()
         if self.devices is not None:
             await self.devices.stop()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.listener is not None:
             await self.listener.stop()
             # Let it close its STAN session while the server is still up.
@@ -247,26 +307,34 @@ class Fleet:
         if self.server is not None:
             await self.server.stop()
 
+    def check(self) -> None:
+        """Raise FleetFailed if one of up's tasks ended by itself: a part that
+        stopped must stop the whole, loudly, not leave a table that lies."""
+        for t in self._tasks:
+            if t.done() and not self._stopping.is_set():
+                cause = None if t.cancelled() else t.exception()
+                raise FleetFailed(f"{t.get_name()} stopped") from cause
+
     async def _follow_status(self, url: str) -> None:
         """Keep the latest status of every device, discovered through the registry."""
         sc, nc = await open_session(url, self.args.cluster_id, "up-dashboard",
                                     **self.service_options("listener"))
         followed: set[str] = set()
+        refused = RejectLog(log)
+
+        async def on_status(m, device: str) -> None:
+            st = device_status.from_bytes(m.data)
+            if st.rejected:
+                refused.record(rejection(device, m.seq, m.data, f"status: {st.rejected}"))
+            self.status[device] = st
 
         async def on_channel(msg):
-            channel = json.loads(msg.data).get("channel", "")
-            parts = channel.split(".")
-            if len(parts) == 3 and parts[0] == "devices" and parts[2] == "status" \
-                    and channel not in followed:
+            channel = channel_of(msg.data) or ""
+            device = device_status.device_of(channel)
+            if device is not None and channel not in followed:
                 followed.add(channel)
-                device = parts[1]
-
-                async def on_status(m, device=device):
-                    try:
-                        self.status[device] = json.loads(m.data)
-                    except ValueError:
-                        pass
-                await sc.subscribe(channel, cb=on_status, start_at="last_received")
+                await sc.subscribe(channel, cb=lambda m, d=device: on_status(m, d),
+                                   start_at="last_received")
         try:
             await sc.subscribe("stanfleet.channels", cb=on_channel, deliver_all_available=True)
             await self._stopping.wait()
@@ -278,15 +346,15 @@ class Fleet:
         """(device, last temp, its time, version, connection state) per known device."""
         db = ReadingsDB(self.db_path)
         try:
-            latest = {d: db.readings(d)[-1:] for d in db.devices()}
+            latest = {d: db.latest(d) for d in db.devices()}
         finally:
             db.close()
         connected = set(self.server.clients.clients) if self.server else set()
         out = []
         for device in sorted(set(latest) | set(self.status)):
-            last = latest.get(device) or [(None, "-", None)]
-            _, ts, temp = last[0]
-            version = self.status.get(device, {}).get("version", "-")
+            _, ts, temp = latest.get(device) or (None, "-", None)
+            st = self.status.get(device)
+            version = "-" if st is None else "invalid" if st.rejected else st.version or "-"
             state = "online" if f"device-{device}" in connected else "offline"
             out.append((device, "-" if temp is None else f"{temp:.2f}", ts, version, state))
         return out
@@ -305,6 +373,10 @@ def render(rows: list[tuple], out, banner: list[str] = ()) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Everything up writes (database, logs, broker store, credentials) is its
+    # owner's alone: files 0600, directories 0700 (docs/security-design.md).
+    os.umask(PRIVATE_UMASK)
+
     async def main() -> None:
         fleet = Fleet(args)
         stop = stop_event()
@@ -315,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
             if not live:
                 print("fleet up: " + "\n  ".join(banner), flush=True)
             while not stop.is_set():
+                fleet.check()
                 if live:
                     render(fleet.rows(), sys.stdout, banner)
                 try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -152,6 +153,10 @@ async def make_fleet(stan_server, releases, tmp_path):
 
     async def start(*ids: str, config: dict | None = None, **kwargs) -> FleetRunner:
         extra = dict(config or {})
+        # STANFLEET_SIM_MICROPYTHON=PATH runs these tests on another build, e.g.
+        # the frozen 32-bit one of bench/mpbuild.py (docs/device.md "Board image").
+        if os.environ.get("STANFLEET_SIM_MICROPYTHON"):
+            kwargs.setdefault("micropython", os.environ["STANFLEET_SIM_MICROPYTHON"])
         fleet = FleetRunner(stan_server.nats_url, stan_server.cluster_id, tmp_path / "fleet",
                             ids=list(ids), releases_dir=releases, factory_version=FACTORY,
                             credentials=lambda _id: dict(extra), **kwargs)

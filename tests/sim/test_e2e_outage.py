@@ -24,7 +24,7 @@ def epoch(ts: str) -> int:
 
 async def test_broker_down_and_back_loses_no_reading(tmp_path, releases):
     port = free_port()
-    args = ("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "broker"))
+    args = ("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "broker"))
     server = await ServerProcess(*args).start()
     url = f"nats://127.0.0.1:{port}"
     fleet = FleetRunner(url, "test-cluster", tmp_path / "fleet", ids=[DEV],

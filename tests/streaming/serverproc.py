@@ -19,8 +19,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, log_path: str | None = None, ready_line: str = READY_LINE):
+    def __init__(self, *args: str, log_path: str | None = None, cwd: str | None = None,
+                 ready_line: str = READY_LINE):
         self.args = args
+        self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self.log_path = log_path
@@ -34,7 +36,7 @@ class ServerProcess:
         self._ready = asyncio.Event()
         self.proc = await asyncio.create_subprocess_exec(
             exe, "streaming-server", *self.args, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            stderr=asyncio.subprocess.STDOUT, cwd=self.cwd)
         self._reader = asyncio.create_task(self._read(self.proc))
         done = asyncio.create_task(self.proc.wait())
         ready = asyncio.create_task(self._ready.wait())

@@ -58,7 +58,7 @@ async def _exercise_restart(url: str, start, kill):
 
 
 async def test_restart_with_external_nats_keeps_clients_and_durables(broker, tmp_path):
-    proc = ServerProcess("-ns", broker.url, "-dir", str(tmp_path / "d"),
+    proc = ServerProcess("-ns", broker.url, "-store", "file", "-dir", str(tmp_path / "d"),
                          log_path=str(tmp_path / "server.log"))
     await proc.start()
     try:
@@ -69,7 +69,7 @@ async def test_restart_with_external_nats_keeps_clients_and_durables(broker, tmp
 
 async def test_restart_with_embedded_nats_keeps_clients_and_durables(tmp_path):
     port = free_port()
-    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "d"),
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"),
                          log_path=str(tmp_path / "server.log"))
     await proc.start()
     try:
@@ -80,7 +80,7 @@ async def test_restart_with_embedded_nats_keeps_clients_and_durables(tmp_path):
 
 async def test_sigterm_exits_cleanly_and_stops_the_embedded_nats(tmp_path):
     port = free_port()
-    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "d"),
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"),
                          log_path=str(tmp_path / "server.log"))
     await proc.start()
     url = f"nats://127.0.0.1:{port}"
@@ -119,7 +119,7 @@ async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(t
     from stanfleet.client import Client
 
     port = free_port()
-    args = ("-a", "127.0.0.1", "-p", str(port), "-dir", str(tmp_path / "d"))
+    args = ("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"))
     proc = ServerProcess(*args, log_path=str(tmp_path / "server.log"))
     await proc.start()
     try:
@@ -132,17 +132,17 @@ async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(t
                                 reconnect_time_wait=0.1)
         sc = Client()
         await sc.connect("test-cluster", "burst", nats=nc)
-        ok = 0
+        acked: set[str] = set()
         answered = asyncio.Event()
         first_ack = asyncio.Event()
-        total = 20000
+        total = 5000
         seen = 0
 
         async def on_ack(ack):
-            nonlocal ok, seen
+            nonlocal seen
             seen += 1
             if not getattr(ack, "error", "") and not isinstance(ack, Exception):
-                ok += 1
+                acked.add(ack.guid)
             first_ack.set()
             if seen == total:
                 answered.set()
@@ -152,17 +152,21 @@ async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(t
             proc.proc.send_signal(signal.SIGTERM)
         stopper = asyncio.create_task(stop_mid_burst())
         for i in range(total):
-            await sc.publish("burst", b"%d" % i, ack_handler=on_ack, ack_wait=3)
+            await sc.publish("burst", b"%d" % i, ack_handler=on_ack, ack_wait=10)
         await stopper
         assert await proc.proc.wait() == 0
-        await asyncio.wait_for(answered.wait(), 30)  # every publish resolved: ack or timeout
-        await proc.start()  # count what was stored
+        await asyncio.wait_for(answered.wait(), 40)  # every publish resolved: ack or timeout
+        await proc.start()  # look at what was stored
         js = nc.jsm()
-        info = await js.stream_info(Subjects("test-cluster").stream_for("burst"))
-        # Stored exactly what was acknowledged: whatever reached the server before
-        # it stopped listening was stored *and* answered; the rest timed out at
-        # the client, unstored, for it to publish again.
-        assert ok > 0 and info.state.messages == ok
+        stream = Subjects("test-cluster").stream_for("burst")
+        info = await js.stream_info(stream)
+        stored = [(await js.get_msg(stream, seq)).headers["Nats-Msg-Id"]
+                  for seq in range(1, info.state.last_seq + 1)]
+        # Nothing acknowledged is lost, and nothing is stored twice. A message
+        # stored after its publisher gave up waiting (a loaded machine) is
+        # allowed: the publisher's retry carries the same guid and is deduplicated.
+        assert acked and acked <= set(stored)
+        assert len(stored) == len(set(stored))
         await nc.close()
     finally:
         await proc.stop()

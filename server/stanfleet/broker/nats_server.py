@@ -22,6 +22,7 @@ from pathlib import Path
 from ..signals import die_with_parent
 
 DEFAULT_START_TIMEOUT = 15.0
+DEFAULT_READY_POLL = 0.005  # the ports file has no event; start-up time is what we poll for
 
 
 class BrokerError(RuntimeError):
@@ -51,6 +52,7 @@ class BrokerConfig:
     # Clustering: nodes name the same cluster and list each other's route URLs.
     cluster_name: str | None = None
     cluster_port: int | None = None
+    cluster_host: str | None = None  # the route listener's host; None: `host`
     routes: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     log_file: str | None = None
@@ -66,6 +68,8 @@ class BrokerConfig:
     pid_file: str | None = None  # where nats-server writes its pid, for `--signal reload`
     js_max_file_store: str | None = "64TB"
     js_max_memory_store: str | None = "64TB"
+    js_extra: str = ""  # more settings in the jetstream block (cipher, key, sync_interval)
+    extra_config: str = ""  # more configuration text (NATS settings of a streaming config)
 
 
 class Broker:
@@ -99,7 +103,7 @@ class Broker:
             args += ["-P", cfg.pid_file]
         if cfg.cluster_port is not None:
             args += ["--cluster_name", cfg.cluster_name or "stanfleet",
-                     "--cluster", f"nats://{cfg.host}:{cfg.cluster_port}"]
+                     "--cluster", f"nats://{cfg.cluster_host or cfg.host}:{cfg.cluster_port}"]
             if cfg.routes:
                 args += ["--routes", ",".join(cfg.routes)]
         args += cfg.extra_args
@@ -155,7 +159,11 @@ class Broker:
                 js.append(f"max_file_store: {cfg.js_max_file_store}")
             if cfg.js_max_memory_store:
                 js.append(f"max_memory_store: {cfg.js_max_memory_store}")
+            if cfg.js_extra:
+                js.append(cfg.js_extra)
             lines.append("jetstream {" + ", ".join(js) + "}")
+        if cfg.extra_config:
+            lines.append(cfg.extra_config)
         path = os.path.join(self._ports_dir, "stanfleet-nats.conf")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -174,14 +182,14 @@ class Broker:
                 with open(ports_file) as f:
                     ports = json.load(f)
             except (FileNotFoundError, ValueError):
-                time.sleep(0.02)
+                time.sleep(DEFAULT_READY_POLL)
                 continue
             self.port = _port_of(ports.get("nats") or ports.get("client") or [])
             if ports.get("monitoring"):
                 self.monitor_port = _port_of(ports["monitoring"])
             if self.port:
                 return
-            time.sleep(0.02)
+            time.sleep(DEFAULT_READY_POLL)
         raise BrokerError(f"nats-server did not report its ports within {timeout:.0f}s")
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from .proxy import NetworkProxy
 
 RECENT_LINES = 200  # per device, kept in memory for error messages and expect()
+LOG_MODE = 0o600
 
 # machine.reset_cause() values (sim/machine.py, as on the ESP32), passed to the
 # next boot in SIM_RESET_CAUSE so the firmware sees why it started.
@@ -44,6 +45,13 @@ class Device:
     @property
     def log_path(self) -> Path:
         return self.dir / "log"
+
+    def open_log(self) -> None:
+        """Append to the log, readable by its owner only (0600, also a log an
+        older version left open to all): it shows what the device printed."""
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+        os.fchmod(fd, LOG_MODE)
+        self._log = open(fd, "a", encoding="utf-8", errors="replace")
 
     @property
     def running(self) -> bool:

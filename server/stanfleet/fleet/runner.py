@@ -142,8 +142,9 @@ class FleetRunner:
         await proxy.start()
         dev = Device(device_id, self.data_dir / "devices" / device_id, proxy)
         self.devices[device_id] = dev
-        dev.dir.mkdir(parents=True, exist_ok=True)
-        dev._log = open(dev.log_path, "a", encoding="utf-8", errors="replace")
+        # The device's directory holds its log and its flash (credentials): 0700.
+        dev.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dev.open_log()
         await self._prepare_flash(dev)
         self._supervisors.append(asyncio.create_task(self._supervise(dev),
                                                      name=f"sim-{device_id}"))

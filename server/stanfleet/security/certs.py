@@ -65,7 +65,12 @@ def init(directory: str, hosts: list[str], force: bool = False) -> CertPaths:
     if os.path.exists(paths.ca_key) and not force:
         raise CommandError(f"a CA already exists in {directory} (use --force to replace it: "
                            "every device then needs the new CA)")
-    os.makedirs(directory, exist_ok=True)
+    # The CA key lives here, and by default in the security directory, which
+    # this may be the first to create: both private (0700).
+    parent = os.path.dirname(os.path.abspath(directory))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = _key()
     ca = (x509.CertificateBuilder()

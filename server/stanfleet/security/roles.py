@@ -17,6 +17,9 @@ ROLES = {
     "listener": ((), ("devices.*.events", "devices.*.status", "stanfleet.channels")),
     "config-manager": (("devices.*.cfg",), ("devices.*.status", "stanfleet.channels")),
     "release-manager": (("devices.releases",), ("devices.*.status", "stanfleet.channels")),
+    # A person at the dashboard who changes config and releases (and sees everything).
+    "operator": (("devices.*.cfg", "devices.releases"),
+                 ("devices.*.status", "stanfleet.channels")),
     ADMIN: (ANY, ANY),
 }
 

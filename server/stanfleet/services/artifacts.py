@@ -1,8 +1,9 @@
 """The artifact server: firmware bundles over HTTP for devices to download.
 
-Only `GET`/`HEAD /releases/<version>.bin` exist; everything else is a 404.
-Devices verify size and sha256 from the release message, so a damaged or
-truncated download is caught on the device.
+Only `GET`/`HEAD /releases/<version>.bin` exist, beside the operator's
+/healthz, /readyz (the releases folder is readable) and /metrics; everything
+else is a 404. Devices verify size and sha256 from the release message, so a
+damaged or truncated download is caught on the device.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import os
 import re
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from ..ops.endpoints import add_routes
 
 log = logging.getLogger("stanfleet.artifacts")
 NAME = re.compile(r"^\d+\.\d+\.\d+\.bin$")
@@ -23,10 +27,22 @@ class ArtifactServer:
         self.releases_dir = releases_dir
         self.host, self.port, self.ssl = host, port, ssl_context
         self._runner: web.AppRunner | None = None
+        self.registry = CollectorRegistry()
+        self.downloads = Counter("stanfleet_artifacts_downloads", "artifacts served",
+                                 registry=self.registry)
+        self.not_found = Counter("stanfleet_artifacts_not_found", "requests for no artifact",
+                                 registry=self.registry)
+
+    def not_ready(self) -> str:
+        """"" while the releases folder can be served from, else why not."""
+        if not os.path.isdir(self.releases_dir) or not os.access(self.releases_dir, os.R_OK):
+            return f"releases folder {self.releases_dir} is missing or unreadable"
+        return ""
 
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/releases/{name}", self._serve)
+        add_routes(app, self.registry, self.not_ready)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
@@ -45,6 +61,8 @@ class ArtifactServer:
         name = request.match_info["name"]
         path = os.path.join(self.releases_dir, name)
         if not NAME.match(name) or not os.path.isfile(path):
+            self.not_found.inc()
             raise web.HTTPNotFound(text=f"no artifact {name}\n")
+        self.downloads.inc()
         log.info("artifact %s requested by %s", name, request.remote)
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})

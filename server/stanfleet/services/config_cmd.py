@@ -10,7 +10,8 @@ import sys
 from ..client import Client
 from ..client.errors import StanError
 from ..errors import CommandError
-from .commands import DEFAULT_DB, add_connection_arguments, connection_options
+from . import settings
+from .commands import DEFAULT_DB, add_connection_arguments
 from .configmgr import ConfigStore, last_status, parse_settings, send
 from .connection import open_session
 
@@ -27,17 +28,23 @@ def configure(p: argparse.ArgumentParser) -> None:
     sh = sub.add_parser("show", help="desired next to applied config, per device")
     sh.add_argument("target", nargs="?", help="device ID (default: all known devices)")
     for sp in (s, sh):
-        add_connection_arguments(sp, "config-manager")
-        sp.add_argument("--db", default=DEFAULT_DB, help="fleet database (default: %(default)s)")
+        settings.add_config_argument(sp)
+        add_connection_arguments(sp, "config-manager", configurable=True)
+        sp.add_argument("--db", default=None, help="fleet database, a SQLite file or a "
+                        f"postgresql:// URL (default: database.url, else {DEFAULT_DB})")
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = settings.load(args)
+    args.db = settings.pick(args.db, cfg.database.url if cfg else None, DEFAULT_DB)
+    args.connection = settings.connection(args, "config-manager", cfg)
     return asyncio.run(_set(args) if args.action == "set" else _show(args))
 
 
 async def _connect(args) -> tuple[Client, object]:
-    return await open_session(args.nats, args.cluster_id, f"config-manager-{os.getpid()}",
-                              once=True, **connection_options(args))
+    conn = args.connection
+    return await open_session(conn.urls, conn.cluster_id, f"config-manager-{os.getpid()}",
+                              once=True, **conn.nats_options())
 
 
 async def _set(args) -> int:
@@ -47,7 +54,7 @@ async def _set(args) -> int:
             args.target = None
     elif not args.target or "=" in args.target:
         raise CommandError("give a device ID or --all before the settings")
-    settings = parse_settings(args.settings)
+    wanted = parse_settings(args.settings)
     store = ConfigStore(args.db)
     try:
         known = store.known_devices()
@@ -65,13 +72,13 @@ async def _set(args) -> int:
         try:
             for device in devices:
                 try:
-                    await send(sc, device, settings)
+                    await send(sc, device, wanted)
                 except (StanError, asyncio.TimeoutError) as e:
                     failed += 1
                     print(f"stanfleet: {device}: not sent: {e}", file=sys.stderr)
                     continue
-                store.record(device, settings)
-                shown = " ".join(f"{k}={v}" for k, v in settings.items())
+                store.record(device, wanted)
+                shown = " ".join(f"{k}={v}" for k, v in wanted.items())
                 print(f"{device}: {shown} sent")
         finally:
             await sc.close()
@@ -98,12 +105,14 @@ async def _show(args) -> int:
         await nc.close()
     print(f"{'device':<12} {'key':<20} {'desired':>10} {'applied':>10}  state")
     for device, status in zip(devices, statuses):
-        applied = (status or {}).get("config") or {}
+        applied = status.config if status is not None else {}
         keys = sorted(set(desired[device]) | set(applied)) or ["-"]
         for key in keys:
             want, have = desired[device].get(key, "-"), applied.get(key, "-")
             if status is None:
                 state = "never reported"
+            elif status.rejected:
+                state = f"INVALID STATUS: {status.rejected}"
             elif key in desired[device] and want != have:
                 state = "NOT APPLIED"
             else:

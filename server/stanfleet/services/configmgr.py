@@ -12,26 +12,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import sqlite3
 
 from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
+from . import device_status
+from .readings_store import is_postgres, open_store
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS desired_config (
-    device  TEXT NOT NULL,
-    key     TEXT NOT NULL,
-    value   TEXT NOT NULL,
-    updated TEXT NOT NULL,
-    PRIMARY KEY (device, key)
-);
-CREATE TABLE IF NOT EXISTS devices (
-    device     TEXT PRIMARY KEY,
-    first_seen TEXT NOT NULL
-);
-"""
 STATUS_WAIT = 2.0  # seconds to wait for a device's last status message
 
 
@@ -61,32 +48,39 @@ def parse_settings(pairs: list[str]) -> dict:
 
 
 class ConfigStore:
-    """Desired config per device, in the fleet database."""
+    """Desired config per device, in the fleet database (a SQLite file or a
+    postgresql:// URL, the listener's: its devices table names the known devices)."""
 
-    def __init__(self, path: str):
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
+    def __init__(self, url: str):
+        # migrated: desired_config is there; a SQLite file is made 0600 (dbfile.py)
+        self._store = open_store(url)
+        self.conn = self._store.conn
+        self._pg = is_postgres(url)
 
     def close(self) -> None:
-        self.conn.close()
+        self._store.close()
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return list(self.conn.execute(sql.replace("?", "%s") if self._pg else sql, args))
 
     def known_devices(self) -> list[str]:
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT device FROM devices UNION SELECT device FROM desired_config ORDER BY 1")
         return [r[0] for r in rows]
 
     def record(self, device: str, settings: dict) -> None:
-        with self.conn:
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO desired_config VALUES (?, ?, ?, ?)",
-                [(device, k, json.dumps(v), now_iso()) for k, v in settings.items()])
+        rows = [(device, k, json.dumps(v), now_iso()) for k, v in settings.items()]
+        upsert = ("INSERT INTO desired_config VALUES (?, ?, ?, ?) ON CONFLICT (device, key) "
+                  "DO UPDATE SET value = excluded.value, updated = excluded.updated")
+        if self._pg:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                cur.executemany(upsert.replace("?", "%s"), rows)
+        else:
+            with self.conn:
+                self.conn.executemany(upsert, rows)
 
     def desired(self, device: str) -> dict:
-        rows = self.conn.execute("SELECT key, value FROM desired_config WHERE device = ?",
-                                 (device,))
+        rows = self._rows("SELECT key, value FROM desired_config WHERE device = ?", (device,))
         return {k: json.loads(v) for k, v in rows}
 
 
@@ -95,8 +89,10 @@ async def send(sc: Client, device: str, settings: dict) -> None:
     await sc.publish(f"devices.{device}.cfg", payload)  # raises unless the PubAck is clean
 
 
-async def last_status(sc: Client, device: str, wait: float = STATUS_WAIT) -> dict | None:
-    """The device's most recent status message, or None if it never sent one."""
+async def last_status(sc: Client, device: str,
+                      wait: float = STATUS_WAIT) -> device_status.DeviceStatus | None:
+    """The device's most recent status, parsed (`rejected` says why when it is
+    not a valid one), or None if it never sent one."""
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def cb(msg):
@@ -110,8 +106,4 @@ async def last_status(sc: Client, device: str, wait: float = STATUS_WAIT) -> dic
         return None
     finally:
         await sub.unsubscribe()
-    try:
-        doc = json.loads(data)
-        return doc if isinstance(doc, dict) else None
-    except ValueError:
-        return None
+    return device_status.from_bytes(data)

@@ -94,7 +94,7 @@ def _refused(nats_url: str, opts: dict, e: Exception) -> str:
     return f"cannot reach NATS at {nats_url}: {text}{hint}"
 
 
-async def open_session(nats_url: str, cluster_id: str, client_id: str, *,
+async def open_session(nats_url: str | list[str], cluster_id: str, client_id: str, *,
                        once: bool = False, conn_lost_cb=None,
                        **nats_options) -> tuple[Client, object]:
     """Connect to NATS and start a STAN session. ``nats_options`` go to
@@ -103,6 +103,7 @@ async def open_session(nats_url: str, cluster_id: str, client_id: str, *,
     once=True (commands): fail fast with a CommandError; otherwise (services)
     the NATS connection keeps reconnecting for as long as it lives."""
     opts = dict(error_cb=_error_logger(client_id, once), **nats_options)
+    where = ",".join(nats_url) if isinstance(nats_url, (list, tuple)) else nats_url
     if once:
         # nats-py retries even a first connect max_reconnect_attempts times.
         opts.update(connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1)
@@ -112,7 +113,7 @@ async def open_session(nats_url: str, cluster_id: str, client_id: str, *,
         nc = await nats.connect(nats_url, **opts)
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
         if once:
-            raise CommandError(_refused(nats_url, opts, e)) from None
+            raise CommandError(_refused(where, opts, e)) from None
         raise
     sc = Client()
     try:
@@ -121,6 +122,6 @@ async def open_session(nats_url: str, cluster_id: str, client_id: str, *,
         await nc.close()
         if once:
             raise CommandError(f"no streaming server for cluster {cluster_id!r} at "
-                               f"{nats_url}: {e}") from None
+                               f"{where}: {e}") from None
         raise
     return sc, nc

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 
 from ..errors import CommandError
 from ..fleet.bundle_check import is_signed
 from ..fleet.firmware_code import FIRMWARE_DIR
+from ..ops import logs
+from ..ops.lifecycle import Lifecycle
+from ..ops.siteconfig import DEFAULT_ARTIFACTS_PORT
 from ..security.signing import DEFAULT_KEYS_DIR, PRIVATE_NAME, PUBLIC_NAME
-from ..signals import stop_event
+from . import settings
 from .artifacts import ArtifactServer
-from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments, connection_options
+from .commands import DEFAULT_DB, DEFAULT_SECURITY, add_connection_arguments
 from .configmgr import ConfigStore
 from .connection import open_session
-from .releases import ReleaseDir, check_version, fleet_state, publish, version_key
+from .releases import (
+    ReleaseDir,
+    check_version,
+    fleet_state,
+    publish,
+    rollouts,
+    save_rollout,
+    version_key,
+)
 
 DEFAULT_RELEASES = "stanfleet-data/releases"
-ROLLOUTS = "rollouts.json"  # version -> percentage published last
 
 
 SIGNING_HELP = f"""\
@@ -67,29 +76,44 @@ def configure(p: argparse.ArgumentParser) -> None:
     pub.add_argument("version")
     pub.add_argument("--canary", type=int, default=100, metavar="PCT",
                      help="share of devices (chosen by device ID) that install it first")
-    pub.add_argument("--url-base", default=_default_url_base(),
+    pub.add_argument("--url-base", default=None,
                      help="where devices reach the artifact server, e.g. http://10.0.0.2:8080 "
-                          "(default: %(default)s, the one stanfleet up runs)")
+                          f"(default: artifacts.base_url, else {_default_url_base()}, the one "
+                          "stanfleet up runs)")
     pro = sub.add_parser("promote", help="extend a canary release to every device")
     pro.add_argument("version")
-    pro.add_argument("--url-base", default=_default_url_base(), help="as for publish")
+    pro.add_argument("--url-base", default=None, help="as for publish")
     st = sub.add_parser("status", help="every device's version and OTA state")
     st.add_argument("version", nargs="?", help="the release to follow (default: newest)")
     st.add_argument("--watch", action="store_true", help="refresh until every device is done")
-    sv = sub.add_parser("serve", help="run the artifact server")
-    sv.add_argument("--host", default="0.0.0.0")
-    sv.add_argument("--port", type=int, default=8080)
-    for sp in (b, pub, pro, st, sv):  # not keygen: keys live apart from the releases
-        sp.add_argument("--releases", default=DEFAULT_RELEASES,
-                        help="directory of built bundles (default: %(default)s)")
+    sv = sub.add_parser("serve", help="run the artifact server (with /healthz, /readyz, /metrics)")
+    settings.add_config_argument(sv)
+    sv.add_argument("--host", default=None, help="default: artifacts.host, else 0.0.0.0")
+    sv.add_argument("--port", type=int, default=None,
+                    help=f"default: artifacts.port, else {DEFAULT_ARTIFACTS_PORT}")
+    sv.add_argument("--tls-cert", metavar="FILE", default=None,
+                    help="HTTPS with this certificate (PEM; default: artifacts.tls_cert)")
+    sv.add_argument("--tls-key", metavar="FILE", default=None,
+                    help="its private key (PEM; default: artifacts.tls_key)")
+    sv.add_argument("--releases", default=None,
+                    help=f"directory of built bundles (default: artifacts.dir, else {DEFAULT_RELEASES})")
+    settings.add_log_arguments(sv)
+    b.add_argument("--releases", default=DEFAULT_RELEASES,  # not keygen: keys live apart
+                   help="directory of built bundles (default: %(default)s)")
     for sp in (pub, pro, st):
-        add_connection_arguments(sp, "release-manager")
-        sp.add_argument("--db", default=DEFAULT_DB, help="fleet database (default: %(default)s)")
+        settings.add_config_argument(sp)
+        sp.add_argument("--releases", default=None, help="directory of built bundles "
+                        f"(default: artifacts.dir, else {DEFAULT_RELEASES})")
+        add_connection_arguments(sp, "release-manager", configurable=True)
+        sp.add_argument("--db", default=None, help="fleet database, a SQLite file or a "
+                        f"postgresql:// URL (default: database.url, else {DEFAULT_DB})")
 
 
 def run(args: argparse.Namespace) -> int:
     handler = {"keygen": _keygen, "build": _build, "publish": _publish, "promote": _promote, "status": _status,
                "serve": _serve}[args.action]
+    if args.action in ("publish", "promote", "status"):
+        resolve(args)
     result = handler(args)
     return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
@@ -142,21 +166,6 @@ def _build(args) -> int:
     return 0
 
 
-def _rollouts(releases: str) -> dict:
-    try:
-        with open(os.path.join(releases, ROLLOUTS)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_rollout(releases: str, version: str, pct: int) -> None:
-    data = _rollouts(releases)
-    data[version] = pct
-    with open(os.path.join(releases, ROLLOUTS), "w") as f:
-        json.dump(data, f)
-
-
 def _signed(path: str) -> str:
     try:
         return "signed" if is_signed(path) else "unsigned"
@@ -164,16 +173,34 @@ def _signed(path: str) -> str:
         return "unreadable"
 
 
+def resolve(args: argparse.Namespace) -> None:
+    """publish, promote, status: flags, else --config, else the demo fleet's defaults,
+    resolved once here (args.releases, args.url_base, args.connection, args.db)."""
+    cfg = settings.load(args)
+    art = cfg.artifacts if cfg else None
+    args.releases = settings.pick(args.releases, art.dir if art else None, DEFAULT_RELEASES)
+    if "url_base" in args:
+        args.url_base = settings.pick(args.url_base, (art.base_url or None) if art else None,
+                                      _default_url_base())
+    args.connection = settings.connection(args, "release-manager", cfg)
+    args.db = settings.pick(args.db, cfg.database.url if cfg else None, DEFAULT_DB)
+
+
+async def _session(args, client_id: str):
+    conn = args.connection
+    return await open_session(conn.urls, conn.cluster_id, client_id, once=True,
+                              **conn.nats_options())
+
+
 async def _announce(args, version: str, pct: int) -> int:
     artifact = ReleaseDir(args.releases).artifact(version)
-    sc, nc = await open_session(args.nats, args.cluster_id, f"release-manager-{os.getpid()}",
-                                once=True, **connection_options(args))
+    sc, nc = await _session(args, f"release-manager-{os.getpid()}")
     try:
         await publish(sc, artifact, args.url_base, pct)
     finally:
         await sc.close()
         await nc.close()
-    _save_rollout(args.releases, version, pct)
+    save_rollout(args.releases, version, pct)
     who = "all devices" if pct >= 100 else f"{pct}% of devices (canary)"
     print(f"{version} published to {who}: {artifact.size} bytes, sha256 {artifact.sha256}, "
           f"{_signed(artifact.path)}")
@@ -186,7 +213,7 @@ def _publish(args):
 
 def _promote(args):
     version = check_version(args.version)
-    if version not in _rollouts(args.releases):
+    if version not in rollouts(args.releases):
         raise CommandError(f"{version} was never published; publish it first")
     return _announce(args, version, 100)
 
@@ -196,7 +223,7 @@ async def _status(args) -> int:
     version = check_version(args.version) if args.version else (releases.versions() or [None])[-1]
     if args.version and version not in releases.versions():
         raise CommandError(f"no artifact for {version} in {args.releases}")
-    pct = _rollouts(args.releases).get(version, 100) if version else 100
+    pct = rollouts(args.releases).get(version, 100) if version else 100
     store = ConfigStore(args.db)
     try:
         devices = store.known_devices()
@@ -204,8 +231,7 @@ async def _status(args) -> int:
         store.close()
     if not devices:
         raise CommandError("no known devices (the listener records them as they appear)")
-    sc, nc = await open_session(args.nats, args.cluster_id, f"release-status-{os.getpid()}",
-                                once=True, **connection_options(args))
+    sc, nc = await _session(args, f"release-status-{os.getpid()}")
     try:
         while True:
             states = await fleet_state(sc, devices, version, pct)
@@ -235,12 +261,34 @@ def _print_status(version, pct, states, out) -> None:
 
 
 async def _serve(args) -> int:
-    if not os.path.isdir(args.releases):
-        raise CommandError(f"no releases directory {args.releases} (run: stanfleet release build)")
-    server = ArtifactServer(args.releases, args.host, args.port)
+    """The artifact server as a long-running service: --config, SIGTERM, SIGHUP
+    (log settings), and a missing folder or certificate is a one-line error."""
+    cfg = settings.load(args)
+    logs.setup(*settings.log_settings(args, cfg))
+    art = cfg.artifacts if cfg else None
+    releases = settings.pick(args.releases, art.dir if art else None, DEFAULT_RELEASES)
+    cert = settings.pick(args.tls_cert, art.tls_cert if art else None, None)
+    key = settings.pick(args.tls_key, art.tls_key if art else None, None)
+    if not os.path.isdir(releases):
+        raise CommandError(f"no releases directory {releases} (run: stanfleet release build)")
+    if bool(cert) != bool(key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    ssl_context = None
+    if cert:
+        from ..security.certs import server_context_files
+
+        try:
+            ssl_context = server_context_files(cert, key)
+        except (OSError, ValueError) as e:
+            raise CommandError(f"{cert}: cannot load the TLS certificate and key ({e})") from None
+    server = ArtifactServer(releases, settings.pick(args.host, art.host if art else None, "0.0.0.0"),
+                            settings.pick(args.port, art.port if art else None,
+                                          DEFAULT_ARTIFACTS_PORT), ssl_context=ssl_context)
+    lifecycle = Lifecycle()
+    lifecycle.on_reload(lambda: logs.setup(*settings.log_settings(args, settings.load(args))))
     await server.start()
-    await stop_event().wait()
-    await server.stop()
+    await lifecycle.stopping()
+    await server.stop()  # in-flight downloads finish or are cut; devices retry them
     return 0
 
 

@@ -27,8 +27,10 @@ from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
 from .configmgr import last_status
+from .device_status import OtaReport
 
 RELEASES_CHANNEL = "devices.releases"
+ROLLOUTS = "rollouts.json"  # in the releases directory: version -> percentage published last
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -73,6 +75,25 @@ class ReleaseDir:
         return sorted((v for v in names if VERSION.match(v)), key=version_key)
 
 
+def rollouts(releases_dir: str) -> dict:
+    """version -> the percentage it was last published to (release status, promote)."""
+    try:
+        with open(os.path.join(releases_dir, ROLLOUTS)) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_rollout(releases_dir: str, version: str, pct: int) -> None:
+    data = rollouts(releases_dir)
+    data[version] = pct
+    tmp = os.path.join(releases_dir, ROLLOUTS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, os.path.join(releases_dir, ROLLOUTS))
+
+
 def version_key(version: str) -> tuple:
     return tuple(int(p) for p in version.split("."))
 
@@ -98,7 +119,8 @@ async def publish(sc: Client, artifact: Artifact, url_base: str, rollout: int) -
 class DeviceState:
     device: str
     version: str | None
-    ota_state: str  # pending, downloading, installed, failed, rolled back, not selected, unknown
+    ota_state: str  # pending, downloading, installed, failed, rolled back, not selected,
+    # unknown, invalid status
     reason: str = ""
     seen: str = ""
 
@@ -113,22 +135,22 @@ async def fleet_state(sc: Client, devices: list[str], version: str | None,
         if st is None:
             out.append(DeviceState(device, None, "unknown", "no status reported"))
             continue
-        running = st.get("version")
-        ota = st.get("ota") or {}
-        state, reason = _ota_state(running, ota, version)
+        if st.rejected:
+            out.append(DeviceState(device, None, "invalid status", st.rejected))
+            continue
+        state, reason = ota_state(st.version, st.ota, version)
         if state == "pending" and not rules.selected(device, rollout):
             state = "not selected"
-        out.append(DeviceState(device, running, state, reason, st.get("ts", "")))
+        out.append(DeviceState(device, st.version, state, reason, st.ts))
     return out
 
 
-def _ota_state(running: str | None, ota: dict, version: str | None) -> tuple[str, str]:
+def ota_state(running: str | None, ota: OtaReport, version: str | None) -> tuple[str, str]:
     if version is None:
-        return ota.get("state") or "idle", ota.get("reason") or ""
+        return ota.state, ota.reason
     if running == version:
         return "installed", ""
-    if ota.get("version") == version:
-        state = ota.get("state") or "pending"
+    if ota.version == version:
         mapping = {"rolled_back": "rolled back", "rollback": "rolled back"}
-        return mapping.get(state, state), ota.get("reason") or ""
+        return mapping.get(ota.state, ota.state), ota.reason
     return "pending", ""

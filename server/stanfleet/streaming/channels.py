@@ -26,6 +26,8 @@ from nats.js import api
 from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
+from . import errors as E
+from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
 
 log = logging.getLogger("stanfleet.streaming.channels")
@@ -44,15 +46,6 @@ MSG_OVERHEAD = 64
 
 class ChannelError(Exception):
     """A channel cannot be created or used (limit reached, JetStream refused)."""
-
-
-@dataclass
-class ChannelLimits:
-    max_msgs: int = 1_000_000
-    max_bytes: int = 1_000_000 * 1024
-    max_age: float = 0.0  # seconds, 0 = unlimited
-    max_subs: int = 1000
-    max_inactivity: float = 0.0  # seconds without messages or subscriptions; 0 = forever
 
 
 @dataclass
@@ -189,7 +182,7 @@ class ChannelStore:
         # The registry channel is ours, not the user's: it does not count.
         used = len(self.channels) - (REGISTRY_CHANNEL in self.channels)
         if max_channels and name != REGISTRY_CHANNEL and used >= max_channels:
-            raise ChannelError(f"stan: too many channels (max {max_channels})")
+            raise ChannelError(E.ERR_TOO_MANY_CHANNELS)  # Go's text, without the limit
         fut = asyncio.get_running_loop().create_future()
         ch = Channel(name, self.subjects.stream_for(name), self.subjects.store_subject(name), fut)
         self.channels[name] = ch
@@ -256,21 +249,22 @@ class ChannelStore:
         except Exception:
             log.warning("malformed PubMsg on %s (%d bytes) rejected", msg.subject, len(msg.data))
             if reply:
-                await self._pub_ack(reply, "", "malformed PubMsg")
+                await self._pub_ack(reply, "", E.ERR_INVALID_PUB_REQ)
             return
         guid = pm.guid
         channel = msg.subject[len(self.subjects.pub_prefix) + 1 :]
         if pm.subject != channel:
-            await self._pub_ack(reply, guid, "channel in PubMsg does not match the subject")
+            await self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
-        err = self._is_known_client(pm.client_id, pm.conn_id)
+        # Go answers an unknown or replaced session with the generic text.
+        err = E.ERR_INVALID_PUB_REQ if self._is_known_client(pm.client_id, pm.conn_id) else ""
         if not err and self._authorize is not None:
             err = self._authorize(msg.headers, pm.client_id, channel)
         if err:
             await self._pub_ack(reply, guid, err)
             return
         if not guid:
-            await self._pub_ack(reply, guid, "PubMsg has no guid")
+            await self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
         # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
         # delivers it must fit in one NATS message: NATS drops a connection that
@@ -283,7 +277,8 @@ class ChannelStore:
             ch = self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
             log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
-            await self._pub_ack(reply, guid, str(e))
+            await self._pub_ack(reply, guid,
+                                E.ERR_INVALID_PUB_REQ if isinstance(e, InvalidName) else str(e))
             return
         if not ch.ready.done():
             ch.waiting.append((reply, guid, pm.data))

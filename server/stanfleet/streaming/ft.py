@@ -44,8 +44,6 @@ from .naming import escape
 
 log = logging.getLogger("stanfleet.streaming.ft")
 
-DEFAULT_FT_LEASE = 2.0  # seconds a lease lasts without renewal
-MIN_FT_LEASE = 0.5
 RENEWS_PER_LEASE = 5  # the active renews this many times per lease
 POLLS_PER_LEASE = 8  # a standby reads the lease this many times per lease
 GUARD_FRACTION = 1 / 3  # the active stops serving this much of a lease before it can lapse

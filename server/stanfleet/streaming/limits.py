@@ -20,10 +20,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields, replace
 
-from .channels import ChannelLimits
-
 DEFAULT_MAX_CHANNELS = 100
 _SIZE_UNITS = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "B": 1}
+
+
+@dataclass
+class ChannelLimits:
+    max_msgs: int = 1_000_000
+    max_bytes: int = 1_000_000 * 1024
+    max_age: float = 0.0  # seconds, 0 = unlimited
+    max_subs: int = 1000
+    max_inactivity: float = 0.0  # seconds without messages or subscriptions; 0 = forever
 
 
 class LimitsError(ValueError):
@@ -118,8 +125,12 @@ def load(path: str | None, base: StoreLimits) -> StoreLimits:
         raise LimitsError(f"cannot read limits file {path}: {e.strerror}") from None
     except ValueError as e:
         raise LimitsError(f"limits file {path} is not valid JSON: {e}") from None
-    doc = doc.get("streaming", doc)
-    raw = dict(doc.get("store_limits", {}))
+    return from_document(doc.get("streaming", doc).get("store_limits", {}), base, path)
+
+
+def from_document(store_limits: dict, base: StoreLimits, path: str) -> StoreLimits:
+    """A `store_limits` block (already parsed) over the limits `base`."""
+    raw = dict(store_limits)
     channels = raw.pop("channels", {}) or {}
     max_channels = raw.pop("max_channels", base.max_channels)
     if not isinstance(max_channels, int) or max_channels < 0:

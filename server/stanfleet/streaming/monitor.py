@@ -13,7 +13,8 @@ message counts and sizes of channels come from JetStream, which holds them.
     /metrics               Prometheus text format
 
 An FT standby (--ft_group) has loaded no state: serverz says FT_STANDBY, the
-other endpoints answer 503 and point at the active server.
+other /streaming endpoints and /metrics answer 503 and point at the active
+server.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .nats_monitor import NatsMonitorForwarder
 
 log = logging.getLogger("stanfleet.streaming.monitor")
 
@@ -73,6 +76,7 @@ class Monitor:
         app.router.add_get("/streaming/channelsz", self._channelsz)
         app.router.add_get("/streaming/isFTActive", self._ft_active)
         app.router.add_get("/metrics", self._metrics)
+        NatsMonitorForwarder(self.server).add_routes(app)  # /varz, /connz, /subsz...
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
@@ -86,7 +90,9 @@ class Monitor:
 
     @web.middleware
     async def _standby(self, request: web.Request, handler):
-        if self.server.active or request.path == "/streaming/isFTActive":
+        # nats-server's own endpoints (/varz...) are forwarded: fine on a standby.
+        ours = request.path.startswith("/streaming/") or request.path == "/metrics"
+        if self.server.active or not ours or request.path == "/streaming/isFTActive":
             return await handler(request)
         if request.path == "/streaming/serverz":
             return _json({"cluster_id": self.server.opts.cluster_id,
@@ -104,7 +110,8 @@ class Monitor:
         return _json({
             "cluster_id": s.opts.cluster_id, "server_id": self.server_id,
             "version": _version(), "go": f"python{platform.python_version()}",
-            "state": "FT_ACTIVE" if s.ft else "STANDALONE", "now": _timestamp(now), "start_time": _timestamp(s.started),
+            "state": "FT_ACTIVE" if s.ft else "STANDALONE", "now": _timestamp(now),
+            "start_time": _timestamp(s.started),
             "uptime": uptime(now - s.started), "clients": len(s.clients.clients),
             "subscriptions": len(s.subs.members), "channels": len(s.channels.channels),
             "total_msgs": msgs, "total_bytes": size,

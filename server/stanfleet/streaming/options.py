@@ -1,7 +1,9 @@
-"""Streaming server options and the command-line flags that set them.
+"""Streaming server options: the defaults, the configuration file, the flags.
 
-Flags follow nats-streaming-server where they mean the same thing, so people
-who ran the original feel at home. This is the only place options are read.
+Precedence is Go's: built-in defaults, then the `-sc` configuration file
+(and the NATS settings of `-c`), then flags given on the command line. The
+flags themselves are in flags.py, the file's keys in config_file.py; this is
+the only place options are decided.
 """
 
 from __future__ import annotations
@@ -11,28 +13,47 @@ import os
 from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_CLUSTER_ID
-from .channels import ChannelLimits
-from .ft import DEFAULT_FT_LEASE, MIN_FT_LEASE
-from .limits import DEFAULT_MAX_CHANNELS, LimitsError, StoreLimits, load, parse_duration, parse_size
+from . import config_file
+from .flags import NOT_APPLICABLE, SQL_FLAGS, SQL_REFUSED, add_arguments
+from .limits import (
+    DEFAULT_MAX_CHANNELS,
+    ChannelLimits,
+    LimitsError,
+    StoreLimits,
+    parse_duration,
+    parse_size,
+)
+
+__all__ = ["ServerOptions", "add_arguments", "from_args", "DEFAULT_STORE"]
 
 DEFAULT_PORT = 4222
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_STORE = "memory"  # Go's default: a clean server each run; -store file persists
 DEFAULT_HB_INTERVAL = 30.0
 DEFAULT_HB_TIMEOUT = 10.0
 DEFAULT_HB_FAIL_COUNT = 10
 DEFAULT_DUP_CHECK_TIMEOUT = 0.5  # liveness check of a clientID that connects twice
 DEFAULT_PUB_ACK_TIMEOUT = 30.0  # give up on a JetStream store and answer with an error
 DEFAULT_DIR = "stanfleet-data"
+DEFAULT_CLUSTER_REPLICAS = 3  # --clustered without --cluster_peers
+DEFAULT_FT_LEASE = 2.0  # --ft_lease: a standby takes over this long after the last renewal
+MIN_FT_LEASE = 0.5
+MAX_REPLICAS = 5  # JetStream's limit
+ENCRYPTION_KEY_ENV = "NATS_STREAMING_ENCRYPTION_KEY"
+CIPHERS = {"aes": "aes", "chacha": "chachapoly", "chachapoly": "chachapoly"}
 
 
 @dataclass
 class ServerOptions:
     cluster_id: str = DEFAULT_CLUSTER_ID
-    host: str = "0.0.0.0"
+    host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     monitor_port: int | None = None
-    store: str = "file"  # file | memory
+    https_port: int | None = None  # monitoring over HTTPS (--tlscert's certificate)
+    store: str = "file"  # file | memory; the command line's default is memory (DEFAULT_STORE)
     data_dir: str = DEFAULT_DIR
     nats_url: str | None = None  # None: embed a nats-server child
+    nats_monitor_url: str | None = None  # with -ns: its monitoring, for /varz & co.
     replicas: int = 1
     hb_interval: float = DEFAULT_HB_INTERVAL
     hb_timeout: float = DEFAULT_HB_TIMEOUT
@@ -47,171 +68,217 @@ class ServerOptions:
     limits: StoreLimits = field(default_factory=StoreLimits)
     tls_cert: str | None = None  # embedded nats-server's certificate (PEM)
     tls_key: str | None = None
+    tls_verify: bool = False  # embedded nats-server verifies client certificates
+    tls_client_ca: str | None = None  # ...against this CA (--tlscacert)
     tls_ca: str | None = None  # CA that signed the NATS server's certificate
+    tls_client_cert: str | None = None  # our own certificate towards NATS
+    tls_client_key: str | None = None
+    secure: bool = False  # TLS towards NATS without verifying it
     authz: bool = False  # every request must carry Nats-Request-Info and pass authz.py
     accounts_file: str | None = None  # embedded nats-server: accounts and users (creds.py)
     broker_pid_file: str | None = None  # embedded nats-server's pid, for reloads
-    ft_group: str | None = None  # fault-tolerance group: one active, the others stand by
-    ft_lease: float = DEFAULT_FT_LEASE  # seconds the active's lease lasts unrenewed
+    # Go's flags that shape the embedded nats-server or the process.
+    nats_config: str | None = None  # -c: included into the embedded nats-server's config
+    nats_settings: dict = field(default_factory=dict)  # NATS keys of the -sc file
+    routes: list[str] = field(default_factory=list)
+    cluster_url: str | None = None
+    cluster_name: str | None = None
+    nats_debug: bool = False
+    nats_trace: bool = False
+    log_file: str | None = None
+    logtime: bool = True
+    syslog: bool = False
+    remote_syslog: str | None = None
+    pid_file: str | None = None
+    encrypt: bool = False
+    encryption_cipher: str = "aes"
+    encryption_key: str | None = None
+    file_sync: bool = False
+    replace_durable: bool = False
+    # Fault tolerance and clustering (FT behaviour: issue 14b's ft module).
+    ft_group: str | None = None
+    ft_lease: float = DEFAULT_FT_LEASE  # seconds the active's lease lasts unrenewed (ft.py)
+    clustered: bool = False
+    cluster_node_id: str | None = None
+    cluster_peers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # flags that do nothing here, and why
 
 
-def _duration(text: str) -> float:
-    """'30s', '500ms', '2m', '1h' or a plain number of seconds, as in the original flags."""
+def _split(value) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [v.strip() for v in str(value or "").split(",") if v.strip()]
+
+
+def _merged(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Flag values over the configuration files' values: (settings, limits doc, NATS keys)."""
+    settings: dict = {}
+    limits_doc: dict = {}
+    nats_keys: dict = {}
+    if getattr(args, "nats_config", None):
+        settings.update(config_file.nats_file_settings(args.nats_config))
+    if getattr(args, "stan_config", None):
+        parsed = config_file.load(args.stan_config)
+        settings.update(parsed.settings)
+        limits_doc = parsed.limits
+        nats_keys = parsed.nats
+    for name, value in vars(args).items():
+        if value is not None and not name.startswith("_"):
+            settings[name] = value
+    return settings, limits_doc, nats_keys
+
+
+def _duration(settings: dict, name: str, default: float) -> float:
+    value = settings.get(name)
+    if value is None:
+        return default
     try:
-        return parse_duration(text)
+        return parse_duration(value)
     except LimitsError as e:
-        raise argparse.ArgumentTypeError(str(e))
+        raise ValueError(f"{name}: {e}") from None
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("streaming server")
-    g.add_argument("-cid", "--cluster_id", dest="cluster_id", default=DEFAULT_CLUSTER_ID,
-                   help="cluster ID clients connect to (default: %(default)s)")
-    g.add_argument("-store", "--store", dest="store", choices=("file", "memory"), default="file",
-                   help="JetStream storage for channels (default: %(default)s)")
-    g.add_argument("-dir", "--dir", dest="data_dir", default=DEFAULT_DIR,
-                   help="data directory of the embedded nats-server (default: %(default)s)")
-    g.add_argument("--replicas", type=int, default=1,
-                   help="JetStream replicas per channel, for a clustered NATS (default: 1)")
-    g.add_argument("-hbi", "--hb_interval", dest="hb_interval", type=_duration,
-                   default=DEFAULT_HB_INTERVAL, help="interval between client heartbeats (30s)")
-    g.add_argument("-hbt", "--hb_timeout", dest="hb_timeout", type=_duration,
-                   default=DEFAULT_HB_TIMEOUT, help="how long to wait for a heartbeat reply (10s)")
-    g.add_argument("-hbf", "--hb_fail_count", dest="hb_fail_count", type=int,
-                   default=DEFAULT_HB_FAIL_COUNT,
-                   help="missed heartbeats before a client is declared dead (10)")
-    g.add_argument("--ft_group", dest="ft_group", default=None,
-                   help="fault-tolerance group: instances with the same name share the "
-                        "JetStream of -ns, one serves and the others stand by")
-    g.add_argument("--ft_lease", dest="ft_lease", type=_duration, default=DEFAULT_FT_LEASE,
-                   help="FT lease: a standby takes over this long after the active's last "
-                        "renewal (default: 2s)")
-    lim = p.add_argument_group("store limits (0 = unlimited)")
-    d = ChannelLimits()
-    lim.add_argument("-mc", "--max_channels", type=int, default=DEFAULT_MAX_CHANNELS,
-                     help="max number of channels (default: %(default)s)")
-    lim.add_argument("-msu", "--max_subs", type=int, default=d.max_subs,
-                     help="max subscriptions per channel (default: %(default)s)")
-    lim.add_argument("-mm", "--max_msgs", type=int, default=d.max_msgs,
-                     help="max messages per channel (default: %(default)s)")
-    lim.add_argument("-mb", "--max_bytes", type=_size, default=d.max_bytes,
-                     help="max bytes per channel, e.g. 1GB (default: %(default)s)")
-    lim.add_argument("-ma", "--max_age", type=_duration, default=0,
-                     help="max age of messages, e.g. 24h (default: unlimited)")
-    lim.add_argument("-mi", "--max_inactivity", type=_duration, default=0,
-                     help="delete a channel without messages or subscriptions for this long")
-    lim.add_argument("-sc", "--stan_config", dest="limits_file", default=None,
-                     help="JSON file with store_limits and per-channel overrides "
-                          "(wildcard keys allowed, e.g. devices.*.events)")
-    n = p.add_argument_group("NATS")
-    n.add_argument("-ns", "--nats_server", "--nats", dest="nats_url", default=None,
-                   help="attach to this NATS URL instead of starting an embedded nats-server")
-    n.add_argument("-a", "--addr", dest="host", default="0.0.0.0",
-                   help="embedded nats-server: host to listen on (default: %(default)s)")
-    n.add_argument("-p", "--port", dest="port", type=int, default=DEFAULT_PORT,
-                   help="embedded nats-server: client port, -1 for random (default: %(default)s)")
-    n.add_argument("-m", "--http_port", dest="monitor_port", type=int, default=None,
-                   help="HTTP port for monitoring endpoints")
-    n.add_argument("--tlscert", dest="tls_cert", default=None,
-                   help="embedded nats-server: TLS certificate (PEM); plaintext is then refused")
-    n.add_argument("--tlskey", dest="tls_key", default=None, help="key for --tlscert")
-    n.add_argument("-tls_client_cacert", "--tls_client_cacert", dest="tls_ca", default=None,
-                   help="CA (PEM) to verify the NATS server with (stanfleet certs init)")
-    n.add_argument("--security-dir", dest="security_dir", default=None,
-                   help="credentials store of 'stanfleet creds' (e.g. stanfleet-data/security): "
-                        "the embedded nats-server gets its accounts, users and TLS "
-                        "certificate (DIR/certs), the server logs in as its own user, and "
-                        "--authz is on")
-    n.add_argument("--authz", action="store_true",
-                   help="authorize every request by the identity nats-server puts in its "
-                        "Nats-Request-Info header: devices only their own channels, services "
-                        "by role (needs the account layout of docs/security-design.md)")
-    n.add_argument("--user", default=None, help="user required from clients / used to connect")
-    n.add_argument("--pass", dest="password", default=None, help="password for --user")
-    n.add_argument("--auth", dest="token", default=None, help="authorization token")
-    lg = p.add_argument_group("logging")
-    lg.add_argument("-SD", "--stan_debug", dest="debug", action="store_true",
-                    help="debug logging of the streaming server")
-    lg.add_argument("-SV", "--stan_trace", dest="trace", action="store_true",
-                    help="trace every protocol message")
-    lg.add_argument("-SDV", dest="debug_trace", action="store_true", help="-SD and -SV")
-
-
-def _size(text: str) -> int:
+def _size(value) -> int:
     try:
-        return parse_size(text)
+        return parse_size(value)
     except LimitsError as e:
-        raise argparse.ArgumentTypeError(str(e))
+        raise ValueError(str(e)) from None
 
 
 def from_args(args: argparse.Namespace) -> ServerOptions:
-    for name in ("max_channels", "max_subs", "max_msgs", "max_bytes"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} must not be negative")
-    flags = StoreLimits(max_channels=args.max_channels, defaults=ChannelLimits(
-        max_msgs=args.max_msgs, max_bytes=args.max_bytes, max_age=args.max_age,
-        max_subs=args.max_subs, max_inactivity=args.max_inactivity))
-    limits = load(args.limits_file, flags)
-    if bool(args.tls_cert) != bool(args.tls_key):
+    s, limits_doc, nats_keys = _merged(args)
+    get = s.get
+    for name in SQL_FLAGS:
+        if get(name) is not None:
+            raise ValueError(SQL_REFUSED)
+    store = str(get("store") or DEFAULT_STORE).lower()
+    if store == "sql":
+        raise ValueError(SQL_REFUSED)
+    if store not in ("file", "memory"):
+        raise ValueError(f"unknown store type {store!r}: MEMORY or FILE")
+    flags = StoreLimits(
+        max_channels=_int(get("max_channels"), DEFAULT_MAX_CHANNELS, "max_channels"),
+        defaults=_channel_defaults(s))
+    # A limit flag on the command line beats the file's server-wide value; the
+    # file's per-channel overrides still apply on top of it.
+    limits_doc = {k: v for k, v in limits_doc.items() if getattr(args, k, None) is None}
+    try:
+        limits = config_file.store_limits(limits_doc, flags, get("stan_config") or "")
+    except LimitsError as e:
+        raise ValueError(str(e)) from None
+    tls_cert, tls_key = get("tls_cert"), get("tls_key")
+    if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tlscert and --tlskey go together")
-    if args.tls_cert and not args.tls_ca:
-        raise ValueError("--tlscert needs --tls_client_cacert so the server can verify itself")
-    if args.hb_fail_count < 1:
+    if (get("tls") or get("tlsverify")) and not tls_cert:
+        raise ValueError("--tls and --tlsverify need --tlscert and --tlskey")
+    hb_fail_count = _int(get("hb_fail_count"), DEFAULT_HB_FAIL_COUNT, "hb_fail_count")
+    if hb_fail_count < 1:
         raise ValueError("-hbf must be at least 1")
-    if args.replicas < 1 or args.replicas > 5:
-        raise ValueError("--replicas must be between 1 and 5")
-    if args.ft_group is not None and not args.nats_url:
-        raise ValueError("--ft_group needs -ns: the instances of a group share one JetStream")
-    if args.ft_lease < MIN_FT_LEASE:
+    peers = _split(get("cluster_peers"))
+    clustered = bool(get("clustered"))
+    default_replicas = 1
+    if clustered:
+        default_replicas = min(len(peers) + 1, MAX_REPLICAS) if peers else \
+            DEFAULT_CLUSTER_REPLICAS
+    replicas = _int(get("replicas"), default_replicas, "replicas")
+    ft_lease = _duration(s, "ft_lease", DEFAULT_FT_LEASE)
+    if ft_lease < MIN_FT_LEASE:
         raise ValueError(f"--ft_lease must be at least {MIN_FT_LEASE}s")
+    if replicas < 1 or replicas > MAX_REPLICAS:
+        raise ValueError(f"--replicas must be between 1 and {MAX_REPLICAS}")
+    cipher = str(get("encryption_cipher") or "aes").lower()
+    if cipher not in CIPHERS:
+        raise ValueError(f"unknown encryption cipher {cipher!r}: AES or CHACHA")
+    key = get("encryption_key") or os.environ.get(ENCRYPTION_KEY_ENV)
+    if get("encrypt") and not key:
+        raise ValueError(f"--encrypt needs --encryption_key or {ENCRYPTION_KEY_ENV}")
+    if get("encrypt") and get("nats_url"):
+        raise ValueError("with -ns, encryption at rest is the NATS server's setting: "
+                         "jetstream { cipher: aes, key: ... } in its configuration")
     opts = ServerOptions(
-        cluster_id=args.cluster_id,
-        host=args.host,
-        port=args.port,
-        monitor_port=args.monitor_port,
-        store=args.store,
-        data_dir=args.data_dir,
-        nats_url=args.nats_url,
-        replicas=args.replicas,
-        hb_interval=args.hb_interval,
-        hb_timeout=args.hb_timeout,
-        hb_fail_count=args.hb_fail_count,
-        user=args.user,
-        password=args.password,
-        token=args.token,
-        debug=args.debug or args.debug_trace,
-        trace=args.trace or args.debug_trace,
+        cluster_id=get("cluster_id") or DEFAULT_CLUSTER_ID,
+        host=get("host") or DEFAULT_HOST,
+        port=_int(get("port"), DEFAULT_PORT, "port"),
+        monitor_port=get("monitor_port"),
+        https_port=get("https_port"),
+        store=store,
+        data_dir=get("data_dir") or DEFAULT_DIR,
+        nats_url=get("nats_url"),
+        nats_monitor_url=get("nats_monitor_url"),
+        replicas=replicas,
+        hb_interval=_duration(s, "hb_interval", DEFAULT_HB_INTERVAL),
+        hb_timeout=_duration(s, "hb_timeout", DEFAULT_HB_TIMEOUT),
+        hb_fail_count=hb_fail_count,
+        user=get("user"), password=get("password"), token=get("token"),
+        debug=bool(get("stan_debug") or get("stan_debug_trace")),
+        trace=bool(get("stan_trace") or get("stan_debug_trace")),
         limits=limits,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_ca=args.tls_ca,
-        authz=args.authz,
-        ft_group=args.ft_group,
-        ft_lease=args.ft_lease,
+        tls_cert=tls_cert, tls_key=tls_key,
+        tls_verify=bool(get("tlsverify")), tls_client_ca=get("tlscacert"),
+        tls_ca=get("tls_ca"), tls_client_cert=get("tls_client_cert"),
+        tls_client_key=get("tls_client_key"), secure=bool(get("secure")),
+        authz=bool(get("authz")),
+        nats_config=get("nats_config"), nats_settings=nats_keys,
+        routes=_split(get("routes")), cluster_url=get("cluster_url"),
+        cluster_name=get("cluster_name"),
+        nats_debug=bool(get("nats_debug") or get("nats_debug_trace")),
+        nats_trace=bool(get("nats_trace") or get("nats_debug_trace")),
+        log_file=get("log_file"), logtime=get("logtime") is not False,
+        syslog=bool(get("syslog")), remote_syslog=get("remote_syslog"),
+        pid_file=get("pid_file"),
+        encrypt=bool(get("encrypt")), encryption_cipher=CIPHERS[cipher], encryption_key=key,
+        file_sync=bool(get("file_sync") or get("cluster_sync")),
+        replace_durable=bool(get("replace_durable")),
+        ft_group=get("ft_group"), ft_lease=ft_lease, clustered=clustered,
+        cluster_node_id=get("cluster_node_id"), cluster_peers=peers,
+        notes=[f"--{n}: {why}" for n, why in NOT_APPLICABLE.items() if get(n) is not None],
     )
-    if args.security_dir:
-        for name, value in _security(args).items():
+    if get("security_dir"):
+        for name, value in _security(get("security_dir"), opts).items():
             setattr(opts, name, value)
         opts.authz = True
     return opts
 
 
-def _security(args: argparse.Namespace) -> dict:
+def _int(value, default: int, name: str) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not an integer") from None
+
+
+def _channel_defaults(s: dict) -> ChannelLimits:
+    d = ChannelLimits()
+    out = ChannelLimits(
+        max_msgs=_int(s.get("max_msgs"), d.max_msgs, "max_msgs"),
+        max_bytes=d.max_bytes if s.get("max_bytes") is None else _size(s["max_bytes"]),
+        max_age=_duration(s, "max_age", d.max_age),
+        max_subs=_int(s.get("max_subs"), d.max_subs, "max_subs"),
+        max_inactivity=_duration(s, "max_inactivity", d.max_inactivity))
+    for name in ("max_msgs", "max_bytes", "max_subs", "max_age", "max_inactivity"):
+        if getattr(out, name) < 0:
+            raise ValueError(f"--{name} must not be negative")
+    return out
+
+
+def _security(security_dir: str, opts: ServerOptions) -> dict:
     """Settings from the credentials store: our login, the broker's accounts, TLS."""
     from ..security.certs import CertPaths
     from ..security.creds import Store
 
-    if args.user or args.token:
+    if opts.user or opts.token:
         raise ValueError("--security-dir brings its own login: leave out --user/--auth")
-    store = Store(args.security_dir, cluster_id=args.cluster_id)  # permissions name it
+    store = Store(security_dir, cluster_id=opts.cluster_id)  # permissions name it
     certs = CertPaths(store.certs_dir)
     if not os.path.exists(certs.ca):
         raise ValueError(f"no certificates in {store.certs_dir}: run "
                          f"'stanfleet certs init --dir {store.certs_dir}' first")
     user, password = store.server_login()
-    embedded = not args.nats_url
-    return {"user": user, "password": password, "tls_ca": args.tls_ca or certs.ca,
-            "tls_cert": args.tls_cert or (certs.server if embedded else None),
-            "tls_key": args.tls_key or (certs.server_key if embedded else None),
+    embedded = not opts.nats_url
+    return {"user": user, "password": password, "tls_ca": opts.tls_ca or certs.ca,
+            "tls_cert": opts.tls_cert or (certs.server if embedded else None),
+            "tls_key": opts.tls_key or (certs.server_key if embedded else None),
             "accounts_file": store.accounts_file if embedded else None,
             "broker_pid_file": store.pid_file if embedded else None}

@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from ..broker import Broker, BrokerConfig
+from ..broker import Broker
 from ..pb import protocol_pb2 as pb
 from . import authz
 from . import errors as E
 from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
+from .embedded import nats_tls, start_broker
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .state import StateStore
@@ -43,10 +43,11 @@ REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 10
 
 
 class StreamingServer:
-    def __init__(self, options: ServerOptions):
+    def __init__(self, options: ServerOptions, broker: Broker | None = None, early=None):
         self.opts = options
         self.subjects = Subjects(options.cluster_id)
-        self.broker: Broker | None = None
+        self.broker: Broker | None = broker  # an embedded nats-server started for us
+        self.early = early  # early.EarlyDiscover: connects that came before we were ready
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
         self.subs: SubscriptionManager | None = None
@@ -70,11 +71,11 @@ class StreamingServer:
 
     async def start(self) -> None:
         """Serve; in an FT group, stand by until this instance holds the lease."""
-        if self.opts.monitor_port is not None:
+        if self.opts.monitor_port is not None or self.opts.https_port is not None:
             # Imported here: aiohttp and prometheus_client cost nothing unless -m is given.
             from .monitor import Monitor
             self.monitor = Monitor(self)
-        if not self.opts.nats_url:
+        if not self.opts.nats_url and self.broker is None:
             self.broker = self._start_embedded_broker()
         await self._connect()
         if self.opts.ft_group:
@@ -86,10 +87,7 @@ class StreamingServer:
     async def _connect(self) -> None:
         # A comma-separated list names several servers of one cluster.
         servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
-        tls = {}
-        if self.opts.tls_ca:
-            from ..security.certs import client_context
-            tls = {"tls": client_context(self.opts.tls_ca)}
+        tls = nats_tls(self.opts)
         self.nc = await nats.connect(**tls,
             servers=servers, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
             password=self.opts.password, token=self.opts.token, max_reconnect_attempts=-1,
@@ -136,11 +134,12 @@ class StreamingServer:
                                      authorize=self._authorize_publish if self.authz else None)
         self.state = StateStore(nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
-        await self.state.open()
         self.subs = SubscriptionManager(nc, self.subjects, self.channels, self.state)
+        self.subs.replace_durable = self.opts.replace_durable
         if self.authz:
             self.subs.ack_gate = self._authorize_ack
-        await self.channels.start()
+        # Together: start-up time is mostly round trips to JetStream.
+        await asyncio.gather(self.state.open(), self.channels.start())
         await self._restore()
         await self.subs.start()
         s = self.subjects
@@ -150,6 +149,14 @@ class StreamingServer:
             self._nats_subs.append(
                 await nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
+        # Closed only now, so no connect meets "no responders". One that reached
+        # both subscriptions is answered twice; the client takes the first answer
+        # (ours, which the server delivered before the copy below).
+        held = self.early.close() if self.early else []
+        for r in held:  # connects that came early, in their order, to our own handler
+            await self.nc.publish(r.subject, r.data, reply=r.reply)
+        if held:
+            log.info("answering %d connect requests that came before we were ready", len(held))
         self.clients.start()
         self.started = time.time()
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
@@ -174,19 +181,24 @@ class StreamingServer:
     async def _start_monitor(self) -> None:
         if not self.monitor:
             return
-        # With a server certificate every port is TLS, monitoring included.
+        # With a server certificate every port is TLS, monitoring included
+        # (-m as well as Go's -ms).
         ctx = None
+        port = self.opts.https_port if self.opts.https_port is not None \
+            else self.opts.monitor_port
         if self.opts.tls_cert:
             from ..security.certs import server_context_files
 
             ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
-        self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port, ctx)
+        self.monitor_port = await self.monitor.start(self.opts.host, port, ctx)
         log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
                  self.monitor_port)
 
     async def _restore(self) -> None:
         """Take over the clients and subscriptions of an earlier run."""
-        for r in await self.state.load_clients():
+        clients, subs = await asyncio.gather(self.state.load_clients(),
+                                             self.state.load_subs())
+        for r in clients:
             try:
                 if self.authz and r.get("owner"):
                     self.authz.claim(r["client_id"], authz.Identity("", r["owner"]))
@@ -197,7 +209,7 @@ class StreamingServer:
                     created=r.get("created", time.time())))
             except (KeyError, ValueError, TypeError):
                 log.error("unreadable client record %r dropped", r)
-        subs = await self.subs.restore(await self.state.load_subs(), self.clients.clients)
+        subs = await self.subs.restore(subs, self.clients.clients)
         if self.clients.clients or subs:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
 
@@ -214,24 +226,7 @@ class StreamingServer:
         await self.state.delete_client(client_id)
 
     def _start_embedded_broker(self) -> Broker:
-        store_dir = None
-        if self.opts.store == "file":
-            store_dir = os.path.join(self.opts.data_dir, "jetstream")
-            os.makedirs(store_dir, exist_ok=True)
-        args = []
-        if self.opts.accounts_file:
-            pass  # our user is one of the accounts' users
-        elif self.opts.user:
-            args += ["--user", self.opts.user, "--pass", self.opts.password or ""]
-        elif self.opts.token:
-            args += ["--auth", self.opts.token]
-        tls = (self.opts.tls_cert, self.opts.tls_key) if self.opts.tls_cert else None
-        cfg = BrokerConfig(host=self.opts.host, port=self.opts.port, store_dir=store_dir,
-                           server_name=f"stanfleet-{self.opts.cluster_id}", extra_args=args,
-                           tls=tls, accounts_file=self.opts.accounts_file,
-                           pid_file=self.opts.broker_pid_file)
-        broker = Broker(cfg)
-        broker.start()
+        broker = start_broker(self.opts)
         log.info("embedded nats-server listening on %s:%s", self.opts.host, broker.port)
         return broker
 
@@ -378,10 +373,14 @@ class StreamingServer:
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
         try:
             check_client_id(req.client_id)
+        except InvalidName as e:
+            log.warning("connect refused: %s", e)
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT_ID))
+        try:
             check_subject(req.heartbeat_inbox, "heartbeat inbox")
         except InvalidName as e:
             log.warning("connect refused: %s", e)
-            return await self._respond(msg, pb.ConnectResponse(error=f"stan: {e}"))
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
         try:
             who = self._check(
                 "connect", msg, req.client_id,
@@ -503,7 +502,10 @@ class StreamingServer:
         except E.StanProtocolError as e:
             log.warning("subscribe client=%s channel=%r refused: %s", req.client_id, req.subject, e)
             return await self._respond(msg, pb.SubscriptionResponse(error=str(e)))
-        except (InvalidName, ValueError) as e:
+        except InvalidName as e:
+            log.warning("subscribe client=%s refused: %s", req.client_id, e)
+            return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_INVALID_SUBJECT))
+        except ValueError as e:
             log.warning("subscribe client=%s refused: %s", req.client_id, e)
             return await self._respond(msg, pb.SubscriptionResponse(error=f"stan: {e}"))
         except Exception as e:  # JetStream refused the consumer

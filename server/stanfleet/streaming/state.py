@@ -11,6 +11,7 @@ client never holds a registration the server could forget.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -21,6 +22,8 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from .naming import escape
 
 log = logging.getLogger("stanfleet.streaming.state")
+
+DEFAULT_LOAD_CONCURRENCY = 64  # registrations read at once at start-up
 
 
 class StateStore:
@@ -36,8 +39,10 @@ class StateStore:
         self.subs = None
 
     async def open(self) -> None:
-        self.clients = await self._bucket(self.clients_bucket, "STAN clients")
-        self.subs = await self._bucket(self.subs_bucket, "STAN subscriptions")
+        # Together: start-up time is round trips to JetStream.
+        self.clients, self.subs = await asyncio.gather(
+            self._bucket(self.clients_bucket, "STAN clients"),
+            self._bucket(self.subs_bucket, "STAN subscriptions"))
 
     async def _bucket(self, name: str, description: str):
         try:
@@ -83,10 +88,19 @@ async def _load_all(jsm, bucket: str) -> list[dict]:
     stream = f"KV_{bucket}"
     info = await jsm.stream_info(stream, subjects_filter=">")
     records = []
-    for subject in sorted(info.state.subjects or {}):
-        try:
-            msg = await jsm.get_last_msg(stream, subject)
-        except NotFoundError:
+    gate = asyncio.Semaphore(DEFAULT_LOAD_CONCURRENCY)
+
+    async def last(subject: str):
+        async with gate:
+            try:
+                return await jsm.get_last_msg(stream, subject)
+            except NotFoundError:
+                return None
+    # Concurrently: a restart with many registrations must not pay one round
+    # trip after the other.
+    msgs = await asyncio.gather(*(last(s) for s in sorted(info.state.subjects or {})))
+    for subject, msg in zip(sorted(info.state.subjects or {}), msgs):
+        if msg is None:
             continue
         if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
             continue

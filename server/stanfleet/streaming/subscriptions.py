@@ -40,6 +40,7 @@ from .state import StateStore
 
 log = logging.getLogger("stanfleet.streaming.subs")
 
+MAX_STALE_NAKS = 100_000  # beyond this many, the rest of a restart's unacked wait for ack_wait
 PLAIN_SUB_INACTIVE = 3600.0  # a plain sub's consumer outlives a crash of ours by this long
 DELIVERY_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
 
@@ -77,6 +78,9 @@ class Group:
     nats_sub: object = None
     rr: int = 0
     redelivered: int = 0
+    # Unacked deliveries of an earlier run (stream seqs first..last, up to consumer
+    # seq dseq), redelivered as soon as delivery starts: Go's redelivery on restart.
+    stale: tuple[int, int, int] | None = None
 
     @property
     def max_ack_pending(self) -> int:
@@ -98,6 +102,9 @@ class SubscriptionManager:
         # (headers, clientID) -> bool: may this Ack's sender ack for the client?
         # Set by the server when authorization is on.
         self.ack_gate = None
+        # --replace_durable: a durable subscribed again takes over from the one
+        # registered, instead of ERR_DUP_DURABLE.
+        self.replace_durable = False
         self._lock = asyncio.Lock()  # serialises changes of group membership
         self.msgs_out = 0
         self.bytes_out = 0
@@ -124,16 +131,21 @@ class SubscriptionManager:
         if req.max_in_flight < 1:
             raise E.StanProtocolError(E.ERR_INVALID_MAX_INFLIGHT)
         channel = await self.channels.ensure(req.subject)
+        if self.replace_durable and req.durable_name and not req.q_group:
+            old = self.groups.get(_group_key(req, ""))
+            for member in list(old.members if old else ()):
+                log.info("durable=%s of client=%s replaced", req.durable_name, req.client_id)
+                await self.remove(member, unsubscribe=False)
         async with self._lock:
-            n_subs = sum(len(g.members) for g in self.groups.values() if g.channel is channel)
-            max_subs = self.channels.limits_for(channel.name).max_subs
-            if max_subs and n_subs >= max_subs:
-                raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
             sub_id = _next_id()
             key = _group_key(req, sub_id)
             group = self.groups.get(key)
             if group is not None and group.members and not req.q_group:
-                raise E.StanProtocolError(E.ERR_DUP_DURABLE)
+                raise E.StanProtocolError(E.ERR_DUP_DURABLE)  # before the limit, as Go
+            n_subs = sum(len(g.members) for g in self.groups.values() if g.channel is channel)
+            max_subs = self.channels.limits_for(channel.name).max_subs
+            if max_subs and n_subs >= max_subs:
+                raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
             if group is None:
                 group = await self._open_group(key, channel, req)
             member = Member(sub_id=sub_id, client_id=req.client_id, channel=channel.name,
@@ -178,7 +190,8 @@ class SubscriptionManager:
                     continue
                 group = Group(key=key, channel=channel, consumer=r["consumer"],
                               deliver_subject=info.config.deliver_subject,
-                              durable=bool(r.get("durable")), config=info.config)
+                              durable=bool(r.get("durable")), config=info.config,
+                              stale=_unacked(info))
                 self.groups[key] = group
             member = Member(sub_id=r["sub_id"], client_id=r["client_id"], channel=channel.name,
                             inbox=r["inbox"], ack_inbox=self.subjects.ack_inbox(r["sub_id"]),
@@ -202,6 +215,7 @@ class SubscriptionManager:
                 await self._on_js_msg(group, msg)
             group.nats_sub = await self.nc.subscribe(group.deliver_subject, cb=deliver,
                                                      **DELIVERY_LIMITS)
+            await self._redeliver_stale(group)
         else:
             self._drain_backlog(group)
 
@@ -218,10 +232,12 @@ class SubscriptionManager:
             name = "S_" + _next_id()
         deliver = f"{self.subjects.deliver_prefix}.{channel.stream}.{name}"
         cfg = None
+        stale = None
         if durable:
             try:
                 info = await self.jsm.consumer_info(channel.stream, name)
                 cfg = info.config
+                stale = _unacked(info)
                 log.info("resuming durable consumer=%s channel=%s", name, channel.name)
             except NotFoundError:
                 cfg = None
@@ -245,7 +261,7 @@ class SubscriptionManager:
                         "stan_queue": req.q_group}
         await self.jsm.add_consumer(channel.stream, cfg)
         group = Group(key=key, channel=channel, consumer=name, deliver_subject=deliver,
-                      durable=durable, config=cfg)
+                      durable=durable, config=cfg, stale=stale)
         self.groups[key] = group
         return group
 
@@ -260,19 +276,17 @@ class SubscriptionManager:
         if sp == pb.SequenceStart:
             info = await self.jsm.stream_info(channel.stream)
             first, last = info.state.first_seq, info.state.last_seq
-            seq = req.start_sequence
-            if seq > last + 1:
-                raise E.StanProtocolError(E.ERR_INVALID_SEQUENCE)
+            # Go's rule: before the first, from the first; past the end, the next one.
+            seq = min(req.start_sequence, last + 1)
             return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                       opt_start_seq=max(seq, first, 1))
         if sp == pb.TimeDeltaStart:
-            if req.start_time_delta < 0:
-                raise E.StanProtocolError(E.ERR_INVALID_TIME)
+            # A negative delta is a start in the future: accepted, as by Go.
             start = time.time() - req.start_time_delta / 1e9
             when = dt.datetime.fromtimestamp(max(start, 0), tz=dt.timezone.utc)
             return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
                                       opt_start_time=when.isoformat().replace("+00:00", "Z"))
-        raise E.StanProtocolError(E.ERR_INVALID_SUB_REQ)
+        raise E.StanProtocolError(E.ERR_INVALID_START)
 
     async def _update_consumer(self, group: Group) -> None:
         group.config.max_ack_pending = group.max_ack_pending
@@ -344,6 +358,20 @@ class SubscriptionManager:
             m = self.members.get(sub_id)
             if m is not None:
                 await self.remove(m, unsubscribe=False)
+
+    async def _redeliver_stale(self, group: Group) -> None:
+        """NAK what an earlier run delivered and nobody acked, so JetStream sends
+        it now instead of after ack_wait. We no longer hold those deliveries' ack
+        subjects; JetStream's v1 ack subject names a pending message by stream
+        sequence, and ignores one that is not pending (acked already)."""
+        if group.stale is None:
+            return
+        first, last, dseq = group.stale
+        group.stale = None
+        last = min(last, first + MAX_STALE_NAKS - 1)
+        prefix = f"$JS.ACK.{group.channel.stream}.{group.consumer}.1"
+        for sseq in range(first, last + 1):
+            await self.nc.publish(f"{prefix}.{sseq}.{dseq}.0.0", b"-NAK")
 
     async def _nak(self, pending) -> None:
         for _, reply in pending:
@@ -439,6 +467,17 @@ class SubscriptionManager:
         await self.nc.publish(reply, b"+ACK")
         if group.backlog:
             await self._drain(group)
+
+
+def _unacked(info) -> tuple[int, int, int] | None:
+    """The stream seqs a consumer delivered and has not had acked, from its info."""
+    if not info.num_ack_pending or info.delivered is None or info.ack_floor is None:
+        return None
+    first = (info.ack_floor.stream_seq or 0) + 1
+    last = info.delivered.stream_seq or 0
+    if last < first:
+        return None
+    return first, last, info.delivered.consumer_seq or 1
 
 
 def _group_key(req, sub_id: str) -> tuple:

@@ -1,0 +1,70 @@
+# MicroPython side of bench/heap_parts.py: runs in a provisioned flash
+# directory and builds the device up piece by piece, printing what each piece
+# keeps on the heap after a collection: "PART <bytes> <what>".
+import asyncio
+import gc
+import sys
+
+
+def live():
+    gc.collect()
+    return gc.mem_alloc()
+
+
+_last = [live()]
+
+
+def part(what):
+    a = live()
+    print("PART %d %s" % (a - _last[0], what))
+    _last[0] = a
+
+
+import otaboot  # noqa: E402
+
+otaboot.select()
+part("boot: otaboot, slot choice")
+from app import device  # noqa: E402
+
+part("app imports (device, nats, stan, pb, hal, cfgrules, settings, buffer)")
+d = device.Device()
+part("Device(): config.json, settings, offline buffer (%d readings)" % d.buf.size)
+if d.cfg.get("ca"):
+    import tlsctx
+
+    tlsctx.context(d.cfg["ca"])
+    part("TLS context with the CA")
+
+
+async def main():
+    nc = await d._connect_nats()
+    part("NATS link (TLS socket, reader/writer/pinger tasks, buffers)")
+    await d._connect_stan(nc)
+    part("STAN session and its 2 durable subscriptions")
+    for _ in range(3):
+        d.buf.push(1764583200, 2137)
+    t = asyncio.create_task(d._sender())
+    while len(d.buf):
+        await asyncio.sleep_ms(20)
+    part("sender task, 3 readings sent")
+    s = d._status_loop()
+    t2 = asyncio.create_task(s)
+    d.changed()
+    await asyncio.sleep_ms(300)
+    part("status task, one status sent")
+    from app import release  # noqa: F401
+
+    part("release decision (app.release, rollout)")
+    from app import ota  # noqa: F401
+
+    part("OTA install code (app.ota, bundle, http_get)")
+    import ed25519  # noqa: F401
+
+    part("ed25519 + sha512")
+    print("TOTAL %d" % _last[0])
+    t.cancel()
+    t2.cancel()
+    sys.exit(0)
+
+
+asyncio.run(main())

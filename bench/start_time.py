@@ -1,0 +1,160 @@
+"""Start and restart time of the streaming server, ours beside the Go binary's.
+
+    .venv/bin/python bench/start_time.py [--runs 5] [--store file|memory]
+
+start-to-port:   exec to the client port accepting a TCP connection
+start-to-ready:  exec to `_STAN.discover.<cluster>` answered
+term-to-ready:   SIGTERM of a running server to its successor (same port, same
+                 data directory, exec'd at once) answering discover
+kill-to-ready:   the same after SIGKILL
+
+The probe is a raw socket speaking the NATS text protocol (no client library
+to import in the measuring loop): connect, SUB an inbox, publish a
+ConnectRequest to discover every 2 ms until the reply comes, as harnesses poll.
+Target: 150 ms for every figure (issue 13). The Go reference binary is found at
+../shared/reference/bin from the project root and skipped when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "server"))
+from stanfleet.pb import protocol_pb2 as pb  # noqa: E402
+
+GO_BINARY = ROOT.parent / "shared" / "reference" / "bin" / "nats-streaming-server"
+OURS = [str(Path(sys.executable).parent / "stanfleet"), "streaming-server"]
+TARGET_MS = 150.0
+DEFAULT_RUNS = 5
+POLL_S = 0.002
+GIVE_UP_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def probe(port: int, t0: float) -> tuple[float, float]:
+    """(ms to port open, ms to discover answered), both from t0. A connection the
+    server closes (a predecessor still shutting down) is opened again."""
+    deadline = time.monotonic() + GIVE_UP_S
+    t_port = None
+    while True:
+        if time.monotonic() > deadline:
+            raise RuntimeError("discover never answered")
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+        except OSError:
+            time.sleep(POLL_S)
+            continue
+        t_port = t_port or time.monotonic()
+        try:
+            if _discover(sock, deadline):
+                return (t_port - t0) * 1000, (time.monotonic() - t0) * 1000
+        finally:
+            sock.close()
+
+
+def _discover(sock: socket.socket, deadline: float) -> bool:
+    req = pb.ConnectRequest(client_id=f"probe{os.getpid()}", heartbeat_inbox="_INBOX.hb",
+                            protocol=1, conn_id=os.urandom(8), ping_interval=5,
+                            ping_max_out=3).SerializeToString()
+    pub = b"PUB _STAN.discover.test-cluster _INBOX.probe %d\r\n" % len(req) + req + b"\r\n"
+    sock.settimeout(POLL_S)
+    buf = b""
+    try:
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.probe 1\r\n')
+        while b"MSG _INBOX.probe" not in buf:
+            if time.monotonic() > deadline:
+                return False
+            sock.sendall(pub)
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                return False
+            buf = buf[-100:] + chunk
+    except OSError:
+        return False
+    return True
+
+
+def spawn(cmd: list[str], port: int, data: str, store: str) -> subprocess.Popen:
+    args = cmd + ["-a", "127.0.0.1", "-p", str(port), "-store", store, "-dir", data]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def measure(cmd: list[str], runs: int, store: str) -> dict[str, list[float]]:
+    out = {"start-to-port": [], "start-to-ready": [], "term-to-ready": [], "kill-to-ready": []}
+    for _ in range(runs):
+        data = tempfile.mkdtemp(prefix="start-bench-")
+        port = free_port()
+        try:
+            t0 = time.monotonic()
+            p = spawn(cmd, port, data, store)
+            t_port, t_ready = probe(port, t0)
+            out["start-to-port"].append(t_port)
+            out["start-to-ready"].append(t_ready)
+            for sig, name in ((signal.SIGTERM, "term-to-ready"), (signal.SIGKILL, "kill-to-ready")):
+                t0 = time.monotonic()
+                p.send_signal(sig)
+                if sig == signal.SIGTERM:
+                    p.wait()  # a harness waits for the exit before it starts the next one
+                nxt = spawn(cmd, port, data, store)
+                out[name].append(probe(port, t0)[1])
+                if sig == signal.SIGKILL:
+                    p.wait()
+                p = nxt
+            p.send_signal(signal.SIGTERM)
+            p.wait(10)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=DEFAULT_RUNS)
+    ap.add_argument("--store", default="file", choices=("file", "memory"))
+    a = ap.parse_args()
+    # Bytecode as an installed package has it (pip compiles at install; an
+    # editable checkout under PYTHONDONTWRITEBYTECODE would compile every start).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "server")],
+                   check=True, stdout=subprocess.DEVNULL)
+    rows = {"stanfleet": measure(OURS, a.runs, a.store)}
+    if GO_BINARY.exists():
+        rows["go"] = measure([str(GO_BINARY)], a.runs, a.store)
+    else:
+        print(f"(Go reference binary not found at {GO_BINARY}: ours only)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"store={a.store}, {a.runs} runs, median (max) in ms; target {TARGET_MS:.0f} ms; "
+          f"load average {load} on {os.cpu_count()} cores")
+    names = list(rows["stanfleet"])
+    print(f"{'':16}" + "".join(f"{who:>22}" for who in rows))
+    for name in names:
+        cells = []
+        for figures in rows.values():
+            cells.append(f"{statistics.median(figures[name]):9.0f} ({max(figures[name]):5.0f})")
+        ours = statistics.median(rows["stanfleet"][name])
+        verdict = "ok" if ours <= TARGET_MS else "OVER"
+        print(f"{name:16}" + "".join(f"{c:>22}" for c in cells) + f"   {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Start the server fast: the embedded nats-server comes up while we import.
+
+From exec to `_STAN.discover` answered, most of the time is Python importing
+nats-py, protobuf and (with -m) aiohttp, and nats-server opening its port and
+JetStream. Neither needs the other: a thread imports while the main thread
+spawns nats-server and waits for its port. (Not the other way round: the
+kernel's parent-death signal that ties nats-server to us follows the thread
+that spawned it, so the spawning thread must live as long as we do.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+import threading
+
+from ..errors import CommandError
+from .options import ServerOptions
+
+log = logging.getLogger("stanfleet.streaming")
+
+DEFAULT_STARTUP_SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
+HEAVY_MODULES = ("stanfleet.streaming.server",)
+MONITOR_MODULES = ("stanfleet.streaming.monitor",)
+
+
+class _Importer(threading.Thread):
+    def __init__(self, modules: tuple[str, ...]):
+        super().__init__(name="imports", daemon=True)
+        self.modules = modules
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        # nats-py imports aiohttp (120 ms) only for ws:// URLs, and copes with
+        # its absence: hide it while nats-py loads. The monitor imports it
+        # for real afterwards, when -m asks for it.
+        hide = "aiohttp" not in sys.modules
+        if hide:
+            sys.modules["aiohttp"] = None  # `import aiohttp` raises ImportError
+        try:
+            importlib.import_module("nats.aio.client")
+        except BaseException as e:
+            self.error = e
+        finally:
+            if hide and sys.modules.get("aiohttp", 0) is None:
+                del sys.modules["aiohttp"]
+        try:
+            for name in self.modules:
+                importlib.import_module(name)
+        except BaseException as e:  # re-raised in the main thread
+            self.error = e
+
+    def done(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def forward_signals(broker) -> None:
+    """Go's `-sl reload` (SIGHUP) and `-sl reopen` (SIGUSR1) reach the embedded
+    nats-server (config reload, log reopen); SIGUSR1 also reopens our log file."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+
+    def reopen() -> None:
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.close()  # the next record opens the file again
+        if broker is not None and broker.proc is not None:
+            broker.proc.send_signal(signal.SIGUSR1)
+
+    def reload() -> None:
+        if broker is not None and broker.proc is not None:
+            broker.proc.send_signal(signal.SIGHUP)
+        else:
+            log.info("reload: no embedded nats-server to reload")
+
+    loop.add_signal_handler(signal.SIGUSR1, reopen)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+def run_plain_nats(opts: ServerOptions) -> int:
+    """A NATS cluster member and nothing more (embedded.plain_nats_only)."""
+    from ..signals import stop_event
+    from .embedded import start_broker
+
+    broker = start_broker(opts)
+    log.warning("NATS cluster member on %s:%s (routes %s): no streaming service here, "
+                "JetStream in a NATS cluster needs --clustered", opts.host, broker.port,
+                ",".join(opts.routes) or "none")
+    log.info("streaming server ready: plain NATS only")
+
+    async def wait() -> None:
+        forward_signals(broker)
+        await stop_event().wait()
+
+    try:
+        asyncio.run(wait())
+    finally:
+        broker.stop()
+    return 0
+
+
+def run_server(opts: ServerOptions) -> int:
+    from .embedded import plain_nats_only
+
+    if plain_nats_only(opts):
+        return run_plain_nats(opts)
+    modules = HEAVY_MODULES
+    if opts.monitor_port is not None or opts.https_port is not None:
+        modules += MONITOR_MODULES
+    from .early import start_early
+    from .embedded import start_broker  # before the thread starts: no wait for the GIL
+
+    importer = _Importer(modules)
+    # Short GIL slices while the importer runs: the main thread must subscribe
+    # the moment nats-server is up, not when the importer lets go.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(DEFAULT_STARTUP_SWITCH_INTERVAL)
+    importer.start()
+    broker = None
+    if not opts.nats_url:
+        broker = start_broker(opts)
+    # A standby (--ft_group) must take no connect: they are the active one's.
+    early = None if opts.ft_group else start_early(opts, broker)  # holds connects until answered
+    sys.setswitchinterval(switch)
+    if broker is not None:
+        log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
+    try:
+        importer.done()
+        from ..signals import stop_event
+        from .server import StreamingServer
+
+        async def serve() -> int:
+            forward_signals(broker)  # before "ready" is logged: a script may signal then
+            server = StreamingServer(opts, broker=broker, early=early)
+            await server.start()
+            try:
+                await server.until_stopped(stop_event())  # ft.LeaseLost: another is active
+            finally:
+                log.info("shutting down")
+                await server.stop()
+            return 0
+
+        from .ft import LeaseLost
+
+        try:
+            return asyncio.run(serve())
+        except LeaseLost as e:
+            raise CommandError(str(e)) from None
+    finally:
+        if broker is not None:
+            broker.stop()

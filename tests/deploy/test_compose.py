@@ -1,0 +1,24 @@
+"""deploy/compose.yaml cannot be run here (no container engine): check that it
+describes the documented layout and runs commands stanfleet has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
+
+
+def test_compose_describes_the_three_machine_layout():
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert sum(name.startswith("nats") for name in services) == 3
+    streaming = [s["command"] for n, s in services.items() if n.startswith("streaming")]
+    assert len(streaming) == 2 and all("--ft_group" in c for c in streaming)
+    listeners = [s["command"] for n, s in services.items() if n.startswith("listener")]
+    assert len(listeners) == 2 and len({c[c.index("--name") + 1] for c in listeners}) == 2
+    assert {"postgres", "release-serve", "dashboard"} <= set(services)
+    for name, s in services.items():
+        if s.get("image") == "localhost/stanfleet" and s["command"][0] != "streaming-server":
+            assert "--config" in s["command"], name

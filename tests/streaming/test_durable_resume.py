@@ -1,0 +1,79 @@
+"""A durable subscriber that crashed together with the server gets its unacked
+messages at once when it resumes after the restart, as from the Go server: not
+after ack_wait (60 s here)."""
+
+from __future__ import annotations
+
+import time
+
+from stanfleet.pb import protocol_pb2 as pb
+
+from .rawstan import RawStan
+from .serverproc import ServerProcess, free_port
+
+ACK_WAIT = 60
+PROMPT = 10  # seconds: far below ACK_WAIT, far above a loaded machine's latency
+
+
+async def test_durable_resumed_after_a_crash_is_redelivered_at_once(tmp_path):
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file",
+                         "-dir", str(tmp_path / "d"), log_path=str(tmp_path / "server.log"))
+    await proc.start()
+    try:
+        c = await RawStan.open(url, "test-cluster", "crasher")
+        assert (await c.connect()).error == ""
+        sub = await c.subscribe("orders", "in.orders", durable_name="dur",
+                                ack_wait_in_secs=ACK_WAIT, start_position=pb.First)
+        for i in range(1, 4):
+            assert (await c.publish("orders", b"%d" % i)).error == ""
+        got = [await sub.next() for _ in range(3)]
+        assert [m.sequence for m in got] == [1, 2, 3]
+        await sub.ack(got[0])
+        await c.ping()  # the ack went out before this round trip came back
+        await proc.kill()
+        await c.vanish()  # the subscriber's process died too
+
+        await proc.start()
+        again = await RawStan.open(url, "test-cluster", "crasher")
+        assert (await again.connect()).error == ""  # replaces the dead session
+        started = time.monotonic()
+        sub = await again.subscribe("orders", "in.orders2", durable_name="dur",
+                                    ack_wait_in_secs=ACK_WAIT, start_position=pb.First)
+        seen = {}
+        while set(seen) != {2, 3}:
+            m = await sub.next(timeout=PROMPT)
+            seen[m.sequence] = m
+            await sub.ack(m)
+        assert time.monotonic() - started < PROMPT
+        assert seen[2].redelivered and seen[3].redelivered
+        await again.close()
+    finally:
+        await proc.stop()
+
+
+async def test_replace_durable_hands_the_durable_to_the_new_subscriber(make_stan_server):
+    stan = await make_stan_server(replace_durable=True)
+    c = await RawStan.open(stan.nats_url, stan.cluster_id, "twice")
+    assert (await c.connect()).error == ""
+    first = await c.subscribe("jobs", "in.first", durable_name="d", start_position=pb.First)
+    assert (await c.publish("jobs", b"1")).error == ""
+    m = await first.next()
+    await first.ack(m)
+    second = await c.subscribe("jobs", "in.second", durable_name="d", start_position=pb.First)
+    assert second.error == ""  # not "stan: duplicate durable registration"
+    assert (await c.publish("jobs", b"2")).error == ""
+    m = await second.next()
+    assert (m.sequence, m.data) == (2, b"2")  # the position moved over with the durable
+    assert first.nothing_pending()
+    await c.close()
+
+
+async def test_without_replace_durable_a_second_registration_is_refused(stan_server):
+    c = await RawStan.open(stan_server.nats_url, stan_server.cluster_id, "twice")
+    assert (await c.connect()).error == ""
+    await c.subscribe("jobs", "in.first", durable_name="d")
+    again = await c.subscribe("jobs", "in.second", durable_name="d")
+    assert again.error == "stan: duplicate durable registration"
+    await c.close()
