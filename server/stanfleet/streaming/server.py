@@ -21,6 +21,7 @@ import time
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
 from ..broker import Broker
 from ..pb import protocol_pb2 as pb
@@ -40,6 +41,10 @@ PROTOCOL_VERSION = 1
 DEFAULT_PING_INTERVAL = 5
 DEFAULT_PING_MAX_OUT = 3
 REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 1024 * 1024}
+
+
+class ChannelsUnlisted(Exception):
+    """JetStream's stream listing left out a channel that exists (leaders being elected)."""
 
 
 class StreamingServer:
@@ -82,7 +87,6 @@ class StreamingServer:
             await self._stand_by()
             return
         await self._activate(self.nc)
-        await self._start_monitor()
 
     async def _connect(self) -> None:
         # A comma-separated list names several servers of one cluster.
@@ -159,6 +163,8 @@ class StreamingServer:
             log.info("answering %d connect requests that came before we were ready", len(held))
         self.clients.start()
         self.started = time.time()
+        if self.monitor_port is None:  # an FT standby started it already
+            await self._start_monitor()
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
 
@@ -209,9 +215,26 @@ class StreamingServer:
                     created=r.get("created", time.time())))
             except (KeyError, ValueError, TypeError):
                 log.error("unreadable client record %r dropped", r)
+        await self._check_listing(subs)
         subs = await self.subs.restore(subs, self.clients.clients)
         if self.clients.clients or subs:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
+
+    async def _check_listing(self, subs: list[dict]) -> None:
+        """Raise if a channel a subscription names exists but was not listed.
+
+        A stream listing taken while JetStream elects leaders (a NATS node just
+        died) can leave streams out; restore would then drop their durables as
+        if the channel were gone. Failing instead lets the caller try again (an
+        FT takeover does; a plain start exits and is restarted)."""
+        for name in {r.get("channel") for r in subs} - set(self.channels.channels):
+            if not name:
+                continue
+            try:
+                await self.channels.jsm.stream_info(self.subjects.stream_for(name))
+            except NotFoundError:
+                continue  # really gone: restore drops its subscriptions
+            raise ChannelsUnlisted(f"channel {name} exists but JetStream did not list it")
 
     def _has_subscriptions(self, channel: str) -> bool:
         # A server that may not be the active one deletes nothing: say yes.
