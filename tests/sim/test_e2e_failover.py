@@ -118,7 +118,7 @@ class Listener:
 
     def __init__(self, name: str, url: str, ca: str, db: str, log_path: str):
         self.args = ("listener", "--name", name, "--nats", url, "--cluster-id", CLUSTER,
-                     "--ca", ca, "--db", db)
+                     "--ca", ca, "--db", db, "--ops-port", "0")
         self.log_path = log_path
         self.proc = None
 
