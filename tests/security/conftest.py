@@ -93,7 +93,7 @@ def _server_args(security_dir: str, data_dir: str) -> argparse.Namespace:
 @pytest.fixture
 async def make_fleet(tmp_path, monkeypatch):
     """Factory: two devices and one user per service role. loose=True gives
-    devices the broad broker permissions of the design doc (`_STAN.>`), so a
+    devices and services the broad broker permissions `_STAN.>`, so a
     refusal must come from the streaming server's own checks."""
     started = []
 
@@ -103,6 +103,7 @@ async def make_fleet(tmp_path, monkeypatch):
             real = creds.device_user
             monkeypatch.setattr(creds, "device_user",
                                 lambda dev, cid: (["_STAN.>"],) + real(dev, cid)[1:])
+            monkeypatch.setattr(creds, "role_publish", lambda role, cid: ["_STAN.>"])
         sec = tmp_path / "security"
         certs = init(str(sec / "certs"), ["localhost", "127.0.0.1"])
         store = creds.Store(str(sec))

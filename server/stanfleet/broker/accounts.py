@@ -49,17 +49,20 @@ class Accounts:
     stan: list[NatsUser]
     devices: list[NatsUser] = field(default_factory=list)
     services: list[NatsUser] = field(default_factory=list)
+    # The subjects STAN exports and the client accounts import. Only these
+    # cross: STAN's stores, deliveries and JetStream API stay its own.
+    exports: list[str] = field(default_factory=lambda: ["_STAN.>"])
 
     def render(self) -> str:
         def client_account(users: list[NatsUser]) -> dict:
             return {"users": [u.render() for u in users],
-                    "imports": [{"service": {"account": "STAN", "subject": "_STAN.>"},
-                                 "share": True}],
+                    "imports": [{"service": {"account": "STAN", "subject": s},
+                                 "share": True} for s in self.exports],
                     "exports": [{"service": "_INBOX.>"}]}
         accounts = {
             "STAN": {"jetstream": "enabled",
                      "users": [u.render() for u in self.stan],
-                     "exports": [{"service": "_STAN.>"}],
+                     "exports": [{"service": s} for s in self.exports],
                      "imports": [
                          {"service": {"account": "DEVICES", "subject": "_INBOX.>"},
                           "to": "_DEV._INBOX.>"},

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from ..broker import Accounts, NatsUser, reload, write_accounts
 from ..defaults import DEFAULT_CLUSTER_ID
 from ..errors import CommandError
-from .roles import DEVICE_USER, ROLES
+from .roles import DEVICE_USER, ROLES, role_publish, stan_exports, stan_publish, stan_requests
 
 DEFAULT_DIR = "stanfleet-data/security"
 SERVER_USER = "stan"
@@ -71,11 +71,8 @@ def device_user(device_id: str, cluster_id: str) -> tuple[list[str], list[str], 
     STAN requests, publishing only to its own channels, and its own inboxes.
     The streaming server checks the same rules again (authz.py)."""
     c = cluster_id
-    publish = [f"_STAN.discover.{c}", f"_STAN.discover.{c}.pings", f"_STAN.sub.{c}",
-               f"_STAN.unsub.{c}", f"_STAN.subclose.{c}", f"_STAN.close.{c}",
-               f"_STAN.acks.{c}.*",
-               f"_STAN.pub.{c}.devices.{device_id}.events",
-               f"_STAN.pub.{c}.devices.{device_id}.status"]
+    publish = stan_requests(c) + [stan_publish(c, f"devices.{device_id}.events"),
+                                  stan_publish(c, f"devices.{device_id}.status")]
     return publish, _own_inboxes(f"device-{device_id}"), _others_acks(c)
 
 
@@ -235,9 +232,10 @@ class Store:
                 pub, sub, deny = device_user(e["device_id"], cid)
                 devices.append(NatsUser(user, e["hash"], pub, sub, deny, allow_responses=True))
             elif kind == "service":
-                services.append(NatsUser(user, e["hash"], ["_STAN.>"], _own_inboxes(user),
-                                         _others_acks(cid), allow_responses=True))
-        return Accounts(stan=stan, devices=devices, services=services)
+                services.append(NatsUser(user, e["hash"], role_publish(e["role"], cid),
+                                         _own_inboxes(user), _others_acks(cid),
+                                         allow_responses=True))
+        return Accounts(stan=stan, devices=devices, services=services, exports=stan_exports(cid))
 
     def _publish(self, data: dict) -> None:
         """Write the accounts file and have a running nats-server reload it."""
