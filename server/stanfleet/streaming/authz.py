@@ -140,6 +140,7 @@ class Authorizer:
     def __init__(self, inbox_imports: dict[str, str] | None = None):
         self.inbox_imports = dict(INBOX_IMPORTS if inbox_imports is None else inbox_imports)
         self.owners: dict[str, str] = {}  # clientID -> user that opened the session
+        self.sessions: dict[str, set[str]] = {}  # user -> its clientIDs (quotas, revocation)
         self._identities: dict[str, Identity] = {}
         self._publish: dict[tuple[str, str], str] = {}
 
@@ -177,10 +178,17 @@ class Authorizer:
         check_owns(who, client_id, self.owners.get(client_id))
 
     def claim(self, client_id: str, who: Identity) -> None:
+        self.release(client_id)
         self.owners[client_id] = who.user
+        self.sessions.setdefault(who.user, set()).add(client_id)
 
     def release(self, client_id: str) -> None:
-        self.owners.pop(client_id, None)
+        user = self.owners.pop(client_id, None)
+        ids = self.sessions.get(user) if user is not None else None
+        if ids is not None:
+            ids.discard(client_id)
+            if not ids:
+                del self.sessions[user]
 
     def publish_error(self, headers: dict | None, client_id: str, channel: str) -> str:
         """'' if the publisher may publish to channel as client_id, else the refusal."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from ..defaults import DEFAULT_CLUSTER_ID
 from .channels import ChannelLimits
 from .limits import DEFAULT_MAX_CHANNELS, LimitsError, StoreLimits, load, parse_duration, parse_size
+from .quotas import DEFAULT_QUOTAS
+from .quotas import load as load_quotas
 
 DEFAULT_PORT = 4222
 DEFAULT_HB_INTERVAL = 30.0
@@ -50,6 +52,9 @@ class ServerOptions:
     authz: bool = False  # every request must carry Nats-Request-Info and pass authz.py
     accounts_file: str | None = None  # embedded nats-server: accounts and users (creds.py)
     broker_pid_file: str | None = None  # embedded nats-server's pid, for reloads
+    security_dir: str | None = None  # creds store: revocations end sessions (revocation.py)
+    # Per-identity quotas (quotas.py), applied when authz is on; None: none.
+    quotas: dict | None = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
 
 
 def _duration(text: str) -> float:
@@ -117,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="authorize every request by the identity nats-server puts in its "
                         "Nats-Request-Info header: devices only their own channels, services "
                         "by role (needs the account layout of docs/security-design.md)")
+    n.add_argument("--no-quotas", dest="no_quotas", action="store_true",
+                   help="no per-identity quotas (quotas.py; set them in the 'quotas' section "
+                        "of the -sc file instead)")
     n.add_argument("--user", default=None, help="user required from clients / used to connect")
     n.add_argument("--pass", dest="password", default=None, help="password for --user")
     n.add_argument("--auth", dest="token", default=None, help="authorization token")
@@ -173,6 +181,7 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         authz=args.authz,
+        quotas=None if args.no_quotas else load_quotas(args.limits_file),
     )
     if args.security_dir:
         for name, value in _security(args).items():
@@ -198,5 +207,6 @@ def _security(args: argparse.Namespace) -> dict:
     return {"user": user, "password": password, "tls_ca": args.tls_ca or certs.ca,
             "tls_cert": args.tls_cert or (certs.server if embedded else None),
             "tls_key": args.tls_key or (certs.server_key if embedded else None),
+            "security_dir": args.security_dir,
             "accounts_file": store.accounts_file if embedded else None,
             "broker_pid_file": store.pid_file if embedded else None}

@@ -30,8 +30,10 @@ from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
+from .quotas import QuotaExceeded, Quotas
 from .state import StateStore
 from .subscriptions import SubscriptionManager
+from .subscriptions import _group_key as group_key
 
 log = logging.getLogger("stanfleet.streaming")
 
@@ -58,7 +60,12 @@ class StreamingServer:
         self._stopping = False
         # Per-identity authorization (docs/security-design.md); None: off.
         self.authz = authz.Authorizer() if options.authz else None
+        # Per-identity quotas (quotas.py): they need identities, so authz.
+        self.quotas = Quotas(options.quotas) if self.authz and options.quotas else None
         self._refusals: dict[tuple, int] = {}
+        # clientIDs whose duplicate-ID liveness check is running, and those checks
+        self._checking: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def nats_url(self) -> str:
@@ -102,6 +109,10 @@ class StreamingServer:
         self.subs = SubscriptionManager(self.nc, self.subjects, self.channels, self.state)
         if self.authz:
             self.subs.ack_gate = self._authorize_ack
+            self.subs.count_channel_subs = self._own_subs_on
+        if self.quotas:
+            self.channels.admit = self._admit_publish
+            self.channels.answered = self.quotas.published
         await self.channels.start()
         await self._restore()
         await self.subs.start()
@@ -194,6 +205,8 @@ class StreamingServer:
                 except Exception:
                     pass
             self._nats_subs.clear()
+            for task in list(self._tasks):
+                task.cancel()
             if self.clients:
                 await self.clients.stop()
             if self.channels:
@@ -284,6 +297,28 @@ class StreamingServer:
             self._log_refusal("ack", client_id, "", str(e))
             return False
 
+    def _admit_publish(self, headers, channel: str, nbytes: int) -> tuple[str, str]:
+        """('' or the quota refusal, the publisher) for a publish authz let through."""
+        try:
+            who = self.authz.identify(headers)
+            self.quotas.admit_publish(who, nbytes, channel not in self.channels.channels)
+        except (authz.Denied, QuotaExceeded) as e:
+            self._log_refusal("publish", "", channel, str(e))
+            return str(e), ""
+        return "", who.user
+
+    def _own_subs_on(self, channel, client_id: str) -> int:
+        """The subscriptions on channel held by client_id's identity: max_subs
+        counts per identity, so no identity fills a shared channel."""
+        owners = self.authz.owners
+        owner = owners.get(client_id)
+        return sum(1 for g in self.subs.groups.values() if g.channel is channel
+                   for m in g.members if owners.get(m.client_id) == owner)
+
+    def _held_subs(self, user: str) -> int:
+        return sum(len(self.subs.by_client.get(cid, ()))
+                   for cid in self.authz.sessions.get(user, ()))
+
     def _log_refusal(self, op: str, client_id: str, channel: str, err: str) -> None:
         # A hostile publisher can repeat a refused publish at line rate: log the
         # first and then every 1000th, not each one.
@@ -316,6 +351,12 @@ class StreamingServer:
         except authz.Denied as e:
             return await self._respond(msg, pb.ConnectResponse(error=str(e)))
         hb_inbox = self.authz.inbox_for(who, req.heartbeat_inbox) if who else req.heartbeat_inbox
+        if self.quotas and who is not None:
+            try:
+                self.quotas.admit_connect(who)
+            except QuotaExceeded as e:
+                self._log_refusal("connect", req.client_id, "", str(e))
+                return await self._respond(msg, pb.ConnectResponse(error=str(e)))
         old = self.clients.clients.get(req.client_id)
         if old is not None and who is not None and \
                 self.authz.owners.get(req.client_id, who.user) != who.user:
@@ -325,7 +366,23 @@ class StreamingServer:
                         "identity", req.client_id, who.user)
             return await self._respond(msg, pb.ConnectResponse(
                 error=f"stan: not authorized: clientID {req.client_id} belongs to another identity"))
+        if req.client_id in self._checking:
+            # One liveness check per clientID at a time; a storm of connects
+            # for it is answered at once instead of queueing checks.
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
         if old is not None:
+            # The liveness check waits up to dup_check_timeout: run it beside
+            # the other requests, not in front of them.
+            self._checking.add(req.client_id)
+            task = asyncio.create_task(self._replace_then_register(msg, req, who, hb_inbox, old))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        await self._register(msg, req, who, hb_inbox)
+
+    async def _replace_then_register(self, msg: Msg, req, who, hb_inbox: str,
+                                     old: ClientInfo) -> None:
+        try:
             # Liveness check of the registered client: the original server's rule.
             if await self.clients.is_alive(old, self.opts.dup_check_timeout):
                 log.warning("connect client=%s refused: already registered and alive",
@@ -335,6 +392,13 @@ class StreamingServer:
                 log.info("client=%s replaced (old session did not answer)", req.client_id)
                 self.clients.remove(req.client_id)
                 await self._forget_client(req.client_id)
+            await self._register(msg, req, who, hb_inbox)
+        except Exception:
+            log.exception("connect client=%s failed", req.client_id)
+        finally:
+            self._checking.discard(req.client_id)
+
+    async def _register(self, msg: Msg, req, who, hb_inbox: str) -> None:
         if req.client_id in self.clients.clients:
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
         if req.conn_id and bytes(req.conn_id) in self.clients.by_conn_id:
@@ -422,6 +486,15 @@ class StreamingServer:
                 req.q_group = f"{who.user}:{req.q_group}"
         if req.client_id not in self.clients.clients:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_CLIENT))
+        durable_key = group_key(req, "") if req.durable_name else None
+        if self.quotas and who is not None:
+            try:
+                self.quotas.admit_subscription(who, self._held_subs(who.user), durable_key,
+                                               req.subject not in self.channels.channels)
+            except QuotaExceeded as e:
+                log.warning("subscribe client=%s channel=%r refused: %s", req.client_id,
+                            req.subject, e)
+                return await self._respond(msg, pb.SubscriptionResponse(error=str(e)))
         try:
             member = await self.subs.subscribe(req)
         except E.StanProtocolError as e:
@@ -433,6 +506,8 @@ class StreamingServer:
         except Exception as e:  # JetStream refused the consumer
             log.error("subscribe client=%s channel=%r failed: %s", req.client_id, req.subject, e)
             return await self._respond(msg, pb.SubscriptionResponse(error=f"stan: {e}"))
+        if self.quotas and who is not None and durable_key is not None:
+            self.quotas.durable_added(who, durable_key)
         log.info("client=%s subscribed channel=%s durable=%r queue=%r sub=%s", req.client_id,
                  req.subject, req.durable_name, req.q_group, member.sub_id)
         await self._respond(msg, pb.SubscriptionResponse(ack_inbox=member.ack_inbox))
@@ -461,6 +536,10 @@ class StreamingServer:
         if member is None or member.channel != req.subject:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_SUB))
         await self.subs.remove(member, unsubscribe=unsubscribe)
+        if self.quotas and who is not None and unsubscribe and member.durable_name \
+                and not member.group.members:
+            self.quotas.durable_deleted(self.authz.owners.get(req.client_id, who.user),
+                                        member.group.key)
         log.info("client=%s %s channel=%s sub=%s", req.client_id,
                  "unsubscribed" if unsubscribe else "closed subscription", req.subject,
                  member.sub_id)

@@ -98,6 +98,11 @@ class SubscriptionManager:
         # (headers, clientID) -> bool: may this Ack's sender ack for the client?
         # Set by the server when authorization is on.
         self.ack_gate = None
+        # (channel, clientID) -> how many subscriptions count against the
+        # channel's max_subs for this request; None: all of the channel's.
+        # With identities, the server counts the requester's own only, so no
+        # identity can fill a shared channel for the others.
+        self.count_channel_subs = None
         self._lock = asyncio.Lock()  # serialises changes of group membership
         self.msgs_out = 0
         self.bytes_out = 0
@@ -125,7 +130,11 @@ class SubscriptionManager:
             raise E.StanProtocolError(E.ERR_INVALID_MAX_INFLIGHT)
         channel = await self.channels.ensure(req.subject)
         async with self._lock:
-            n_subs = sum(len(g.members) for g in self.groups.values() if g.channel is channel)
+            if self.count_channel_subs is not None:
+                n_subs = self.count_channel_subs(channel, req.client_id)
+            else:
+                n_subs = sum(len(g.members) for g in self.groups.values()
+                             if g.channel is channel)
             max_subs = self.channels.limits_for(channel.name).max_subs
             if max_subs and n_subs >= max_subs:
                 raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
