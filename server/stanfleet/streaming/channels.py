@@ -95,10 +95,8 @@ class ChannelStore:
         self._on_stored = on_stored
         # (headers, client_id, channel) -> '' or the refusal; None: authorization off
         self._authorize = authorize
-        # Quotas (set by the server when they are on): admit(headers, channel,
-        # nbytes) -> (refusal or '', owner); answered(owner) when its PubAck goes out.
-        self.admit = None
-        self.answered = None
+        self.admit = None  # quotas: (headers, channel, nbytes) -> (refusal or '', owner)
+        self.answered = lambda owner: None  # quotas: owner's PubAck went out
         self.channels: dict[str, Channel] = {}
         self._pending: dict[str, _PendingStore] = {}
         self._next_token = 0
@@ -233,7 +231,7 @@ class ChannelStore:
             ch.ready.exception()  # mark retrieved: waiters may be none
             while ch.waiting:
                 reply, guid, _, owner = ch.waiting.popleft()
-                self._answered(owner)
+                self.answered(owner)
                 await self._pub_ack(reply, guid, str(err))
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
@@ -276,11 +274,9 @@ class ChannelStore:
         if err:
             await self._pub_ack(reply, guid, err)
             return
-        if not guid:
-            await self._pub_ack(reply, guid, "PubMsg has no guid")
-            return
-        if len(guid) > DEFAULT_MAX_GUID:
-            await self._pub_ack(reply, "", f"stan: guid longer than {DEFAULT_MAX_GUID} bytes")
+        if not guid or len(guid) > DEFAULT_MAX_GUID:
+            await self._pub_ack(reply, guid[:DEFAULT_MAX_GUID], "PubMsg has no guid" if not guid
+                                else f"stan: guid longer than {DEFAULT_MAX_GUID} bytes")
             return
         # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
         # delivers it must fit in one NATS message: NATS drops a connection that
@@ -299,17 +295,13 @@ class ChannelStore:
             ch = self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
             log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
-            self._answered(owner)
+            self.answered(owner)
             await self._pub_ack(reply, guid, str(e))
             return
         if not ch.ready.done():
             ch.waiting.append((reply, guid, pm.data, owner))
             return
         await self._store(ch, reply, guid, pm.data, owner)
-
-    def _answered(self, owner: str) -> None:
-        if owner and self.answered is not None:
-            self.answered(owner)
 
     async def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes,
                      owner: str = "") -> None:
@@ -330,7 +322,7 @@ class ChannelStore:
         p = self._pending.pop(token, None)
         if p is None:
             return  # already answered by the timeout sweep
-        self._answered(p.owner)
+        self.answered(p.owner)
         error = ""
         if msg.headers and msg.headers.get("Status") == "503":
             error = "no JetStream stream for this channel"
@@ -362,11 +354,10 @@ class ChannelStore:
                 if p.started > cutoff:
                     break
                 del self._pending[token]
-                self._answered(p.owner)
+                self.answered(p.owner)
                 log.error("store of guid=%s timed out", p.guid)
                 if p.reply:
                     await self._pub_ack(p.reply, p.guid, "timeout storing the message")
-
 
     async def _reap_inactive(self) -> None:
         """Delete channels that had neither messages nor subscriptions for their

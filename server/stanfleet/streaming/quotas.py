@@ -191,7 +191,7 @@ class Quotas:
         u.pending += 1
 
     def published(self, user: str) -> None:
-        u = self.usage.get(user)
+        u = self.usage.get(user) if user else None
         if u is not None and u.pending:
             u.pending -= 1
 

@@ -31,6 +31,7 @@ from .clients import ClientInfo, ClientRegistry
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .quotas import QuotaExceeded, Quotas
+from .revocation import RevocationWatch
 from .state import StateStore
 from .subscriptions import SubscriptionManager
 from .subscriptions import _group_key as group_key
@@ -66,6 +67,7 @@ class StreamingServer:
         # clientIDs whose duplicate-ID liveness check is running, and those checks
         self._checking: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
+        self.revocations = None  # RevocationWatch, with --security-dir
 
     @property
     def nats_url(self) -> str:
@@ -114,6 +116,8 @@ class StreamingServer:
             self.channels.admit = self._admit_publish
             self.channels.answered = self.quotas.published
         await self.channels.start()
+        if self.authz and self.opts.security_dir:
+            self.revocations = RevocationWatch(self.opts.security_dir, self._end_revoked)
         await self._restore()
         await self.subs.start()
         s = self.subjects
@@ -124,6 +128,8 @@ class StreamingServer:
                 await self.nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
         self.clients.start()
+        if self.revocations:
+            self.revocations.start()
         self.started = time.time()
         if self.monitor:
             # With a server certificate every port is TLS, monitoring included.
@@ -140,8 +146,15 @@ class StreamingServer:
                  self.nats_url, self.opts.store)
 
     async def _restore(self) -> None:
-        """Take over the clients and subscriptions of an earlier run."""
+        """Take over the clients and subscriptions of an earlier run, except
+        the sessions of users whose credentials were revoked meanwhile."""
+        users = self.revocations.users() if self.revocations else None
         for r in await self.state.load_clients():
+            if users is not None and r.get("owner") and r["owner"] not in users:
+                log.warning("client=%s user=%s not restored: credentials revoked",
+                            r.get("client_id"), r["owner"])
+                await self.state.delete_client(str(r.get("client_id", "")))
+                continue
             try:
                 if self.authz and r.get("owner"):
                     self.authz.claim(r["client_id"], authz.Identity("", r["owner"]))
@@ -155,6 +168,17 @@ class StreamingServer:
         subs = await self.subs.restore(await self.state.load_subs(), self.clients.clients)
         if self.clients.clients or subs:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
+
+    async def _end_revoked(self, users: set[str]) -> None:
+        """End every session of a user no longer in the credentials store."""
+        for user, client_ids in list(self.authz.sessions.items()):
+            if user in users:
+                continue
+            for client_id in list(client_ids):
+                if self.clients.remove(client_id) is not None:
+                    log.warning("client=%s user=%s session ended: credentials revoked",
+                                client_id, user)
+                await self._forget_client(client_id)
 
     def _has_subscriptions(self, channel: str) -> bool:
         return any(g.channel.name == channel and g.members for g in self.subs.groups.values())
@@ -207,6 +231,8 @@ class StreamingServer:
             self._nats_subs.clear()
             for task in list(self._tasks):
                 task.cancel()
+            if self.revocations:
+                await self.revocations.stop()
             if self.clients:
                 await self.clients.stop()
             if self.channels:
