@@ -83,11 +83,11 @@ class Fleet:
                 pass
 
 
-def _server_args(security_dir: str, data_dir: str) -> argparse.Namespace:
+def _server_args(security_dir: str, data_dir: str, *extra: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     add_arguments(p)
     return p.parse_args(["--security-dir", security_dir, "-store", "memory", "-a", "127.0.0.1",
-                         "-p", "-1", "-dir", data_dir, "-hbi", "1s", "-hbt", "1s"])
+                         "-p", "-1", "-dir", data_dir, "-hbi", "1s", "-hbt", "1s", *extra])
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ async def make_fleet(tmp_path, monkeypatch):
     refusal must come from the streaming server's own checks."""
     started = []
 
-    async def start(loose: bool = False) -> Fleet:
+    async def start(loose: bool = False, extra: tuple = ()) -> Fleet:
         monkeypatch.setattr(creds, "BCRYPT_ROUNDS", 4)  # the hashing, not the test, is slow
         if loose:
             real = creds.device_user
@@ -111,7 +111,7 @@ async def make_fleet(tmp_path, monkeypatch):
             store.add_device(dev)
         for role in ROLES:
             store.add_service(role)
-        server = StreamingServer(from_args(_server_args(str(sec), str(tmp_path / "data"))))
+        server = StreamingServer(from_args(_server_args(str(sec), str(tmp_path / "data"), *extra)))
         await server.start()
         f = Fleet(server, store, certs.ca)
         started.append(f)

@@ -138,12 +138,22 @@ class StreamingServer:
                 from ..security.certs import server_context_files
 
                 ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
-            self.monitor_port = await self.monitor.start(self.opts.host, self.opts.monitor_port,
-                                                         ctx)
-            log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
-                     self.monitor_port)
+            host, guard = self._monitor_access()
+            self.monitor_port = await self.monitor.start(host, self.opts.monitor_port, ctx, guard)
+            log.info("monitoring on %s://%s:%d%s", "https" if ctx else "http", host,
+                     self.monitor_port, " (basic auth)" if guard else "")
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
+
+    def _monitor_access(self):
+        """(host, guard): with a credentials store every request authenticates
+        (monitor_auth.py); without one the endpoints answer on loopback only."""
+        if self.opts.security_dir:
+            from .monitor_auth import CredsChecker, basic_auth
+
+            return self.opts.host, basic_auth(CredsChecker(
+                os.path.join(self.opts.security_dir, "creds.json")))
+        return "127.0.0.1", None
 
     async def _restore(self) -> None:
         """Take over the clients and subscriptions of an earlier run, except
