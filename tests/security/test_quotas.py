@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-from stanfleet.security.certs import client_context  # noqa: F401 - fixture's TLS
+import nats
+
+from ..waiting import eventually
 
 QUOTA = "quota"
 
@@ -31,9 +33,20 @@ async def test_one_device_cannot_fill_a_shared_channel(fleet):
         assert (await other.connect()).error == ""
         inbox = f"_INBOX.{user}.rel"
         assert (await other.subscribe("devices.releases", inbox)).error == ""
-    # A device provisioned now subscribes too.
+    # A device provisioned now subscribes too (once nats-server has reloaded
+    # its accounts, which the broker does not announce).
     fleet.store.add_device("NEW1")
-    newcomer = await fleet.raw("device-NEW1")
+    newcomer = None
+
+    async def admitted() -> bool:
+        nonlocal newcomer
+        try:
+            newcomer = await fleet.raw("device-NEW1")
+        except nats.errors.Error:
+            return False
+        return True
+
+    await eventually(admitted)
     assert (await newcomer.connect()).error == ""
     assert (await newcomer.subscribe("devices.releases", "_INBOX.device-NEW1.rel")).error == ""
 

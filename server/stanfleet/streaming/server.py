@@ -406,25 +406,23 @@ class StreamingServer:
             # One liveness check per clientID at a time; a storm of connects
             # for it is answered at once instead of queueing checks.
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
-        if old is not None:
-            # The liveness check waits up to dup_check_timeout: run it beside
-            # the other requests, not in front of them.
-            self._checking.add(req.client_id)
-            task = asyncio.create_task(self._replace_then_register(msg, req, who, hb_inbox, old))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
-        await self._register(msg, req, who, hb_inbox)
+        # The rest waits on the network (a liveness check of up to
+        # dup_check_timeout, the registration's KV write): run it beside the
+        # other requests, not in front of them, one at a time per clientID.
+        self._checking.add(req.client_id)
+        task = asyncio.create_task(self._replace_then_register(msg, req, who, hb_inbox, old))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _replace_then_register(self, msg: Msg, req, who, hb_inbox: str,
-                                     old: ClientInfo) -> None:
+                                     old: ClientInfo | None) -> None:
         try:
             # Liveness check of the registered client: the original server's rule.
-            if await self.clients.is_alive(old, self.opts.dup_check_timeout):
+            if old is not None and await self.clients.is_alive(old, self.opts.dup_check_timeout):
                 log.warning("connect client=%s refused: already registered and alive",
                             req.client_id)
                 return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
-            if self.clients.clients.get(req.client_id) is old:
+            if old is not None and self.clients.clients.get(req.client_id) is old:
                 log.info("client=%s replaced (old session did not answer)", req.client_id)
                 self.clients.remove(req.client_id)
                 await self._forget_client(req.client_id)
