@@ -97,7 +97,7 @@ async def make_fleet(tmp_path, monkeypatch):
     refusal must come from the streaming server's own checks."""
     started = []
 
-    async def start(loose: bool = False, extra: tuple = ()) -> Fleet:
+    async def start(loose: bool = False, extra: tuple = (), own: tuple = ()) -> Fleet:
         monkeypatch.setattr(creds, "BCRYPT_ROUNDS", 4)  # the hashing, not the test, is slow
         if loose:
             real = creds.device_user
@@ -109,6 +109,8 @@ async def make_fleet(tmp_path, monkeypatch):
         store = creds.Store(str(sec))
         for dev in DEVICES:
             store.add_device(dev)
+        for dev in own:  # alone in an account each (official clients)
+            store.add_device(dev, own_account=True)
         for role in ROLES:
             store.add_service(role)
         server = StreamingServer(from_args(_server_args(str(sec), str(tmp_path / "data"), *extra)))

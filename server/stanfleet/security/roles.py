@@ -25,6 +25,16 @@ ROLES = {
 DEVICES_ACCOUNT = "DEVICES"
 SERVICES_ACCOUNT = "SERVICES"
 INBOX_IMPORTS = {DEVICES_ACCOUNT: "_DEV.", SERVICES_ACCOUNT: "_SVC."}
+# An identity may instead live alone in an account of its own (`stanfleet creds
+# ... --own-account`), for clients that choose their inboxes themselves (the
+# official Go/Node/Python STAN clients: `_INBOX.<nuid>`, PubAcks on
+# `_STAN.acks.<nuid>`): the account, not a subject prefix, keeps others out.
+OWN_ACCOUNT_PREFIX = "U_"
+OWN_INBOX_IMPORT = "_ACC."
+
+
+def own_account(user: str) -> str:
+    return OWN_ACCOUNT_PREFIX + user
 
 
 def stan_requests(cluster_id: str) -> list[str]:
