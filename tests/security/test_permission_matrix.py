@@ -23,6 +23,7 @@ def matrix() -> tuple[list[str], list[tuple[str, list[set]]]]:
     """(columns, [(subject template, [allowed ops per column])]) from the doc."""
     text = DOC.read_text()
     section = text[text.index("### Permission matrix"):]
+    section = section[:section.index("\n#", 1)]  # up to the next heading
     lines = [ln for ln in section.splitlines() if ln.startswith("|")]
     columns = [c.strip() for c in lines[0].strip("|").split("|")][1:]
     rows = []
