@@ -128,3 +128,18 @@ async def test_pending_pubacks_per_identity_are_capped(fleet):
     usage.pending = 0
     assert (await dev.publish("devices.3F45.events", b"{}")).error == ""
     assert usage.pending == 0  # answered, so no longer counted
+
+
+async def test_channels_created_per_identity_are_capped(fleet):
+    quota = type(fleet.server.quotas.table["device"])
+    fleet.server.quotas.table["device"] = quota(channels=1)
+    dev = await fleet.raw("device-3F45")
+    assert (await dev.connect()).error == ""
+    assert (await dev.publish("devices.3F45.events", b"{}")).error == ""
+    ack = await dev.publish("devices.3F45.status", b"{}")
+    assert QUOTA in ack.error and "channels created" in ack.error
+    assert "devices.3F45.status" not in fleet.server.channels.channels
+    # Channels that exist cost nothing: another identity made cfg, it subscribes.
+    cfg = await fleet.stan("config-manager", "config-manager-1")
+    await cfg.publish("devices.3F45.cfg", b"{}")
+    assert (await dev.subscribe("devices.3F45.cfg", "_INBOX.device-3F45.c")).error == ""
