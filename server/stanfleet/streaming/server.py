@@ -176,6 +176,11 @@ class StreamingServer:
             except (KeyError, ValueError, TypeError):
                 log.error("unreadable client record %r dropped", r)
         subs = await self.subs.restore(await self.state.load_subs(), self.clients.clients)
+        if self.quotas:  # the durables quota counts the restored ones again
+            for m in self.subs.members.values():
+                owner = self.authz.owners.get(m.client_id)
+                if m.durable_name and owner:
+                    self.quotas.durable_added(authz.Identity("", owner), m.group.key)
         if self.clients.clients or subs:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
 
