@@ -27,6 +27,7 @@ from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
 from . import errors as E
+from .jsapi import RetryingJSM
 from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
 from .quotas import DEFAULT_MAX_GUID
@@ -77,7 +78,7 @@ class ChannelStore:
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
                  has_subscriptions=None, authorize=None):
         self.nc = nc
-        self.jsm = nc.jsm()
+        self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
         self.replicas = replicas

@@ -35,6 +35,7 @@ from nats.nuid import NUID
 from ..pb import protocol_pb2 as pb
 from . import errors as E
 from .channels import Channel, ChannelStore
+from .jsapi import RetryingJSM
 from .naming import Subjects, check_subject, escape, js_name
 from .state import StateStore
 
@@ -91,7 +92,7 @@ class SubscriptionManager:
     def __init__(self, nc: NATS, subjects: Subjects, channels: ChannelStore, state: StateStore):
         self.nc = nc
         self.state = state
-        self.jsm = nc.jsm()
+        self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.channels = channels
         self.groups: dict[tuple, Group] = {}
