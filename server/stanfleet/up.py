@@ -12,6 +12,10 @@ server certificate, credentials for every service role and every simulated
 device under <data-dir>/security/, and later runs reuse them. NATS takes TLS
 and passwords only, with authorization on; the artifact server is HTTPS with
 the same CA. `--insecure` runs everything in plaintext, without credentials.
+
+Long because it is the demo's one assembly point: security, broker, server,
+listener, artifacts, dashboard, simulator and the live table are each a few
+lines here; what they do lives in their own packages.
 """
 
 from __future__ import annotations

@@ -48,9 +48,12 @@ class NodePeer:
 
     @classmethod
     async def start(cls, stan, client_id: str, *commands: dict, ping_interval_ms: int = 0,
-                    ping_max_out: int = 0, url: str | None = None) -> NodePeer:
+                    ping_max_out: int = 0, url: str | None = None, creds: str | None = None,
+                    ca: str | None = None) -> NodePeer:
         args = ["--url", url or stan.nats_url, "--cluster", stan.cluster_id,
                 "--client", client_id]
+        if creds:
+            args += ["--creds", creds, "--ca", ca]
         if ping_interval_ms:
             args += ["--ping-interval", str(ping_interval_ms)]
         if ping_max_out:

@@ -5,7 +5,7 @@
 // Usage:
 //   node peer.js --url nats://127.0.0.1:4222 --cluster test-cluster --client c1 \
 //       [--ping-interval MS] [--ping-max-out N] [--connect-timeout MS] [--ack-timeout MS] \
-//       [--do JSON]...
+//       [--creds FILE --ca PEM] [--do JSON]...
 //
 // Once connected, the peer runs the --do commands in order, then the commands
 // read from stdin (one JSON object per line). A command finishes before the
@@ -67,6 +67,13 @@ if (args['ping-interval']) connectOpts.stanPingInterval = Number(args['ping-inte
 if (args['ping-max-out']) connectOpts.stanMaxPingOut = Number(args['ping-max-out'])
 if (args['connect-timeout']) connectOpts.connectTimeout = Number(args['connect-timeout'])
 if (args['ack-timeout']) connectOpts.ackTimeout = Number(args['ack-timeout'])
+// A secured server: user and password (from a credentials file) and the CA.
+if (args.creds) {
+  const creds = JSON.parse(require('fs').readFileSync(args.creds))
+  connectOpts.user = creds.user
+  connectOpts.pass = creds.password
+}
+if (args.ca) connectOpts.tls = { ca: [require('fs').readFileSync(args.ca)] }
 
 const sc = stan.connect(args.cluster, args.client, connectOpts)
 const subs = {} // sub id -> { sub, pending: Map(seq -> Message) }

@@ -83,34 +83,37 @@ class Fleet:
                 pass
 
 
-def _server_args(security_dir: str, data_dir: str) -> argparse.Namespace:
+def _server_args(security_dir: str, data_dir: str, *extra: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     add_arguments(p)
     return p.parse_args(["--security-dir", security_dir, "-store", "memory", "-a", "127.0.0.1",
-                         "-p", "-1", "-dir", data_dir, "-hbi", "1s", "-hbt", "1s"])
+                         "-p", "-1", "-dir", data_dir, "-hbi", "1s", "-hbt", "1s", *extra])
 
 
 @pytest.fixture
 async def make_fleet(tmp_path, monkeypatch):
     """Factory: two devices and one user per service role. loose=True gives
-    devices the broad broker permissions of the design doc (`_STAN.>`), so a
+    devices and services the broad broker permissions `_STAN.>`, so a
     refusal must come from the streaming server's own checks."""
     started = []
 
-    async def start(loose: bool = False) -> Fleet:
+    async def start(loose: bool = False, extra: tuple = (), own: tuple = ()) -> Fleet:
         monkeypatch.setattr(creds, "BCRYPT_ROUNDS", 4)  # the hashing, not the test, is slow
         if loose:
             real = creds.device_user
             monkeypatch.setattr(creds, "device_user",
                                 lambda dev, cid: (["_STAN.>"],) + real(dev, cid)[1:])
+            monkeypatch.setattr(creds, "role_publish", lambda role, cid: ["_STAN.>"])
         sec = tmp_path / "security"
         certs = init(str(sec / "certs"), ["localhost", "127.0.0.1"])
         store = creds.Store(str(sec))
         for dev in DEVICES:
             store.add_device(dev)
+        for dev in own:  # alone in an account each (official clients)
+            store.add_device(dev, own_account=True)
         for role in ROLES:
             store.add_service(role)
-        server = StreamingServer(from_args(_server_args(str(sec), str(tmp_path / "data"))))
+        server = StreamingServer(from_args(_server_args(str(sec), str(tmp_path / "data"), *extra)))
         await server.start()
         f = Fleet(server, store, certs.ca)
         started.append(f)

@@ -200,14 +200,28 @@ async def test_services_have_their_roles_rights(fleet):
     await rel.subscribe("devices.9999.status", cb=readings.put)
     await admin.publish("devices.9999.cfg", b"{}")  # admin: everything
 
-    for sc, channel in ((listener, "devices.3F45.cfg"), (listener, "devices.3F45.events"),
-                        (cfg, "devices.releases"), (rel, "devices.3F45.cfg"),
-                        (cfg, "devices.3F45.events")):
-        with pytest.raises(ErrPublishRejected, match=NOT_AUTHORIZED):
-            await sc.publish(channel, b"{}")
+    # Publishing outside the role: the broker stops the PubMsg (least privilege).
+    pub_prefix = fleet.server.subjects.pub_prefix
+    for user, channel in SERVICE_TRESPASS:
+        nc = await fleet.nats(user)
+        await nc.publish(f"{pub_prefix}.{channel}", b"{}")
+        assert "permissions violation" in str(await asyncio.wait_for(nc.errors.get(), 10)).lower()
     for sc, channel in ((cfg, "devices.3F45.events"), (rel, "devices.3F45.cfg")):
         with pytest.raises(ErrSubscriptionRejected, match=NOT_AUTHORIZED):
             await sc.subscribe(channel, cb=readings.put)
+
+
+SERVICE_TRESPASS = (("listener", "devices.3F45.cfg"), ("listener", "devices.3F45.events"),
+                    ("config-manager", "devices.releases"), ("release-manager", "devices.3F45.cfg"),
+                    ("config-manager", "devices.3F45.events"))
+
+
+async def test_server_refuses_service_publishes_outside_the_role(loose_fleet):
+    """With the broker letting every service PubMsg through, the server refuses."""
+    for i, (user, channel) in enumerate(SERVICE_TRESPASS):
+        sc = await loose_fleet.stan(user, f"{user}-{i}")
+        with pytest.raises(ErrPublishRejected, match=NOT_AUTHORIZED):
+            await sc.publish(channel, b"{}")
 
 
 async def test_queue_groups_are_per_identity(fleet):

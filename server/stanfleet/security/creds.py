@@ -38,7 +38,15 @@ from dataclasses import dataclass
 from ..broker import Accounts, NatsUser, reload, write_accounts
 from ..defaults import DEFAULT_CLUSTER_ID
 from ..errors import CommandError
-from .roles import DEVICE_USER, ROLES
+from .roles import (
+    DEVICE_USER,
+    ROLES,
+    own_account,
+    role_publish,
+    stan_exports,
+    stan_publish,
+    stan_requests,
+)
 
 DEFAULT_DIR = "stanfleet-data/security"
 SERVER_USER = "stan"
@@ -71,12 +79,13 @@ def device_user(device_id: str, cluster_id: str) -> tuple[list[str], list[str], 
     STAN requests, publishing only to its own channels, and its own inboxes.
     The streaming server checks the same rules again (authz.py)."""
     c = cluster_id
-    publish = [f"_STAN.discover.{c}", f"_STAN.discover.{c}.pings", f"_STAN.sub.{c}",
-               f"_STAN.unsub.{c}", f"_STAN.subclose.{c}", f"_STAN.close.{c}",
-               f"_STAN.acks.{c}.*",
-               f"_STAN.pub.{c}.devices.{device_id}.events",
-               f"_STAN.pub.{c}.devices.{device_id}.status"]
+    publish = stan_requests(c) + [stan_publish(c, f"devices.{device_id}.events"),
+                                  stan_publish(c, f"devices.{device_id}.status")]
     return publish, _own_inboxes(f"device-{device_id}"), _others_acks(c)
+
+
+def _account_entry(user: str, own: bool) -> dict:
+    return {"account": own_account(user)} if own else {}
 
 
 def _own_inboxes(user: str) -> list[str]:
@@ -168,23 +177,28 @@ class Store:
 
     # -- changes ----------------------------------------------------------------
 
-    def add_device(self, device_id: str, *, replace: bool = False) -> str:
-        """Returns the path of the device's credentials file."""
+    def add_device(self, device_id: str, *, replace: bool = False,
+                   own_account: bool = False) -> str:
+        """Returns the path of the device's credentials file. own_account: alone
+        in an account, for the official STAN clients (docs/security-design.md)."""
         if not _DEVICE_ID.match(device_id):
             raise CommandError(f"invalid device ID {device_id!r}: letters and digits only")
         user = f"device-{device_id}"
         password = _new_password()
         creds = {"device_id": device_id, "user": user, "password": password,
-                 "inbox_prefix": f"_INBOX.{user}"}
-        return self._add(user, {"kind": "device", "device_id": device_id},
+                 "inbox_prefix": "_INBOX" if own_account else f"_INBOX.{user}"}
+        return self._add(user, {"kind": "device", "device_id": device_id,
+                                **_account_entry(user, own_account)},
                          password, self.path("devices", f"{user}.json"), creds, replace)
 
-    def add_service(self, role: str, *, replace: bool = False) -> str:
+    def add_service(self, role: str, *, replace: bool = False, own_account: bool = False) -> str:
         if role not in ROLES:
             raise CommandError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         password = _new_password()
-        creds = {"user": role, "password": password, "inbox_prefix": f"_INBOX.{role}"}
-        return self._add(role, {"kind": "service", "role": role}, password,
+        creds = {"user": role, "password": password,
+                 "inbox_prefix": "_INBOX" if own_account else f"_INBOX.{role}"}
+        return self._add(role, {"kind": "service", "role": role,
+                                **_account_entry(role, own_account)}, password,
                          self.path("services", f"{role}.json"), creds, replace)
 
     def _add(self, user: str, entry: dict, password: str, out: str, creds: dict,
@@ -226,18 +240,26 @@ class Store:
     def accounts(self, data: dict | None = None) -> Accounts:
         data = data or self._load()
         cid = data.get("cluster_id") or DEFAULT_CLUSTER_ID
-        stan, devices, services = [], [], []
+        stan, devices, services, own = [], [], [], {}
         for user, e in sorted(data["users"].items()):
             kind = e.get("kind")
             if kind == "server":
                 stan.append(NatsUser(user, e["hash"]))
-            elif kind == "device" and DEVICE_USER.match(user):
+                continue
+            if kind == "device" and DEVICE_USER.match(user):
                 pub, sub, deny = device_user(e["device_id"], cid)
-                devices.append(NatsUser(user, e["hash"], pub, sub, deny, allow_responses=True))
+                into = devices
             elif kind == "service":
-                services.append(NatsUser(user, e["hash"], ["_STAN.>"], _own_inboxes(user),
-                                         _others_acks(cid), allow_responses=True))
-        return Accounts(stan=stan, devices=devices, services=services)
+                pub, sub, deny = role_publish(e["role"], cid), _own_inboxes(user), _others_acks(cid)
+                into = services
+            else:
+                continue
+            if e.get("account") == own_account(user):
+                # Alone in its account: every inbox and ack subject there is its own.
+                sub, deny, into = ["_INBOX.>", "_STAN.acks.>"], [], own.setdefault(e["account"], [])
+            into.append(NatsUser(user, e["hash"], pub, sub, deny, allow_responses=True))
+        return Accounts(stan=stan, devices=devices, services=services, exports=stan_exports(cid),
+                        own=own)
 
     def _publish(self, data: dict) -> None:
         """Write the accounts file and have a running nats-server reload it."""
@@ -246,6 +268,10 @@ class Store:
 
 
 # -- command line -------------------------------------------------------------------
+
+
+OWN_ACCOUNT_HELP = ("an account of its own, for the official STAN clients (Go, Node, Python), "
+                    "which pick their inboxes and PubAck subjects themselves")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -260,9 +286,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     d = sub.add_parser("add-device", help="credentials for device-<ID>")
     d.add_argument("device_id", metavar="ID")
     d.add_argument("--replace", action="store_true", help="give an existing device a new password")
+    d.add_argument("--own-account", action="store_true", help=OWN_ACCOUNT_HELP)
     s = sub.add_parser("add-service", help="credentials for a service role")
     s.add_argument("role", choices=sorted(ROLES))
     s.add_argument("--replace", action="store_true", help="give the role a new password")
+    s.add_argument("--own-account", action="store_true", help=OWN_ACCOUNT_HELP)
     sub.add_parser("list", help="who has credentials")
     r = sub.add_parser("revoke", help="cut a device (ID) or a service (role) off at once")
     r.add_argument("name", metavar="ID|ROLE")
@@ -278,11 +306,12 @@ def _reload_note(store: Store) -> str:
 def run(args: argparse.Namespace) -> int:
     store = Store(args.dir, cluster_id=args.cluster_id)
     if args.action == "add-device":
-        out = store.add_device(args.device_id, replace=args.replace)
+        out = store.add_device(args.device_id, replace=args.replace,
+                               own_account=args.own_account)
         print(f"device-{args.device_id}: password written to {out} (mode 0600; put user and "
               f"password into the device's config.json)\n{_reload_note(store)}")
     elif args.action == "add-service":
-        out = store.add_service(args.role, replace=args.replace)
+        out = store.add_service(args.role, replace=args.replace, own_account=args.own_account)
         print(f"{args.role}: password written to {out} (mode 0600)\n{_reload_note(store)}")
     elif args.action == "revoke":
         user = store.revoke(args.name)

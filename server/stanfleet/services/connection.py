@@ -70,7 +70,11 @@ def _error_logger(client_id: str, once: bool):
 
     async def on_error(e: Exception) -> None:
         text = str(e) or repr(e)
-        if not once and _is_refusal(text) and text != last[0]:
+        if "permissions violation" in text.lower():
+            # Outside the role's subjects: the broker drops it, the STAN call
+            # can only time out, so say why here.
+            log.warning("client=%s nats refused: %s", client_id, text)
+        elif not once and _is_refusal(text) and text != last[0]:
             log.warning("client=%s nats refused the credentials: %s", client_id, text)
         else:
             log.debug("client=%s nats: %s", client_id, text)

@@ -29,8 +29,10 @@ from ..security.roles import (
     DEVICE_USER,
     DEVICES_ACCOUNT,
     INBOX_IMPORTS,
+    OWN_INBOX_IMPORT,
     ROLES,
     SERVICES_ACCOUNT,
+    own_account,
 )
 
 # Bounds on the caches: the header text changes per connection (and when the
@@ -58,8 +60,13 @@ class Identity:
         return self.user if self.user in ROLES else None
 
     @property
+    def alone(self) -> bool:
+        """In an account of its own: nobody else can see its inboxes there."""
+        return self.account == own_account(self.user)
+
+    @property
     def inbox_prefix(self) -> str:
-        return f"_INBOX.{self.user}."
+        return "_INBOX." if self.alone else f"_INBOX.{self.user}."
 
 
 def identity_of(headers: dict | None) -> Identity | None:
@@ -140,6 +147,7 @@ class Authorizer:
     def __init__(self, inbox_imports: dict[str, str] | None = None):
         self.inbox_imports = dict(INBOX_IMPORTS if inbox_imports is None else inbox_imports)
         self.owners: dict[str, str] = {}  # clientID -> user that opened the session
+        self.sessions: dict[str, set[str]] = {}  # user -> its clientIDs (quotas, revocation)
         self._identities: dict[str, Identity] = {}
         self._publish: dict[tuple[str, str], str] = {}
 
@@ -160,6 +168,8 @@ class Authorizer:
         who = identity_of({"Nats-Request-Info": raw})
         if who is None or not who.user:
             raise _denied("unreadable identity")
+        if who.alone:
+            return who  # the broker put this user alone in the account named after it
         if who.account not in self.inbox_imports:
             raise _denied(f"account {who.account!r} has no access")
         # Defence in depth: a name only means something in its own account.
@@ -171,16 +181,25 @@ class Authorizer:
 
     def inbox_for(self, who: Identity, inbox: str) -> str:
         """Where the streaming server reaches `who`'s inbox from its own account."""
+        if who.alone:
+            return f"{OWN_INBOX_IMPORT}{who.account}.{inbox}"
         return self.inbox_imports[who.account] + inbox
 
     def check_owns(self, who: Identity, client_id: str) -> None:
         check_owns(who, client_id, self.owners.get(client_id))
 
     def claim(self, client_id: str, who: Identity) -> None:
+        self.release(client_id)
         self.owners[client_id] = who.user
+        self.sessions.setdefault(who.user, set()).add(client_id)
 
     def release(self, client_id: str) -> None:
-        self.owners.pop(client_id, None)
+        user = self.owners.pop(client_id, None)
+        ids = self.sessions.get(user) if user is not None else None
+        if ids is not None:
+            ids.discard(client_id)
+            if not ids:
+                del self.sessions[user]
 
     def publish_error(self, headers: dict | None, client_id: str, channel: str) -> str:
         """'' if the publisher may publish to channel as client_id, else the refusal."""

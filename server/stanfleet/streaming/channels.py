@@ -27,8 +27,10 @@ from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
 from . import errors as E
+from .jsapi import RetryingJSM
 from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
+from .quotas import DEFAULT_MAX_GUID
 
 log = logging.getLogger("stanfleet.streaming.channels")
 
@@ -66,6 +68,7 @@ class _PendingStore:
     reply: str
     guid: str
     started: float
+    owner: str = ""  # the identity whose pending-PubAck quota it counts against
 
 
 class ChannelStore:
@@ -75,7 +78,7 @@ class ChannelStore:
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
                  has_subscriptions=None, authorize=None):
         self.nc = nc
-        self.jsm = nc.jsm()
+        self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
         self.replicas = replicas
@@ -86,6 +89,8 @@ class ChannelStore:
         self._on_stored = on_stored
         # (headers, client_id, channel) -> '' or the refusal; None: authorization off
         self._authorize = authorize
+        self.admit = None  # quotas: (headers, channel, nbytes) -> (refusal or '', owner)
+        self.answered = lambda owner: None  # quotas: owner's PubAck went out
         self.channels: dict[str, Channel] = {}
         self._pending: dict[str, _PendingStore] = {}
         self._next_token = 0
@@ -219,7 +224,8 @@ class ChannelStore:
             ch.ready.set_exception(err)
             ch.ready.exception()  # mark retrieved: waiters may be none
             while ch.waiting:
-                reply, guid = ch.waiting.popleft()[:2]
+                reply, guid, _, owner = ch.waiting.popleft()
+                self.answered(owner)
                 await self._pub_ack(reply, guid, str(err))
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
@@ -227,8 +233,8 @@ class ChannelStore:
         if ch.name != REGISTRY_CHANNEL:
             await self._announce(ch.name)
         while ch.waiting:
-            reply, guid, data = ch.waiting.popleft()
-            await self._store(ch, reply, guid, data)
+            reply, guid, data, owner = ch.waiting.popleft()
+            await self._store(ch, reply, guid, data, owner)
 
     async def _announce(self, name: str) -> None:
         try:
@@ -266,6 +272,10 @@ class ChannelStore:
         if not guid:
             await self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
+        if len(guid) > DEFAULT_MAX_GUID:
+            await self._pub_ack(reply, guid[:DEFAULT_MAX_GUID],
+                                f"stan: guid longer than {DEFAULT_MAX_GUID} bytes")
+            return
         # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
         # delivers it must fit in one NATS message: NATS drops a connection that
         # publishes more than max_payload.
@@ -273,22 +283,30 @@ class ChannelStore:
                 > self.nc.max_payload:
             await self._pub_ack(reply, guid, "stan: message too large")
             return
+        owner = ""
+        if self.admit is not None:
+            err, owner = self.admit(msg.headers, channel, len(pm.data))
+            if err:
+                await self._pub_ack(reply, guid, err)
+                return
         try:
             ch = self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
             log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
+            self.answered(owner)
             await self._pub_ack(reply, guid,
                                 E.ERR_INVALID_PUB_REQ if isinstance(e, InvalidName) else str(e))
             return
         if not ch.ready.done():
-            ch.waiting.append((reply, guid, pm.data))
+            ch.waiting.append((reply, guid, pm.data, owner))
             return
-        await self._store(ch, reply, guid, pm.data)
+        await self._store(ch, reply, guid, pm.data, owner)
 
-    async def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes) -> None:
+    async def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes,
+                     owner: str = "") -> None:
         self._next_token += 1
         token = str(self._next_token)
-        self._pending[token] = _PendingStore(reply or "", guid, time.monotonic())
+        self._pending[token] = _PendingStore(reply or "", guid, time.monotonic(), owner)
         ch.msgs_in += 1
         ch.bytes_in += len(data)
         ch.last_activity = time.monotonic()
@@ -303,6 +321,7 @@ class ChannelStore:
         p = self._pending.pop(token, None)
         if p is None:
             return  # already answered by the timeout sweep
+        self.answered(p.owner)
         error = ""
         if msg.headers and msg.headers.get("Status") == "503":
             error = "no JetStream stream for this channel"
@@ -334,10 +353,10 @@ class ChannelStore:
                 if p.started > cutoff:
                     break
                 del self._pending[token]
+                self.answered(p.owner)
                 log.error("store of guid=%s timed out", p.guid)
                 if p.reply:
                     await self._pub_ack(p.reply, p.guid, "timeout storing the message")
-
 
     async def _reap_inactive(self) -> None:
         """Delete channels that had neither messages nor subscriptions for their

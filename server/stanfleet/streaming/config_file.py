@@ -61,6 +61,7 @@ class Parsed:
     settings: dict = field(default_factory=dict)  # flag dest -> value
     limits: dict = field(default_factory=dict)  # a store_limits block, our JSON's names
     nats: dict = field(default_factory=dict)  # other NATS settings for the embedded server
+    quotas: dict = field(default_factory=dict)  # per-identity quotas (quotas.py), as written
 
 
 def load(path: str) -> Parsed:
@@ -79,6 +80,10 @@ def load(path: str) -> Parsed:
             out.settings[STREAMING_KEYS[low]] = value
         elif low in ("store_limits", "limits"):
             out.limits = _limits_block(value, path)
+        elif low == "quotas":
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: quotas must be a block")
+            out.quotas = value
         elif low == "cluster":
             out.settings.update(_block(value, CLUSTER_KEYS, path, "cluster"))
             out.settings["clustered"] = True

@@ -169,6 +169,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                "logs in as its own user, and --authz is on")
     _flag(g, ("authz",), "authz", "bool",
           help="authorize every request by the identity in its Nats-Request-Info header")
+    _flag(g, ("no-quotas", "no_quotas"), "no_quotas", "bool",
+          help="no per-identity quotas (set them in the 'quotas' block of the -sc file instead)")
     lim = p.add_argument_group("store limits (0 = unlimited)")
     _flag(lim, ("mc", "max_channels"), "max_channels", "int", help="max channels (100)")
     _flag(lim, ("msu", "max_subs"), "max_subs", "int", help="max subscriptions per channel (1000)")

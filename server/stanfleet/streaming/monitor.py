@@ -66,10 +66,11 @@ class Monitor:
     def on_stored(self, latency_seconds: float) -> None:
         self.publish_latency.observe(latency_seconds)
 
-    async def start(self, host: str, port: int, ssl_context=None) -> int:
-        """Listen on host:port (0 = any free port), HTTPS with ``ssl_context``;
-        returns the bound port."""
-        app = web.Application(middlewares=[_errors_as_json, self._standby])
+    async def start(self, host: str, port: int, ssl_context=None, guard=None) -> int:
+        """Listen on host:port (0 = any free port), HTTPS with ``ssl_context``,
+        every request through ``guard`` (monitor_auth.py) first; returns the bound port."""
+        app = web.Application(middlewares=([guard] if guard else [])
+                              + [_errors_as_json, self._standby])
         app.router.add_get("/streaming/serverz", self._serverz)
         app.router.add_get("/streaming/storez", self._storez)
         app.router.add_get("/streaming/clientsz", self._clientsz)

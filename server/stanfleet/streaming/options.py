@@ -25,6 +25,8 @@ from .limits import (
 )
 
 __all__ = ["ServerOptions", "add_arguments", "from_args", "DEFAULT_STORE"]
+from .quotas import DEFAULT_QUOTAS, QuotaError
+from .quotas import parse as parse_quotas
 
 DEFAULT_PORT = 4222
 DEFAULT_HOST = "0.0.0.0"
@@ -102,6 +104,9 @@ class ServerOptions:
     cluster_node_id: str | None = None
     cluster_peers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # flags that do nothing here, and why
+    security_dir: str | None = None  # creds store: revocations end sessions (revocation.py)
+    # Per-identity quotas (quotas.py), applied when authz is on; None: none.
+    quotas: dict | None = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
 
 
 def _split(value) -> list[str]:
@@ -110,11 +115,13 @@ def _split(value) -> list[str]:
     return [v.strip() for v in str(value or "").split(",") if v.strip()]
 
 
-def _merged(args: argparse.Namespace) -> tuple[dict, dict, dict]:
-    """Flag values over the configuration files' values: (settings, limits doc, NATS keys)."""
+def _merged(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
+    """Flag values over the configuration files' values: (settings, limits doc,
+    NATS keys, quotas doc)."""
     settings: dict = {}
     limits_doc: dict = {}
     nats_keys: dict = {}
+    quotas_doc: dict = {}
     if getattr(args, "nats_config", None):
         settings.update(config_file.nats_file_settings(args.nats_config))
     if getattr(args, "stan_config", None):
@@ -122,10 +129,11 @@ def _merged(args: argparse.Namespace) -> tuple[dict, dict, dict]:
         settings.update(parsed.settings)
         limits_doc = parsed.limits
         nats_keys = parsed.nats
+        quotas_doc = parsed.quotas
     for name, value in vars(args).items():
         if value is not None and not name.startswith("_"):
             settings[name] = value
-    return settings, limits_doc, nats_keys
+    return settings, limits_doc, nats_keys, quotas_doc
 
 
 def _duration(settings: dict, name: str, default: float) -> float:
@@ -146,7 +154,7 @@ def _size(value) -> int:
 
 
 def from_args(args: argparse.Namespace) -> ServerOptions:
-    s, limits_doc, nats_keys = _merged(args)
+    s, limits_doc, nats_keys, quotas_doc = _merged(args)
     get = s.get
     for name in SQL_FLAGS:
         if get(name) is not None:
@@ -232,12 +240,20 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         ft_group=get("ft_group"), ft_lease=ft_lease, clustered=clustered,
         cluster_node_id=get("cluster_node_id"), cluster_peers=peers,
         notes=[f"--{n}: {why}" for n, why in NOT_APPLICABLE.items() if get(n) is not None],
+        quotas=None if get("no_quotas") else _quotas(quotas_doc, get("stan_config")),
     )
     if get("security_dir"):
         for name, value in _security(get("security_dir"), opts).items():
             setattr(opts, name, value)
         opts.authz = True
     return opts
+
+
+def _quotas(doc: dict, path: str | None) -> dict:
+    try:
+        return parse_quotas(doc, path or "quotas")
+    except QuotaError as e:
+        raise ValueError(str(e)) from None
 
 
 def _int(value, default: int, name: str) -> int:
@@ -280,5 +296,6 @@ def _security(security_dir: str, opts: ServerOptions) -> dict:
     return {"user": user, "password": password, "tls_ca": opts.tls_ca or certs.ca,
             "tls_cert": opts.tls_cert or (certs.server if embedded else None),
             "tls_key": opts.tls_key or (certs.server_key if embedded else None),
+            "security_dir": security_dir,
             "accounts_file": store.accounts_file if embedded else None,
             "broker_pid_file": store.pid_file if embedded else None}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import nats
@@ -32,8 +33,11 @@ from .clients import ClientInfo, ClientRegistry
 from .embedded import nats_tls, start_broker
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
+from .quotas import QuotaExceeded, Quotas
+from .revocation import RevocationWatch
 from .state import StateStore
 from .subscriptions import SubscriptionManager
+from .subscriptions import _group_key as group_key
 
 log = logging.getLogger("stanfleet.streaming")
 
@@ -66,7 +70,13 @@ class StreamingServer:
         self._stopping = False
         # Per-identity authorization (docs/security-design.md); None: off.
         self.authz = authz.Authorizer() if options.authz else None
+        # Per-identity quotas (quotas.py): they need identities, so authz.
+        self.quotas = Quotas(options.quotas) if self.authz and options.quotas else None
         self._refusals: dict[tuple, int] = {}
+        # clientIDs whose duplicate-ID liveness check is running, and those checks
+        self._checking: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.revocations = None  # RevocationWatch, with --security-dir
 
     @property
     def nats_url(self) -> str:
@@ -142,6 +152,12 @@ class StreamingServer:
         self.subs.replace_durable = self.opts.replace_durable
         if self.authz:
             self.subs.ack_gate = self._authorize_ack
+            self.subs.count_channel_subs = self._own_subs_on
+        if self.quotas:
+            self.channels.admit = self._admit_publish
+            self.channels.answered = self.quotas.published
+        if self.authz and self.opts.security_dir:
+            self.revocations = RevocationWatch(self.opts.security_dir, self._end_revoked)
         # Together: start-up time is mostly round trips to JetStream.
         await asyncio.gather(self.state.open(), self.channels.start())
         await self._restore()
@@ -162,6 +178,8 @@ class StreamingServer:
         if held:
             log.info("answering %d connect requests that came before we were ready", len(held))
         self.clients.start()
+        if self.revocations:
+            self.revocations.start()
         self.started = time.time()
         if self.monitor_port is None:  # an FT standby started it already
             await self._start_monitor()
@@ -196,15 +214,33 @@ class StreamingServer:
             from ..security.certs import server_context_files
 
             ctx = server_context_files(self.opts.tls_cert, self.opts.tls_key)
-        self.monitor_port = await self.monitor.start(self.opts.host, port, ctx)
-        log.info("monitoring on %s://%s:%d", "https" if ctx else "http", self.opts.host,
-                 self.monitor_port)
+        host, guard = self._monitor_access()
+        self.monitor_port = await self.monitor.start(host, port, ctx, guard)
+        log.info("monitoring on %s://%s:%d%s", "https" if ctx else "http", host,
+                 self.monitor_port, " (basic auth)" if guard else "")
+
+    def _monitor_access(self):
+        """(host, guard): with a credentials store every request authenticates
+        (monitor_auth.py); without one the endpoints answer on loopback only."""
+        if self.opts.security_dir:
+            from .monitor_auth import CredsChecker, basic_auth
+
+            return self.opts.host, basic_auth(CredsChecker(
+                os.path.join(self.opts.security_dir, "creds.json")))
+        return "127.0.0.1", None
 
     async def _restore(self) -> None:
-        """Take over the clients and subscriptions of an earlier run."""
+        """Take over the clients and subscriptions of an earlier run, except
+        the sessions of users whose credentials were revoked meanwhile."""
+        users = self.revocations.users() if self.revocations else None
         clients, subs = await asyncio.gather(self.state.load_clients(),
                                              self.state.load_subs())
         for r in clients:
+            if users is not None and r.get("owner") and r["owner"] not in users:
+                log.warning("client=%s user=%s not restored: credentials revoked",
+                            r.get("client_id"), r["owner"])
+                await self.state.delete_client(str(r.get("client_id", "")))
+                continue
             try:
                 if self.authz and r.get("owner"):
                     self.authz.claim(r["client_id"], authz.Identity("", r["owner"]))
@@ -217,6 +253,11 @@ class StreamingServer:
                 log.error("unreadable client record %r dropped", r)
         await self._check_listing(subs)
         subs = await self.subs.restore(subs, self.clients.clients)
+        if self.quotas:  # the durables quota counts the restored ones again
+            for m in self.subs.members.values():
+                owner = self.authz.owners.get(m.client_id)
+                if m.durable_name and owner:
+                    self.quotas.durable_added(authz.Identity("", owner), m.group.key)
         if self.clients.clients or subs:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
 
@@ -235,6 +276,17 @@ class StreamingServer:
             except NotFoundError:
                 continue  # really gone: restore drops its subscriptions
             raise ChannelsUnlisted(f"channel {name} exists but JetStream did not list it")
+
+    async def _end_revoked(self, users: set[str]) -> None:
+        """End every session of a user no longer in the credentials store."""
+        for user, client_ids in list(self.authz.sessions.items()):
+            if user in users:
+                continue
+            for client_id in list(client_ids):
+                if self.clients.remove(client_id) is not None:
+                    log.warning("client=%s user=%s session ended: credentials revoked",
+                                client_id, user)
+                await self._forget_client(client_id)
 
     def _has_subscriptions(self, channel: str) -> bool:
         # A server that may not be the active one deletes nothing: say yes.
@@ -271,6 +323,10 @@ class StreamingServer:
                 except Exception:
                     pass
             self._nats_subs.clear()
+            for task in list(self._tasks):
+                task.cancel()
+            if self.revocations:
+                await self.revocations.stop()
             if self.clients:
                 await self.clients.stop()
             if self.channels:
@@ -376,6 +432,28 @@ class StreamingServer:
             self._log_refusal("ack", client_id, "", str(e))
             return False
 
+    def _admit_publish(self, headers, channel: str, nbytes: int) -> tuple[str, str]:
+        """('' or the quota refusal, the publisher) for a publish authz let through."""
+        try:
+            who = self.authz.identify(headers)
+            self.quotas.admit_publish(who, nbytes, channel not in self.channels.channels)
+        except (authz.Denied, QuotaExceeded) as e:
+            self._log_refusal("publish", "", channel, str(e))
+            return str(e), ""
+        return "", who.user
+
+    def _own_subs_on(self, channel, client_id: str) -> int:
+        """The subscriptions on channel held by client_id's identity: max_subs
+        counts per identity, so no identity fills a shared channel."""
+        owners = self.authz.owners
+        owner = owners.get(client_id)
+        return sum(1 for g in self.subs.groups.values() if g.channel is channel
+                   for m in g.members if owners.get(m.client_id) == owner)
+
+    def _held_subs(self, user: str) -> int:
+        return sum(len(self.subs.by_client.get(cid, ()))
+                   for cid in self.authz.sessions.get(user, ()))
+
     def _log_refusal(self, op: str, client_id: str, channel: str, err: str) -> None:
         # A hostile publisher can repeat a refused publish at line rate: log the
         # first and then every 1000th, not each one.
@@ -412,6 +490,12 @@ class StreamingServer:
         except authz.Denied as e:
             return await self._respond(msg, pb.ConnectResponse(error=str(e)))
         hb_inbox = self.authz.inbox_for(who, req.heartbeat_inbox) if who else req.heartbeat_inbox
+        if self.quotas and who is not None:
+            try:
+                self.quotas.admit_connect(who)
+            except QuotaExceeded as e:
+                self._log_refusal("connect", req.client_id, "", str(e))
+                return await self._respond(msg, pb.ConnectResponse(error=str(e)))
         old = self.clients.clients.get(req.client_id)
         if old is not None and who is not None and \
                 self.authz.owners.get(req.client_id, who.user) != who.user:
@@ -421,16 +505,37 @@ class StreamingServer:
                         "identity", req.client_id, who.user)
             return await self._respond(msg, pb.ConnectResponse(
                 error=f"stan: not authorized: clientID {req.client_id} belongs to another identity"))
-        if old is not None:
+        if req.client_id in self._checking:
+            # One liveness check per clientID at a time; a storm of connects
+            # for it is answered at once instead of queueing checks.
+            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
+        # The rest waits on the network (a liveness check of up to
+        # dup_check_timeout, the registration's KV write): run it beside the
+        # other requests, not in front of them, one at a time per clientID.
+        self._checking.add(req.client_id)
+        task = asyncio.create_task(self._replace_then_register(msg, req, who, hb_inbox, old))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace_then_register(self, msg: Msg, req, who, hb_inbox: str,
+                                     old: ClientInfo | None) -> None:
+        try:
             # Liveness check of the registered client: the original server's rule.
-            if await self.clients.is_alive(old, self.opts.dup_check_timeout):
+            if old is not None and await self.clients.is_alive(old, self.opts.dup_check_timeout):
                 log.warning("connect client=%s refused: already registered and alive",
                             req.client_id)
                 return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
-            if self.clients.clients.get(req.client_id) is old:
+            if old is not None and self.clients.clients.get(req.client_id) is old:
                 log.info("client=%s replaced (old session did not answer)", req.client_id)
                 self.clients.remove(req.client_id)
                 await self._forget_client(req.client_id)
+            await self._register(msg, req, who, hb_inbox)
+        except Exception:
+            log.exception("connect client=%s failed", req.client_id)
+        finally:
+            self._checking.discard(req.client_id)
+
+    async def _register(self, msg: Msg, req, who, hb_inbox: str) -> None:
         if req.client_id in self.clients.clients:
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
         if req.conn_id and bytes(req.conn_id) in self.clients.by_conn_id:
@@ -520,6 +625,15 @@ class StreamingServer:
                 req.q_group = f"{who.user}:{req.q_group}"
         if req.client_id not in self.clients.clients:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_CLIENT))
+        durable_key = group_key(req, "") if req.durable_name else None
+        if self.quotas and who is not None:
+            try:
+                self.quotas.admit_subscription(who, self._held_subs(who.user), durable_key,
+                                               req.subject not in self.channels.channels)
+            except QuotaExceeded as e:
+                log.warning("subscribe client=%s channel=%r refused: %s", req.client_id,
+                            req.subject, e)
+                return await self._respond(msg, pb.SubscriptionResponse(error=str(e)))
         try:
             member = await self.subs.subscribe(req)
         except E.StanProtocolError as e:
@@ -534,6 +648,8 @@ class StreamingServer:
         except Exception as e:  # JetStream refused the consumer
             log.error("subscribe client=%s channel=%r failed: %s", req.client_id, req.subject, e)
             return await self._respond(msg, pb.SubscriptionResponse(error=f"stan: {e}"))
+        if self.quotas and who is not None and durable_key is not None:
+            self.quotas.durable_added(who, durable_key)
         log.info("client=%s subscribed channel=%s durable=%r queue=%r sub=%s", req.client_id,
                  req.subject, req.durable_name, req.q_group, member.sub_id)
         await self._respond(msg, pb.SubscriptionResponse(ack_inbox=member.ack_inbox))
@@ -562,6 +678,10 @@ class StreamingServer:
         if member is None or member.channel != req.subject:
             return await self._respond(msg, pb.SubscriptionResponse(error=E.ERR_UNKNOWN_SUB))
         await self.subs.remove(member, unsubscribe=unsubscribe)
+        if self.quotas and who is not None and unsubscribe and member.durable_name \
+                and not member.group.members:
+            self.quotas.durable_deleted(self.authz.owners.get(req.client_id, who.user),
+                                        member.group.key)
         log.info("client=%s %s channel=%s sub=%s", req.client_id,
                  "unsubscribed" if unsubscribe else "closed subscription", req.subject,
                  member.sub_id)

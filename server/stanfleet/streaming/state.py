@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
+from .jsapi import RetryingJSM
 from .naming import escape
 
 log = logging.getLogger("stanfleet.streaming.state")
@@ -29,7 +30,7 @@ DEFAULT_LOAD_CONCURRENCY = 64  # registrations read at once at start-up
 class StateStore:
     def __init__(self, nc: NATS, cluster_id: str, *, storage: str, replicas: int):
         self.js = nc.jetstream()
-        self.jsm = nc.jsm()
+        self.jsm = RetryingJSM(nc.jsm())
         base = f"STAN_{escape(cluster_id)}"
         self.clients_bucket = f"{base}_clients"
         self.subs_bucket = f"{base}_subs"

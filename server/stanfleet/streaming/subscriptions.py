@@ -35,6 +35,7 @@ from nats.nuid import NUID
 from ..pb import protocol_pb2 as pb
 from . import errors as E
 from .channels import Channel, ChannelStore
+from .jsapi import RetryingJSM
 from .naming import Subjects, check_subject, escape, js_name
 from .state import StateStore
 
@@ -91,7 +92,7 @@ class SubscriptionManager:
     def __init__(self, nc: NATS, subjects: Subjects, channels: ChannelStore, state: StateStore):
         self.nc = nc
         self.state = state
-        self.jsm = nc.jsm()
+        self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.channels = channels
         self.groups: dict[tuple, Group] = {}
@@ -105,6 +106,11 @@ class SubscriptionManager:
         # --replace_durable: a durable subscribed again takes over from the one
         # registered, instead of ERR_DUP_DURABLE.
         self.replace_durable = False
+        # (channel, clientID) -> how many subscriptions count against the
+        # channel's max_subs for this request; None: all of the channel's.
+        # With identities, the server counts the requester's own only, so no
+        # identity can fill a shared channel for the others.
+        self.count_channel_subs = None
         self._lock = asyncio.Lock()  # serialises changes of group membership
         self.msgs_out = 0
         self.bytes_out = 0
@@ -142,7 +148,11 @@ class SubscriptionManager:
             group = self.groups.get(key)
             if group is not None and group.members and not req.q_group:
                 raise E.StanProtocolError(E.ERR_DUP_DURABLE)  # before the limit, as Go
-            n_subs = sum(len(g.members) for g in self.groups.values() if g.channel is channel)
+            if self.count_channel_subs is not None:
+                n_subs = self.count_channel_subs(channel, req.client_id)
+            else:
+                n_subs = sum(len(g.members) for g in self.groups.values()
+                             if g.channel is channel)
             max_subs = self.channels.limits_for(channel.name).max_subs
             if max_subs and n_subs >= max_subs:
                 raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)

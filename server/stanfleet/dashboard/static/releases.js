@@ -2,8 +2,19 @@
 "use strict";
 const BAD = ["failed", "rolled back", "rejected"];
 
+// What the operator typed in a canary box, by version: a live refresh must not
+// throw it away (nor the element they are about to click).
+const typed = {};
+let builtKey = "";
+
 function render(d) {
   const can = SF.me.can_release;
+  const key = JSON.stringify([can, d.releases]);
+  if (key !== builtKey) { builtKey = key; renderBuilt(d, can); }
+  renderProgress(d);
+}
+
+function renderBuilt(d, can) {
   document.getElementById("built").innerHTML = `<thead><tr><th>version</th><th>size</th><th>sha256</th><th>published to</th>` +
     (can ? "<th>actions</th>" : "") + `</tr></thead><tbody>` + (d.releases.length ? d.releases.map((r) => `<tr id="release-${SF.esc(r.version)}">
       <td>${SF.esc(r.version)}</td><td class="num">${r.size}</td><td><code>${SF.esc(r.sha256.slice(0, 16))}…</code></td>
@@ -13,12 +24,20 @@ function render(d) {
         (r.rollout && r.rollout < 100 ? ` <button class="promote" data-version="${SF.esc(r.version)}">Promote to all</button>` : "") + `</td>` : "") +
       `</tr>`).join("") : `<tr><td colspan="5" class="empty">none built (stanfleet release build VERSION)</td></tr>`) + "</tbody>";
   if (!can) document.getElementById("release-msg").innerHTML = `<span class="readonly">Your role may not publish releases.</span>`;
+  document.querySelectorAll("input.canary").forEach((box) => {
+    const version = box.parentElement.querySelector("button.publish").dataset.version;
+    if (version in typed) box.value = typed[version];
+    box.oninput = () => { typed[version] = box.value; };
+  });
   document.querySelectorAll("button.publish").forEach((b) => b.onclick = () => {
     const canary = Number(b.parentElement.querySelector(".canary").value);
+    delete typed[b.dataset.version];
     act("/api/releases/publish", { version: b.dataset.version, canary });
   });
   document.querySelectorAll("button.promote").forEach((b) => b.onclick = () => act("/api/releases/promote", { version: b.dataset.version }));
+}
 
+function renderProgress(d) {
   document.getElementById("progress").innerHTML = d.progress.map((p) => {
     const bad = Object.entries(p.counts).filter(([s]) => BAD.includes(s)).reduce((n, [, c]) => n + c, 0);
     const pct = p.target ? Math.round(100 * p.installed / p.target) : 0;

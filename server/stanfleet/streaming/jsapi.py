@@ -1,0 +1,52 @@
+"""The JetStream API as the streaming server calls it: a busy server is asked again.
+
+nats-server answers a JetStream API request with 503 (nats-py's
+ServiceUnavailableError) when it cannot take it right now, e.g. with its API
+queue full on a loaded machine, and nothing was done. Such a request is safe
+to repeat, so instead of refusing a client's subscribe (or failing start-up)
+we repeat it a few times with a short, growing pause. Any other error, and a
+503 that outlasts the retries, goes to the caller as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from nats.js.errors import ServiceUnavailableError
+
+log = logging.getLogger("stanfleet.streaming")
+
+DEFAULT_ATTEMPTS = 6
+DEFAULT_FIRST_PAUSE = 0.05  # seconds; doubled per attempt: about 1.5 s in all
+
+
+class RetryingJSM:
+    """A JetStreamManager whose coroutine methods retry on ServiceUnavailableError."""
+
+    def __init__(self, jsm, attempts: int = DEFAULT_ATTEMPTS,
+                 first_pause: float = DEFAULT_FIRST_PAUSE):
+        self._jsm = jsm
+        self._attempts = attempts
+        self._first_pause = first_pause
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._jsm, name)
+        if not asyncio.iscoroutinefunction(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def call(*args, **kwargs):
+            pause = self._first_pause
+            for attempt in range(1, self._attempts + 1):
+                try:
+                    return await attr(*args, **kwargs)
+                except ServiceUnavailableError:
+                    if attempt == self._attempts:
+                        raise
+                    log.debug("JetStream API %s unavailable, attempt %d; retrying", name, attempt)
+                    await asyncio.sleep(pause)
+                    pause *= 2
+
+        return call
