@@ -40,6 +40,9 @@ REGISTRY_CHANNEL = "stanfleet.channels"
 INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
 # Framing around a message's data: the MsgProto fields, or the store's header lines.
 MSG_OVERHEAD = 64
+# Subscriptions per channel: every device holds a durable on devices.releases,
+# so this is the fleet size one broadcast channel can serve (see limits.py).
+DEFAULT_MAX_SUBS = 100_000
 
 
 class ChannelError(Exception):
@@ -51,7 +54,7 @@ class ChannelLimits:
     max_msgs: int = 1_000_000
     max_bytes: int = 1_000_000 * 1024
     max_age: float = 0.0  # seconds, 0 = unlimited
-    max_subs: int = 1000
+    max_subs: int = DEFAULT_MAX_SUBS
     max_inactivity: float = 0.0  # seconds without messages or subscriptions; 0 = forever
 
 

@@ -39,6 +39,10 @@ PROTOCOL_VERSION = 1
 DEFAULT_PING_INTERVAL = 5
 DEFAULT_PING_MAX_OUT = 3
 REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 1024 * 1024}
+# Subscription requests handled at once. Each waits on JetStream (consumer,
+# registration), so one at a time made a fleet resubscribing after a restart
+# queue behind itself; subscriptions.py locks per durable, not globally.
+DEFAULT_SUB_CONCURRENCY = 256
 
 
 class StreamingServer:
@@ -59,6 +63,7 @@ class StreamingServer:
         # Per-identity authorization (docs/security-design.md); None: off.
         self.authz = authz.Authorizer() if options.authz else None
         self._refusals: dict[tuple, int] = {}
+        self._tasks: set[asyncio.Task] = set()  # requests handled concurrently
 
     @property
     def nats_url(self) -> str:
@@ -106,9 +111,12 @@ class StreamingServer:
         await self._restore()
         await self.subs.start()
         s = self.subjects
+        sub_slots = asyncio.Semaphore(DEFAULT_SUB_CONCURRENCY)
         for subject, handler in ((s.discover, self._on_connect), (s.pings, self._on_ping),
-                                 (s.sub, self._on_subscribe), (s.unsub, self._on_unsubscribe),
-                                 (s.subclose, self._on_subclose), (s.close, self._on_close)):
+                                 (s.sub, self._concurrent(self._on_subscribe, sub_slots)),
+                                 (s.unsub, self._concurrent(self._on_unsubscribe, sub_slots)),
+                                 (s.subclose, self._concurrent(self._on_subclose, sub_slots)),
+                                 (s.close, self._on_close)):
             self._nats_subs.append(
                 await self.nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
@@ -146,7 +154,7 @@ class StreamingServer:
             log.info("restored %d clients and %d subscriptions", len(self.clients.clients), subs)
 
     def _has_subscriptions(self, channel: str) -> bool:
-        return any(g.channel.name == channel and g.members for g in self.subs.groups.values())
+        return self.subs.subs_per_channel.get(channel, 0) > 0
 
     async def _forget_client(self, client_id: str) -> None:
         if self.authz:
@@ -194,6 +202,8 @@ class StreamingServer:
                 except Exception:
                     pass
             self._nats_subs.clear()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=5)
             if self.clients:
                 await self.clients.stop()
             if self.channels:
@@ -239,6 +249,26 @@ class StreamingServer:
                 # A bug must not take the subscription down with it.
                 log.exception("handler for %s failed", msg.subject)
         return run
+
+    def _concurrent(self, handler, slots: asyncio.Semaphore):
+        """Run each request in its own task, at most `slots` at once; when all
+        are taken the subscription waits, which is the back pressure."""
+        tasks: set = self._tasks
+
+        async def spawn(msg: Msg) -> None:
+            await slots.acquire()
+
+            async def run() -> None:
+                try:
+                    await handler(msg)
+                except Exception:
+                    log.exception("handler for %s failed", msg.subject)
+                finally:
+                    slots.release()
+            t = asyncio.create_task(run())
+            tasks.add(t)  # a task nobody references may be garbage-collected mid-run
+            t.add_done_callback(tasks.discard)
+        return spawn
 
     async def _respond(self, msg: Msg, response) -> None:
         if msg.reply:
