@@ -43,6 +43,10 @@ REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 10
 # registration), so one at a time made a fleet resubscribing after a restart
 # queue behind itself; subscriptions.py locks per durable, not globally.
 DEFAULT_SUB_CONCURRENCY = 256
+# The embedded nats-server's start: after a crash its predecessor may hold the
+# port while it flushes, and a store of 30,000 streams takes tens of seconds
+# to load; the broker's own 15 s default failed a 1,000-device restart.
+DEFAULT_BROKER_START_TIMEOUT = 180.0
 
 
 class StreamingServer:
@@ -180,7 +184,7 @@ class StreamingServer:
                            tls=tls, accounts_file=self.opts.accounts_file,
                            pid_file=self.opts.broker_pid_file)
         broker = Broker(cfg)
-        broker.start()
+        broker.start(timeout=DEFAULT_BROKER_START_TIMEOUT)
         log.info("embedded nats-server listening on %s:%s", self.opts.host, broker.port)
         return broker
 
