@@ -8,7 +8,9 @@ Hot path: a PubMsg is re-published to the channel's stream subject with a reply
 subject of ours that carries a token; JetStream's store-ack lands on one
 wildcard subscription, which maps the token back to the client's ack inbox and
 sends the PubAck. No future per message, so publishes stay pipelined, and the
-PubAck still only goes out after JetStream has stored the message.
+PubAck still only goes out after JetStream has stored the message. Both
+subscriptions live on the relay's raw connection (relay.py) and their
+handlers are plain functions: no coroutine, task or queue per message.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
 from .naming import InvalidName, Subjects, check_channel
+from .relay import Relay, parse_headers
 
 log = logging.getLogger("stanfleet.streaming.channels")
 
@@ -35,9 +37,6 @@ DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
 # is announced on this channel, so a service can discover (say) the events
 # channel of a device it has never seen, with an ordinary durable subscription.
 REGISTRY_CHANNEL = "stanfleet.channels"
-# Room for bursts on the hot path. Past this a publish is dropped unanswered
-# (nats-py "slow consumer"): the publisher times out and retries, nothing acked is lost.
-INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
 # Framing around a message's data: the MsgProto fields, or the store's header lines.
 MSG_OVERHEAD = 64
 # Subscriptions per channel: every device holds a durable on devices.releases,
@@ -83,8 +82,9 @@ class ChannelStore:
 
     def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
-                 has_subscriptions=None, authorize=None):
+                 has_subscriptions=None, authorize=None, relay: Relay):
         self.nc = nc
+        self.relay = relay  # the hot path's own connection
         self.jsm = nc.jsm()
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
@@ -99,8 +99,10 @@ class ChannelStore:
         self.channels: dict[str, Channel] = {}
         self._pending: dict[str, _PendingStore] = {}
         self._next_token = 0
-        self._ack_sub = None
-        self._pub_sub = None
+        self._ack_sid = None
+        self._pub_sid = None
+        # Acks of our own stores, "<prefix>.<token>", as bytes prefix for the reply.
+        self._ack_prefix = subjects.js_ack_prefix + "."
         self._sweeper: asyncio.Task | None = None
         self._reaper: asyncio.Task | None = None
         self.msgs_in = 0
@@ -110,28 +112,29 @@ class ChannelStore:
 
     async def start(self) -> None:
         await self._load_existing()
-        self._ack_sub = await self.nc.subscribe(
-            self.subjects.js_ack_prefix + ".*", cb=self._on_store_ack, **INGRESS_LIMITS)
-        self._pub_sub = await self.nc.subscribe(
-            self.subjects.pub_prefix + ".>", cb=self._on_pub_msg, **INGRESS_LIMITS)
+        self._ack_sid = self.relay.subscribe(self.subjects.js_ack_prefix + ".*",
+                                             self._on_store_ack)
+        self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)
+        await self.relay.ping()  # subscribed at nats-server before we say ready
         self._sweeper = asyncio.create_task(self._sweep_pending())
         self._reaper = asyncio.create_task(self._reap_inactive())
 
     async def stop(self) -> None:
-        if self._pub_sub is not None:
-            # drain: PubMsgs already received are still stored and answered.
+        if self._pub_sid is not None:
+            # PubMsgs already received are handled as they arrive (synchronously),
+            # so after the round trip nothing is left but their store-acks.
+            self.relay.unsubscribe(self._pub_sid)
             try:
-                await self._pub_sub.drain()
+                await self.relay.ping()
             except Exception as e:
                 log.warning("publish subscription did not drain: %s", e)
         # Let in-flight stores be answered before the ack subscription goes;
         # polled because JetStream's store-acks arrive on their own.
         deadline = time.monotonic() + 5
-        while self._pending and time.monotonic() < deadline:
-            await self.nc.flush()
+        while self._pending and time.monotonic() < deadline and self.relay.connected:
             await asyncio.sleep(0.01)
-        if self._ack_sub is not None:
-            await self._ack_sub.unsubscribe()
+        if self._ack_sid is not None:
+            self.relay.unsubscribe(self._ack_sid)
         if self._sweeper:
             self._sweeper.cancel()
         if self._reaper:
@@ -230,7 +233,7 @@ class ChannelStore:
             ch.ready.exception()  # mark retrieved: waiters may be none
             while ch.waiting:
                 reply, guid = ch.waiting.popleft()[:2]
-                await self._pub_ack(reply, guid, str(err))
+                self._pub_ack(reply, guid, str(err))
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
         ch.ready.set_result(True)
@@ -238,7 +241,7 @@ class ChannelStore:
             await self._announce(ch.name)
         while ch.waiting:
             reply, guid, data = ch.waiting.popleft()
-            await self._store(ch, reply, guid, data)
+            self._store(ch, reply, guid, data)
 
     async def _announce(self, name: str) -> None:
         try:
@@ -247,89 +250,92 @@ class ChannelStore:
             log.error("channel=%s not announced: %s", name, e)
             return
         # The guid makes a repeated announcement (e.g. after a restart) a no-op.
-        await self._store(registry, None, "channel:" + name,
-                          json.dumps({"channel": name}).encode())
+        self._store(registry, None, "channel:" + name, json.dumps({"channel": name}).encode())
 
     # -- publish hot path --------------------------------------------------
 
-    async def _on_pub_msg(self, msg: Msg) -> None:
-        reply = msg.reply
+    def _on_pub_msg(self, subject: str, reply: str, headers: bytes | None,
+                    data: bytes) -> None:
         try:
-            pm = pb.PubMsg.FromString(msg.data)
+            pm = pb.PubMsg.FromString(data)
         except Exception:
-            log.warning("malformed PubMsg on %s (%d bytes) rejected", msg.subject, len(msg.data))
+            log.warning("malformed PubMsg on %s (%d bytes) rejected", subject, len(data))
             if reply:
-                await self._pub_ack(reply, "", "malformed PubMsg")
+                self._pub_ack(reply, "", "malformed PubMsg")
             return
         guid = pm.guid
-        channel = msg.subject[len(self.subjects.pub_prefix) + 1 :]
+        channel = subject[len(self.subjects.pub_prefix) + 1 :]
         if pm.subject != channel:
-            await self._pub_ack(reply, guid, "channel in PubMsg does not match the subject")
+            self._pub_ack(reply, guid, "channel in PubMsg does not match the subject")
             return
         err = self._is_known_client(pm.client_id, pm.conn_id)
         if not err and self._authorize is not None:
-            err = self._authorize(msg.headers, pm.client_id, channel)
+            err = self._authorize(parse_headers(headers), pm.client_id, channel)
         if err:
-            await self._pub_ack(reply, guid, err)
+            self._pub_ack(reply, guid, err)
             return
         if not guid:
-            await self._pub_ack(reply, guid, "PubMsg has no guid")
+            self._pub_ack(reply, guid, "PubMsg has no guid")
+            return
+        if "\r" in guid or "\n" in guid:
+            # It becomes a header line of the stored message: no line breaks.
+            self._pub_ack(reply, guid, "PubMsg guid contains a line break")
             return
         # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
         # delivers it must fit in one NATS message: NATS drops a connection that
         # publishes more than max_payload.
         if len(pm.data) + max(len(guid.encode()), len(channel.encode())) + MSG_OVERHEAD \
-                > self.nc.max_payload:
-            await self._pub_ack(reply, guid, "stan: message too large")
+                > self.relay.max_payload:
+            self._pub_ack(reply, guid, "stan: message too large")
             return
         try:
             ch = self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
             log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
-            await self._pub_ack(reply, guid, str(e))
+            self._pub_ack(reply, guid, str(e))
             return
         if not ch.ready.done():
             ch.waiting.append((reply, guid, pm.data))
             return
-        await self._store(ch, reply, guid, pm.data)
+        self._store(ch, reply, guid, pm.data)
 
-    async def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes) -> None:
+    def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes) -> None:
         self._next_token += 1
         token = str(self._next_token)
-        self._pending[token] = _PendingStore(reply or "", guid, time.monotonic())
+        now = time.monotonic()
+        self._pending[token] = _PendingStore(reply or "", guid, now)
         ch.msgs_in += 1
         ch.bytes_in += len(data)
-        ch.last_activity = time.monotonic()
+        ch.last_activity = now
         self.msgs_in += 1
         self.bytes_in += len(data)
-        await self.nc.publish(ch.store_subject, data,
-                              reply=f"{self.subjects.js_ack_prefix}.{token}",
-                              headers={"Nats-Msg-Id": guid})
+        self.relay.publish(ch.store_subject, data, self._ack_prefix + token,
+                           b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode() + b"\r\n\r\n")
 
-    async def _on_store_ack(self, msg: Msg) -> None:
-        token = msg.subject[len(self.subjects.js_ack_prefix) + 1 :]
-        p = self._pending.pop(token, None)
+    def _on_store_ack(self, subject: str, reply: str, headers: bytes | None,
+                      data: bytes) -> None:
+        p = self._pending.pop(subject[len(self._ack_prefix):], None)
         if p is None:
             return  # already answered by the timeout sweep
         error = ""
-        if msg.headers and msg.headers.get("Status") == "503":
+        if headers and headers.startswith(b"NATS/1.0 503"):
             error = "no JetStream stream for this channel"
-        elif b'"error"' in msg.data:
-            error = _js_error_text(msg.data)
+        elif b'"error"' in data:
+            error = _js_error_text(data)
         if error:
             log.error("store failed guid=%s: %s", p.guid, error)
         elif self._on_stored is not None:
             self._on_stored(time.monotonic() - p.started)
         if p.reply:
-            await self._pub_ack(p.reply, p.guid, error)
+            self._pub_ack(p.reply, p.guid, error)
 
-    async def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
+    def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
         if not reply:
             return
         ack = pb.PubAck(guid=guid, error=error)
-        if ack.ByteSize() > self.nc.max_payload:
+        if ack.ByteSize() > self.relay.max_payload:
             ack.guid = ""  # a guid this long cannot be echoed in one NATS message
-        await self.nc.publish(reply, ack.SerializeToString())
+        self.relay.publish(reply, ack.SerializeToString())
 
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""
@@ -344,7 +350,7 @@ class ChannelStore:
                 del self._pending[token]
                 log.error("store of guid=%s timed out", p.guid)
                 if p.reply:
-                    await self._pub_ack(p.reply, p.guid, "timeout storing the message")
+                    self._pub_ack(p.reply, p.guid, "timeout storing the message")
 
 
     async def _reap_inactive(self) -> None:

@@ -30,6 +30,7 @@ from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
+from .relay import Relay
 from .state import StateStore
 from .subscriptions import SubscriptionManager
 
@@ -56,6 +57,7 @@ class StreamingServer:
         self.broker: Broker | None = None
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
+        self.relay: Relay | None = None
         self.subs: SubscriptionManager | None = None
         self.clients: ClientRegistry | None = None
         self.monitor = None  # Monitor, when opts.monitor_port is set
@@ -94,6 +96,11 @@ class StreamingServer:
             reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024,
             error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect)
+        # The publish hot path has its own raw connection (relay.py), same login.
+        self.relay = Relay(servers, user=self.opts.user, password=self.opts.password,
+                           token=self.opts.token, tls=tls.get("tls"),
+                           name=f"_STAN-{self.opts.cluster_id}-relay")
+        await self.relay.connect()
         self.clients = ClientRegistry(self.nc, hb_interval=self.opts.hb_interval,
                                       hb_timeout=self.opts.hb_timeout,
                                       hb_fail_count=self.opts.hb_fail_count,
@@ -104,7 +111,8 @@ class StreamingServer:
                                      is_known_client=self.clients.check,
                                      has_subscriptions=self._has_subscriptions,
                                      on_stored=self.monitor.on_stored if self.monitor else None,
-                                     authorize=self._authorize_publish if self.authz else None)
+                                     authorize=self._authorize_publish if self.authz else None,
+                                     relay=self.relay)
         self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         await self.state.open()
@@ -212,6 +220,8 @@ class StreamingServer:
                 await self.clients.stop()
             if self.channels:
                 await self.channels.stop()
+            if self.relay:
+                await self.relay.close()
             if self.subs:
                 await self.subs.stop()
             if self.nc and not self.nc.is_closed:
