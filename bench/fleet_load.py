@@ -365,6 +365,8 @@ class Device:
             lat = await self.publish(f"devices.{self.id}.events", reading)
             self.acked += 1
             (f.recovery_lat if f.storming else f.latencies).append(lat)
+            if not f.storming:
+                f.timeline.append((t, lat))
             await asyncio.sleep(max(0.0, f.interval - (time.monotonic() - t)))
 
 
@@ -385,6 +387,7 @@ class Fleet:
         self.errors: dict[str, int] = {}
         self.tasks: list[asyncio.Task] = []
         self.lag: list[float] = []
+        self.timeline: list[tuple[float, float]] = []  # (sent at, latency) in steady load
 
     def note_error(self, text: str) -> None:
         key = text[:60]
@@ -398,7 +401,8 @@ class Fleet:
             await asyncio.sleep(max(0.0, t0 + i * step - time.monotonic()))
         await until(lambda: self.ready == len(self.devices), "all devices ready",
                     lambda: f"{self.ready}/{len(self.devices)} ready")
-        return time.monotonic() - t0
+        self.start_done = time.monotonic()
+        return self.start_done - t0
 
     async def watch_lag(self) -> None:
         while not self.stopping:
@@ -419,6 +423,16 @@ async def until(cond, what: str, progress=lambda: "", deadline: float = DEFAULT_
             print(f"  ... waiting for {what}: {progress()}", flush=True)
             last = time.monotonic()
         await asyncio.sleep(0.05)
+
+
+def worst_windows(timeline: list[tuple[float, float]], t0: float, n: int = 3) -> str:
+    """Where the tail comes from: a few bad moments or everywhere."""
+    buckets: dict[int, list[float]] = {}
+    for t, lat in timeline:
+        buckets.setdefault(int((t - t0) // 5), []).append(lat)
+    worst = sorted(buckets.items(), key=lambda kv: -pct(kv[1], 99))[:n]
+    return "; ".join(f"{k * 5:+d}s: p99 {pct(v, 99) * 1e3:.0f} ms ({len(v)} readings)"
+                     for k, v in sorted(worst)) or "none"
 
 
 def rss_mb(pid: int | None) -> float:
@@ -563,6 +577,8 @@ async def main(args) -> None:
                   f"{args.devices * 3 + 1} channels and {args.devices * 2} durables; per 1,000 "
                   f"devices above the idle server: {per_k[0]:.0f} MB + {per_k[1]:.0f} MB",
                   flush=True)
+            print("slowest 5 s windows (from the end of the ramp): " + worst_windows(
+                fleet.timeline, fleet.start_done), flush=True)
             print(f"generator event-loop lag: p99 {pct(fleet.lag, 99) * 1e3:.0f} ms, "
                   f"max {max(fleet.lag or [0]) * 1e3:.0f} ms", flush=True)
             if args.storm != "none":

@@ -170,20 +170,20 @@ async def one_server(kind: str, tmp: str, flags: list[str], n: int, size: int) -
     if kind == "go":
         proc = await asyncio.create_subprocess_exec(
             os.path.join(REFERENCE, "nats-streaming-server"), "-a", "127.0.0.1", "-p", str(port),
-            "-store", "file", "-dir", data, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
+            "-store", "file", "-dir", data, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
         try:
-            for _ in range(200):  # until it accepts connections
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                    w.close()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.05)
+            # Its NATS port opens before the streaming layer serves: wait for the log line.
+            while b"Streaming Server is ready" not in await asyncio.wait_for(
+                    proc.stdout.readline(), 60):
+                pass
+            drain = asyncio.create_task(proc.stdout.read())  # keep its pipe from filling
             return await run_stan_bench(port, flags, n, size)
         finally:
             proc.terminate()
             await proc.wait()
+            if "drain" in locals():
+                await drain
     server = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-dir", data)
     await server.start()
     try:

@@ -57,32 +57,35 @@ class _Wire(asyncio.Protocol):
         self.relay._lost(self)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
+        # Parsed on an immutable bytes object: each slice is then one copy, and
+        # a read that ends on a message boundary (the usual case) copies nothing.
+        if self.buf:
+            self.buf += data
+            data = bytes(self.buf)
         relay = self.relay
         handlers = relay._handlers
         pos = 0
-        end = len(buf)
+        end = len(data)
         try:
             while pos < end:
-                i = buf.find(b"\r\n", pos)
+                i = data.find(b"\r\n", pos)
                 if i < 0:
                     break
-                op = buf[pos:pos + 4]
-                if op == b"MSG " or op == b"HMSG":
-                    args = bytes(buf[pos + 4 if op == b"MSG " else pos + 5:i]).split(b" ")
+                hmsg = data.startswith(b"HMSG ", pos)
+                if hmsg or data.startswith(b"MSG ", pos):
+                    args = data[pos + (5 if hmsg else 4):i].split(b" ")
                     size = int(args[-1])
                     start = i + 2
                     if end < start + size + 2:
                         break
-                    if op == b"HMSG":
+                    if hmsg:
                         hlen = int(args[-2])
-                        headers = bytes(buf[start:start + hlen])
-                        payload = bytes(buf[start + hlen:start + size])
+                        headers = data[start:start + hlen]
+                        payload = data[start + hlen:start + size]
                         reply = args[2].decode() if len(args) == 5 else ""
                     else:
                         headers = None
-                        payload = bytes(buf[start:start + size])
+                        payload = data[start:start + size]
                         reply = args[2].decode() if len(args) == 4 else ""
                     pos = start + size + 2
                     handler = handlers.get(args[1])
@@ -92,7 +95,7 @@ class _Wire(asyncio.Protocol):
                         except Exception:  # a bug must not take the connection down
                             log.exception("relay handler for %s failed", args[0])
                     continue
-                line = bytes(buf[pos:i])
+                line = data[pos:i]
                 pos = i + 2
                 if line == b"PING":
                     relay._out.append(b"PONG\r\n")
@@ -106,7 +109,7 @@ class _Wire(asyncio.Protocol):
                     self.error = line.decode(errors="replace")
                     log.error("relay: nats-server says %s", self.error)
         finally:
-            del buf[:pos]
+            self.buf = bytearray(data[pos:]) if pos < end else bytearray()
             relay.flush()
 
 
