@@ -70,7 +70,7 @@ class Channel:
     last_activity: float = field(default_factory=time.monotonic)
 
 
-@dataclass
+@dataclass(slots=True)
 class _PendingStore:
     reply: str
     guid: str
