@@ -9,8 +9,12 @@ subject of ours that carries a token; JetStream's store-ack lands on one
 wildcard subscription, which maps the token back to the client's ack inbox and
 sends the PubAck. No future per message, so publishes stay pipelined, and the
 PubAck still only goes out after JetStream has stored the message. Both
-subscriptions live on the relay's raw connection (relay.py) and their
-handlers are plain functions: no coroutine, task or queue per message.
+subscriptions live on raw relay connections (relay.py) and their handlers are
+plain functions: no coroutine, task or queue per message.
+
+Long because a channel's life (load, create, limit, reap) and the hot path
+that creates channels on first publish share the channel table and the
+pending stores; split, both halves would reach into each other.
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
 REGISTRY_CHANNEL = "stanfleet.channels"
 # Framing around a message's data: the MsgProto fields, or the store's header lines.
 MSG_OVERHEAD = 64
+# Stores in flight to JetStream. Past the high mark the relay stops reading
+# PubMsgs until JetStream has answered down to the low one: unbounded, a burst
+# queued 10,000 stores in JetStream and their PubAcks came after the clients'
+# ack_wait although the messages were stored.
+DEFAULT_MAX_STORES_IN_FLIGHT = 4096
+DEFAULT_RESUME_STORES_IN_FLIGHT = 2048
 # Subscriptions per channel: every device holds a durable on devices.releases,
 # so this is the fleet size one broadcast channel can serve (see limits.py).
 DEFAULT_MAX_SUBS = 100_000
@@ -82,9 +92,14 @@ class ChannelStore:
 
     def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
-                 has_subscriptions=None, authorize=None, relay: Relay):
+                 has_subscriptions=None, authorize=None, relay: Relay, acks: Relay):
         self.nc = nc
-        self.relay = relay  # the hot path's own connection
+        # The hot path's own connections: PubMsgs in and stores out on `relay`
+        # (one connection keeps each channel's order), store-acks in and PubAcks
+        # out on `acks`, so pausing the first for back pressure never stops the
+        # answers that end the pause.
+        self.relay = relay
+        self.acks = acks
         self.jsm = nc.jsm()
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
@@ -98,6 +113,7 @@ class ChannelStore:
         self._authorize = authorize
         self.channels: dict[str, Channel] = {}
         self._pending: dict[str, _PendingStore] = {}
+        self._waiting = 0  # PubMsgs waiting for their channel's stream, all channels
         self._next_token = 0
         self._ack_sid = None
         self._pub_sid = None
@@ -112,10 +128,11 @@ class ChannelStore:
 
     async def start(self) -> None:
         await self._load_existing()
-        self._ack_sid = self.relay.subscribe(self.subjects.js_ack_prefix + ".*",
-                                             self._on_store_ack)
+        self._ack_sid = self.acks.subscribe(self.subjects.js_ack_prefix + ".*",
+                                            self._on_store_ack)
         self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)
-        await self.relay.ping()  # subscribed at nats-server before we say ready
+        await self.acks.ping()  # subscribed at nats-server before we say ready
+        await self.relay.ping()
         self._sweeper = asyncio.create_task(self._sweep_pending())
         self._reaper = asyncio.create_task(self._reap_inactive())
 
@@ -124,6 +141,7 @@ class ChannelStore:
             # PubMsgs already received are handled as they arrive (synchronously),
             # so after the round trip nothing is left but their store-acks.
             self.relay.unsubscribe(self._pub_sid)
+            self.relay.resume()
             try:
                 await self.relay.ping()
             except Exception as e:
@@ -131,10 +149,13 @@ class ChannelStore:
         # Let in-flight stores be answered before the ack subscription goes;
         # polled because JetStream's store-acks arrive on their own.
         deadline = time.monotonic() + 5
-        while self._pending and time.monotonic() < deadline and self.relay.connected:
+        waiting = len(self._pending)
+        while self._pending and time.monotonic() < deadline and self.acks.connected:
             await asyncio.sleep(0.01)
+        log.info("stopped taking publishes: %d stores were in flight, %d still unanswered",
+                 waiting, len(self._pending))
         if self._ack_sid is not None:
-            self.relay.unsubscribe(self._ack_sid)
+            self.acks.unsubscribe(self._ack_sid)
         if self._sweeper:
             self._sweeper.cancel()
         if self._reaper:
@@ -233,7 +254,9 @@ class ChannelStore:
             ch.ready.exception()  # mark retrieved: waiters may be none
             while ch.waiting:
                 reply, guid = ch.waiting.popleft()[:2]
+                self._waiting -= 1
                 self._pub_ack(reply, guid, str(err))
+            self._maybe_resume()
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
         ch.ready.set_result(True)
@@ -241,6 +264,7 @@ class ChannelStore:
             await self._announce(ch.name)
         while ch.waiting:
             reply, guid, data = ch.waiting.popleft()
+            self._waiting -= 1
             self._store(ch, reply, guid, data)
 
     async def _announce(self, name: str) -> None:
@@ -296,6 +320,9 @@ class ChannelStore:
             return
         if not ch.ready.done():
             ch.waiting.append((reply, guid, pm.data))
+            self._waiting += 1
+            if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT:
+                self.relay.pause()
             return
         self._store(ch, reply, guid, pm.data)
 
@@ -311,10 +338,18 @@ class ChannelStore:
         self.bytes_in += len(data)
         self.relay.publish(ch.store_subject, data, self._ack_prefix + token,
                            b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode() + b"\r\n\r\n")
+        if len(self._pending) >= DEFAULT_MAX_STORES_IN_FLIGHT and not self.relay.paused:
+            self.relay.pause()
+
+    def _maybe_resume(self) -> None:
+        if self.relay.paused and \
+                len(self._pending) + self._waiting <= DEFAULT_RESUME_STORES_IN_FLIGHT:
+            self.relay.resume()
 
     def _on_store_ack(self, subject: str, reply: str, headers: bytes | None,
                       data: bytes) -> None:
         p = self._pending.pop(subject[len(self._ack_prefix):], None)
+        self._maybe_resume()
         if p is None:
             return  # already answered by the timeout sweep
         error = ""
@@ -333,9 +368,9 @@ class ChannelStore:
         if not reply:
             return
         ack = pb.PubAck(guid=guid, error=error)
-        if ack.ByteSize() > self.relay.max_payload:
+        if ack.ByteSize() > self.acks.max_payload:
             ack.guid = ""  # a guid this long cannot be echoed in one NATS message
-        self.relay.publish(reply, ack.SerializeToString())
+        self.acks.publish(reply, ack.SerializeToString())
 
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""
@@ -351,6 +386,7 @@ class ChannelStore:
                 log.error("store of guid=%s timed out", p.guid)
                 if p.reply:
                     self._pub_ack(p.reply, p.guid, "timeout storing the message")
+            self._maybe_resume()
 
 
     async def _reap_inactive(self) -> None:

@@ -131,6 +131,7 @@ class Relay:
         self._closing = False
         self._reconnecting: asyncio.Task | None = None
         self._flush_scheduled = False
+        self._paused = False
 
     # -- connection ----------------------------------------------------------------
 
@@ -176,6 +177,8 @@ class Relay:
             transport.abort()
             raise
         self._wire = wire
+        if self._paused:
+            transport.pause_reading()
         self.flush()
 
     def _lost(self, wire: _Wire) -> None:
@@ -261,6 +264,21 @@ class Relay:
         self._out.append(b"PING\r\n")
         self.flush()
         await asyncio.wait_for(asyncio.shield(wire.pong), timeout)
+
+    def pause(self) -> None:
+        """Stop reading (back pressure); messages wait in nats-server meanwhile."""
+        self._paused = True
+        if self._wire is not None and self._wire.transport is not None:
+            self._wire.transport.pause_reading()
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._wire is not None and self._wire.transport is not None:
+            self._wire.transport.resume_reading()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     @property
     def connected(self) -> bool:
