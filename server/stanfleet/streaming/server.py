@@ -32,7 +32,7 @@ from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .relay import Relay
 from .state import StateStore
-from .subscriptions import SubscriptionManager
+from .subscriptions import KeyedLocks, SubscriptionManager
 
 log = logging.getLogger("stanfleet.streaming")
 
@@ -44,6 +44,13 @@ REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 10
 # registration), so one at a time made a fleet resubscribing after a restart
 # queue behind itself; subscriptions.py locks per durable, not globally.
 DEFAULT_SUB_CONCURRENCY = 256
+# Connect requests handled at once, each clientID's in order (a lock per ID).
+# One at a time, a fleet reconnecting overloaded the server: connects timed out
+# at the devices, their retries found the abandoned session and waited out its
+# liveness check (dup_check_timeout) one after the other, and 3,000 devices
+# never all connected. (issue12b makes the duplicate check itself concurrent
+# and rate-limited; this only stops one connect from waiting on another.)
+DEFAULT_CONNECT_CONCURRENCY = 256
 # The embedded nats-server's start: after a crash its predecessor may hold the
 # port while it flushes, and a store of 30,000 streams takes tens of seconds
 # to load; the broker's own 15 s default failed a 1,000-device restart.
@@ -71,6 +78,7 @@ class StreamingServer:
         self.authz = authz.Authorizer() if options.authz else None
         self._refusals: dict[tuple, int] = {}
         self._tasks: set[asyncio.Task] = set()  # requests handled concurrently
+        self._connecting = KeyedLocks()  # one connect per clientID at a time
 
     @property
     def nats_url(self) -> str:
@@ -128,7 +136,9 @@ class StreamingServer:
         await self.subs.start()
         s = self.subjects
         sub_slots = asyncio.Semaphore(DEFAULT_SUB_CONCURRENCY)
-        for subject, handler in ((s.discover, self._on_connect), (s.pings, self._on_ping),
+        connect_slots = asyncio.Semaphore(DEFAULT_CONNECT_CONCURRENCY)
+        for subject, handler in ((s.discover, self._concurrent(self._on_connect, connect_slots)),
+                                 (s.pings, self._on_ping),
                                  (s.sub, self._concurrent(self._on_subscribe, sub_slots)),
                                  (s.unsub, self._concurrent(self._on_unsubscribe, sub_slots)),
                                  (s.subclose, self._concurrent(self._on_subclose, sub_slots)),
@@ -351,6 +361,10 @@ class StreamingServer:
         req = self._decode(msg, pb.ConnectRequest)
         if req is None:
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
+        async with self._connecting.hold((req.client_id,)):
+            await self._connect(msg, req)
+
+    async def _connect(self, msg: Msg, req: pb.ConnectRequest) -> None:
         try:
             check_client_id(req.client_id)
             check_subject(req.heartbeat_inbox, "heartbeat inbox")

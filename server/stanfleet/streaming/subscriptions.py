@@ -105,7 +105,7 @@ class SubscriptionManager:
         # Changes of one group's membership are serialised by that group's key
         # alone: after a restart thousands of devices resubscribe at once, and
         # unrelated durables must not queue behind each other's JetStream calls.
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
         self.subs_per_channel: dict[str, int] = {}  # channel -> members (max_subs check)
         self.msgs_out = 0
         self.bytes_out = 0
@@ -468,7 +468,7 @@ class SubscriptionManager:
             await self._drain(group)
 
 
-class _KeyedLocks:
+class KeyedLocks:
     """One asyncio.Lock per key, existing only while someone holds or waits for it."""
 
     def __init__(self):
