@@ -43,6 +43,9 @@ DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
 REGISTRY_CHANNEL = "stanfleet.channels"
 # Framing around a message's data: the MsgProto fields, or the store's header lines.
 MSG_OVERHEAD = 64
+# JetStream's max_consumers for a channel without max_subs: -1 would mean
+# nats-server's default (1000), not unlimited.
+UNLIMITED_CONSUMERS = 2**31 - 1
 # Stores in flight to JetStream. Past the high mark the relay stops reading
 # PubMsgs until JetStream has answered down to the low one: unbounded, a burst
 # queued 10,000 stores in JetStream and their PubAcks came after the clients'
@@ -200,8 +203,12 @@ class ChannelStore:
     def _stream_limits(lim: ChannelLimits) -> dict:
         # JetStream refuses a duplicate window longer than the max age.
         window = min(DUPLICATE_WINDOW, lim.max_age) if lim.max_age else DUPLICATE_WINDOW
+        # Consumers are STAN subscriptions: nats-server (2.15) gives a stream
+        # without max_consumers a default of 1000, which stopped a fleet at 1000
+        # devices, each holding a durable on devices.releases.
         return {"max_msgs": lim.max_msgs or -1, "max_bytes": lim.max_bytes or -1,
-                "max_age": float(lim.max_age or 0), "duplicate_window": float(window)}
+                "max_age": float(lim.max_age or 0), "duplicate_window": float(window),
+                "max_consumers": lim.max_subs or UNLIMITED_CONSUMERS}
 
     def limits_for(self, name: str) -> ChannelLimits:
         return self.limits.for_channel(name)
