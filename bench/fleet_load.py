@@ -364,8 +364,9 @@ class Device:
                                   "temp": round(random.uniform(15, 25), 2)}).encode()
             lat = await self.publish(f"devices.{self.id}.events", reading)
             self.acked += 1
-            (f.recovery_lat if f.storming else f.latencies).append(lat)
-            if not f.storming:
+            if f.storming:
+                f.recovery_lat.append(lat)
+            else:
                 f.timeline.append((t, lat))
             await asyncio.sleep(max(0.0, f.interval - (time.monotonic() - t)))
 
@@ -382,7 +383,6 @@ class Fleet:
         self.renewals = 0
         self.stopping = False
         self.storming = False
-        self.latencies: list[float] = []
         self.recovery_lat: list[float] = []
         self.errors: dict[str, int] = {}
         self.tasks: list[asyncio.Task] = []
@@ -430,7 +430,8 @@ def worst_windows(timeline: list[tuple[float, float]], t0: float, n: int = 3) ->
     buckets: dict[int, list[float]] = {}
     for t, lat in timeline:
         buckets.setdefault(int((t - t0) // 5), []).append(lat)
-    worst = sorted(buckets.items(), key=lambda kv: -pct(kv[1], 99))[:n]
+    worst = sorted(((k, v) for k, v in buckets.items() if k >= 0),
+                   key=lambda kv: -pct(kv[1], 99))[:n]
     return "; ".join(f"{k * 5:+d}s: p99 {pct(v, 99) * 1e3:.0f} ms ({len(v)} readings)"
                      for k, v in sorted(worst)) or "none"
 
@@ -567,10 +568,13 @@ async def main(args) -> None:
                   f"in {connect_s:.1f} s, ramp {args.ramp:g} s  [target < {TARGETS['connect']:g} s]",
                   flush=True)
             await asyncio.sleep(args.duration)
-            lat = fleet.latencies
-            print(f"PubAck ({len(lat)} readings): p50 {pct(lat, 50) * 1e3:.1f} ms, "
-                  f"p99 {pct(lat, 99) * 1e3:.1f} ms, max {max(lat or [0]) * 1e3:.1f} ms  "
-                  f"[target p99 < {TARGETS['p99_ms']:g} ms]", flush=True)
+            ramp = [lat for t, lat in fleet.timeline if t < fleet.start_done]
+            lat = [lat for t, lat in fleet.timeline if t >= fleet.start_done]
+            print(f"PubAck, steady load ({len(lat)} readings after all were ready): "
+                  f"p50 {pct(lat, 50) * 1e3:.1f} ms, p99 {pct(lat, 99) * 1e3:.1f} ms, "
+                  f"max {max(lat or [0]) * 1e3:.1f} ms  [target p99 < {TARGETS['p99_ms']:g} ms]; "
+                  f"while others connected ({len(ramp)}): p99 {pct(ramp, 99) * 1e3:.0f} ms",
+                  flush=True)
             srv, nsrv = rss_mb(pids[0]), rss_mb(pids[1])
             per_k = [(now - was) / max(1, args.devices) * 1000
                      for now, was in ((srv, base[0]), (nsrv, base[1]))]
