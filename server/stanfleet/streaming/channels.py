@@ -8,9 +8,9 @@ Hot path: a PubMsg is re-published to the channel's stream subject with a reply
 subject of ours that carries a token; JetStream's store-ack lands on one
 wildcard subscription, which maps the token back to the client's ack inbox and
 sends the PubAck. No future per message, so publishes stay pipelined, and the
-PubAck still only goes out after JetStream has stored the message. Both
-subscriptions live on raw relay connections (relay.py) and their handlers are
-plain functions: no coroutine, task or queue per message.
+PubAck still only goes out after JetStream has stored the message. PubMsgs
+arrive on a raw relay connection (relay.py) whose handler is a plain
+function: no coroutine, task or queue per message.
 
 Long because a channel's life (load, create, limit, reap) and the hot path
 that creates channels on first publish share the channel table and the
@@ -46,12 +46,15 @@ MSG_OVERHEAD = 64
 # JetStream's max_consumers for a channel without max_subs: -1 would mean
 # nats-server's default (1000), not unlimited.
 UNLIMITED_CONSUMERS = 2**31 - 1
-# Stores in flight to JetStream. Past the high mark the relay stops reading
-# PubMsgs until JetStream has answered down to the low one: unbounded, a burst
-# queued 10,000 stores in JetStream and their PubAcks came after the clients'
-# ack_wait although the messages were stored.
-DEFAULT_MAX_STORES_IN_FLIGHT = 4096
-DEFAULT_RESUME_STORES_IN_FLIGHT = 2048
+# Room for bursts of store-acks. Past this one is dropped (nats-py "slow
+# consumer"): the publisher times out and retries, nothing acked is lost.
+INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
+# Stores in flight to JetStream (a few ms of its work). Past the high mark the
+# relay stops reading PubMsgs until JetStream has answered down to the low one:
+# unbounded, a burst queued 10,000 stores in JetStream and their PubAcks came
+# after the clients' ack_wait although the messages were stored.
+DEFAULT_MAX_STORES_IN_FLIGHT = 1024
+DEFAULT_RESUME_STORES_IN_FLIGHT = 512
 # Subscriptions per channel: every device holds a durable on devices.releases,
 # so this is the fleet size one broadcast channel can serve (see limits.py).
 DEFAULT_MAX_SUBS = 100_000
@@ -95,14 +98,15 @@ class ChannelStore:
 
     def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
-                 has_subscriptions=None, authorize=None, relay: Relay, acks: Relay):
+                 has_subscriptions=None, authorize=None, relay: Relay):
         self.nc = nc
-        # The hot path's own connections: PubMsgs in and stores out on `relay`
-        # (one connection keeps each channel's order), store-acks in and PubAcks
-        # out on `acks`, so pausing the first for back pressure never stops the
-        # answers that end the pause.
+        # PubMsgs in and stores out on the relay's raw connection (one connection
+        # keeps each channel's order). Store-acks in and PubAcks out stay on `nc`,
+        # the connection deliveries leave on: a publisher then gets its PubAck
+        # before any subscriber gets the message, as from the original server
+        # (a second raw connection broke that order), and pausing the relay for
+        # back pressure never stops the answers that end the pause.
         self.relay = relay
-        self.acks = acks
         self.jsm = nc.jsm()
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
@@ -118,7 +122,7 @@ class ChannelStore:
         self._pending: dict[str, _PendingStore] = {}
         self._waiting = 0  # PubMsgs waiting for their channel's stream, all channels
         self._next_token = 0
-        self._ack_sid = None
+        self._ack_sub = None
         self._pub_sid = None
         # Acks of our own stores, "<prefix>.<token>", as bytes prefix for the reply.
         self._ack_prefix = subjects.js_ack_prefix + "."
@@ -131,11 +135,10 @@ class ChannelStore:
 
     async def start(self) -> None:
         await self._load_existing()
-        self._ack_sid = self.acks.subscribe(self.subjects.js_ack_prefix + ".*",
-                                            self._on_store_ack)
+        self._ack_sub = await self.nc.subscribe(
+            self.subjects.js_ack_prefix + ".*", cb=self._on_store_ack, **INGRESS_LIMITS)
         self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)
-        await self.acks.ping()  # subscribed at nats-server before we say ready
-        await self.relay.ping()
+        await self.relay.ping()  # subscribed at nats-server before we say ready
         self._sweeper = asyncio.create_task(self._sweep_pending())
         self._reaper = asyncio.create_task(self._reap_inactive())
 
@@ -153,12 +156,12 @@ class ChannelStore:
         # polled because JetStream's store-acks arrive on their own.
         deadline = time.monotonic() + 5
         waiting = len(self._pending)
-        while self._pending and time.monotonic() < deadline and self.acks.connected:
+        while self._pending and time.monotonic() < deadline and self.nc.is_connected:
             await asyncio.sleep(0.01)
         log.info("stopped taking publishes: %d stores were in flight, %d still unanswered",
                  waiting, len(self._pending))
-        if self._ack_sid is not None:
-            self.acks.unsubscribe(self._ack_sid)
+        if self._ack_sub is not None:
+            await self._ack_sub.unsubscribe()
         if self._sweeper:
             self._sweeper.cancel()
         if self._reaper:
@@ -353,14 +356,14 @@ class ChannelStore:
                 len(self._pending) + self._waiting <= DEFAULT_RESUME_STORES_IN_FLIGHT:
             self.relay.resume()
 
-    def _on_store_ack(self, subject: str, reply: str, headers: bytes | None,
-                      data: bytes) -> None:
-        p = self._pending.pop(subject[len(self._ack_prefix):], None)
+    async def _on_store_ack(self, msg) -> None:
+        p = self._pending.pop(msg.subject[len(self._ack_prefix):], None)
         self._maybe_resume()
         if p is None:
             return  # already answered by the timeout sweep
         error = ""
-        if headers and headers.startswith(b"NATS/1.0 503"):
+        data = msg.data
+        if msg.headers and msg.headers.get("Status") == "503":
             error = "no JetStream stream for this channel"
         elif b'"error"' in data:
             error = _js_error_text(data)
@@ -369,15 +372,18 @@ class ChannelStore:
         elif self._on_stored is not None:
             self._on_stored(time.monotonic() - p.started)
         if p.reply:
-            self._pub_ack(p.reply, p.guid, error)
+            await self.nc.publish(p.reply, self._pub_ack_bytes(p.guid, error))
 
     def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
-        if not reply:
-            return
+        """A PubAck that answers no store (a refusal): on the relay, written at once."""
+        if reply:
+            self.relay.publish(reply, self._pub_ack_bytes(guid, error))
+
+    def _pub_ack_bytes(self, guid: str, error: str) -> bytes:
         ack = pb.PubAck(guid=guid, error=error)
-        if ack.ByteSize() > self.acks.max_payload:
+        if ack.ByteSize() > self.relay.max_payload:
             ack.guid = ""  # a guid this long cannot be echoed in one NATS message
-        self.acks.publish(reply, ack.SerializeToString())
+        return ack.SerializeToString()
 
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""

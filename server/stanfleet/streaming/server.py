@@ -65,7 +65,6 @@ class StreamingServer:
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
         self.relay: Relay | None = None
-        self.relay_acks: Relay | None = None
         self.subs: SubscriptionManager | None = None
         self.clients: ClientRegistry | None = None
         self.monitor = None  # Monitor, when opts.monitor_port is set
@@ -105,14 +104,12 @@ class StreamingServer:
             reconnect_time_wait=0.5, pending_size=64 * 1024 * 1024,
             error_cb=self._on_nats_error, disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect)
-        # The publish hot path has raw connections of its own (relay.py), same login:
-        # PubMsgs in and stores out, and store-acks in and PubAcks out.
-        self.relay, self.relay_acks = (
-            Relay(servers, user=self.opts.user, password=self.opts.password,
-                  token=self.opts.token, tls=tls.get("tls"),
-                  name=f"_STAN-{self.opts.cluster_id}-{role}") for role in ("relay", "acks"))
+        # The publish hot path reads PubMsgs on a raw connection of its own
+        # (relay.py), same login.
+        self.relay = Relay(servers, user=self.opts.user, password=self.opts.password,
+                           token=self.opts.token, tls=tls.get("tls"),
+                           name=f"_STAN-{self.opts.cluster_id}-relay")
         await self.relay.connect()
-        await self.relay_acks.connect()
         self.clients = ClientRegistry(self.nc, hb_interval=self.opts.hb_interval,
                                       hb_timeout=self.opts.hb_timeout,
                                       hb_fail_count=self.opts.hb_fail_count,
@@ -124,7 +121,7 @@ class StreamingServer:
                                      has_subscriptions=self._has_subscriptions,
                                      on_stored=self.monitor.on_stored if self.monitor else None,
                                      authorize=self._authorize_publish if self.authz else None,
-                                     relay=self.relay, acks=self.relay_acks)
+                                     relay=self.relay)
         self.state = StateStore(self.nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         await self.state.open()
@@ -234,9 +231,8 @@ class StreamingServer:
                 await self.clients.stop()
             if self.channels:
                 await self.channels.stop()
-            for relay in (self.relay, self.relay_acks):
-                if relay:
-                    await relay.close()
+            if self.relay:
+                await self.relay.close()
             if self.subs:
                 await self.subs.stop()
             if self.nc and not self.nc.is_closed:
