@@ -134,7 +134,13 @@ class ChannelStore:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
+        """Load the channels; publishes are taken only from serve() on."""
         await self._load_existing()
+
+    async def serve(self) -> None:
+        """Take publishes: called once the clients are restored, or every PubMsg
+        of a fleet reconnecting after a restart was refused as an unknown client
+        and each device opened a new session (989 of 1,000 in fleet_load)."""
         self._ack_sub = await self.nc.subscribe(
             self.subjects.js_ack_prefix + ".*", cb=self._on_store_ack, **INGRESS_LIMITS)
         self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)

@@ -130,6 +130,7 @@ class StreamingServer:
             self.subs.ack_gate = self._authorize_ack
         await self.channels.start()
         await self._restore()
+        await self.channels.serve()
         await self.subs.start()
         s = self.subjects
         sub_slots = asyncio.Semaphore(DEFAULT_SUB_CONCURRENCY)
