@@ -212,7 +212,14 @@ class Device:
             if fut is not None and not fut.done():
                 fut.set_result(data)
         elif kind == "ack":
-            if data:
+            if data is None:
+                # No responders: the server is not (yet) taking publishes. The
+                # status names no guid, so every publish in flight is retried
+                # (same guid) instead of waiting out its PubAck timeout.
+                for fut in self.pubs.values():
+                    if not fut.done():
+                        fut.set_result("no responders")
+            elif data:
                 ack = pb.PubAck.FromString(data)
                 fut = self.pubs.get(ack.guid)
                 if fut is not None and not fut.done():
