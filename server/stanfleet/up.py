@@ -117,10 +117,12 @@ class Security:
         for role in ROLES:
             if role not in have and role not in revoked:
                 self.store.add_service(role)
-        for device in device_ids:
-            user = f"device-{device}"
-            if user not in have and user not in revoked:
-                self.store.add_device(device)
+        # In one go: one at a time rewrote the registry and reloaded the broker
+        # per device.
+        missing = [d for d in device_ids if f"device-{d}" not in have and
+                   f"device-{d}" not in revoked]
+        if missing:
+            self.store.add_devices(missing)
 
     def service_creds(self, role: str) -> str:
         return self.store.path("services", f"{role}.json")

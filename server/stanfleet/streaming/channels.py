@@ -8,7 +8,13 @@ Hot path: a PubMsg is re-published to the channel's stream subject with a reply
 subject of ours that carries a token; JetStream's store-ack lands on one
 wildcard subscription, which maps the token back to the client's ack inbox and
 sends the PubAck. No future per message, so publishes stay pipelined, and the
-PubAck still only goes out after JetStream has stored the message.
+PubAck still only goes out after JetStream has stored the message. PubMsgs
+arrive on a raw relay connection (relay.py) whose handler is a plain
+function: no coroutine, task or queue per message.
+
+Long because a channel's life (load, create, limit, reap) and the hot path
+that creates channels on first publish share the channel table and the
+pending stores; split, both halves would reach into each other.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError
 
@@ -31,6 +36,7 @@ from .jsapi import RetryingJSM
 from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
 from .quotas import DEFAULT_MAX_GUID
+from .relay import Relay, parse_headers
 
 log = logging.getLogger("stanfleet.streaming.channels")
 
@@ -39,11 +45,20 @@ DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
 # is announced on this channel, so a service can discover (say) the events
 # channel of a device it has never seen, with an ordinary durable subscription.
 REGISTRY_CHANNEL = "stanfleet.channels"
-# Room for bursts on the hot path. Past this a publish is dropped unanswered
-# (nats-py "slow consumer"): the publisher times out and retries, nothing acked is lost.
-INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
 # Framing around a message's data: the MsgProto fields, or the store's header lines.
 MSG_OVERHEAD = 64
+# JetStream's max_consumers for a channel without max_subs: -1 would mean
+# nats-server's default (1000), not unlimited.
+UNLIMITED_CONSUMERS = 2**31 - 1
+# Room for bursts of store-acks. Past this one is dropped (nats-py "slow
+# consumer"): the publisher times out and retries, nothing acked is lost.
+INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
+# Stores in flight to JetStream (a few ms of its work). Past the high mark the
+# relay stops reading PubMsgs until JetStream has answered down to the low one:
+# unbounded, a burst queued 10,000 stores in JetStream and their PubAcks came
+# after the clients' ack_wait although the messages were stored.
+DEFAULT_MAX_STORES_IN_FLIGHT = 1024
+DEFAULT_RESUME_STORES_IN_FLIGHT = 512
 
 
 class ChannelError(Exception):
@@ -63,7 +78,7 @@ class Channel:
     last_activity: float = field(default_factory=time.monotonic)
 
 
-@dataclass
+@dataclass(slots=True)
 class _PendingStore:
     reply: str
     guid: str
@@ -76,8 +91,15 @@ class ChannelStore:
 
     def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
-                 has_subscriptions=None, authorize=None):
+                 has_subscriptions=None, authorize=None, relay: Relay):
         self.nc = nc
+        # PubMsgs in and stores out on the relay's raw connection (one connection
+        # keeps each channel's order). Store-acks in and PubAcks out stay on `nc`,
+        # the connection deliveries leave on: a publisher then gets its PubAck
+        # before any subscriber gets the message, as from the original server
+        # (a second raw connection broke that order), and pausing the relay for
+        # back pressure never stops the answers that end the pause.
+        self.relay = relay
         self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
@@ -89,13 +111,19 @@ class ChannelStore:
         self._on_stored = on_stored
         # (headers, client_id, channel) -> '' or the refusal; None: authorization off
         self._authorize = authorize
+        # FT: False once this instance may no longer be the active one; the
+        # relay's PubMsgs are then left unanswered, as the fenced connection's are.
+        self.serving = lambda: True
         self.admit = None  # quotas: (headers, channel, nbytes) -> (refusal or '', owner)
         self.answered = lambda owner: None  # quotas: owner's PubAck went out
         self.channels: dict[str, Channel] = {}
         self._pending: dict[str, _PendingStore] = {}
+        self._waiting = 0  # PubMsgs waiting for their channel's stream, all channels
         self._next_token = 0
         self._ack_sub = None
-        self._pub_sub = None
+        self._pub_sid = None
+        # Acks of our own stores, "<prefix>.<token>", as bytes prefix for the reply.
+        self._ack_prefix = subjects.js_ack_prefix + "."
         self._sweeper: asyncio.Task | None = None
         self._reaper: asyncio.Task | None = None
         self.msgs_in = 0
@@ -104,27 +132,38 @@ class ChannelStore:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
+        """Load the channels; publishes are taken only from serve() on."""
         await self._load_existing()
+
+    async def serve(self) -> None:
+        """Take publishes: called once the clients are restored, or every PubMsg
+        of a fleet reconnecting after a restart was refused as an unknown client
+        and each device opened a new session (989 of 1,000 in fleet_load)."""
         self._ack_sub = await self.nc.subscribe(
             self.subjects.js_ack_prefix + ".*", cb=self._on_store_ack, **INGRESS_LIMITS)
-        self._pub_sub = await self.nc.subscribe(
-            self.subjects.pub_prefix + ".>", cb=self._on_pub_msg, **INGRESS_LIMITS)
+        self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)
+        await self.relay.ping()  # subscribed at nats-server before we say ready
         self._sweeper = asyncio.create_task(self._sweep_pending())
         self._reaper = asyncio.create_task(self._reap_inactive())
 
     async def stop(self) -> None:
-        if self._pub_sub is not None:
-            # drain: PubMsgs already received are still stored and answered.
+        if self._pub_sid is not None:
+            # PubMsgs already received are handled as they arrive (synchronously),
+            # so after the round trip nothing is left but their store-acks.
+            self.relay.unsubscribe(self._pub_sid)
+            self.relay.resume()
             try:
-                await self._pub_sub.drain()
+                await self.relay.ping()
             except Exception as e:
                 log.warning("publish subscription did not drain: %s", e)
         # Let in-flight stores be answered before the ack subscription goes;
         # polled because JetStream's store-acks arrive on their own.
         deadline = time.monotonic() + 5
-        while self._pending and time.monotonic() < deadline:
-            await self.nc.flush()
+        waiting = len(self._pending)
+        while self._pending and time.monotonic() < deadline and self.nc.is_connected:
             await asyncio.sleep(0.01)
+        log.info("stopped taking publishes: %d stores were in flight, %d still unanswered",
+                 waiting, len(self._pending))
         if self._ack_sub is not None:
             await self._ack_sub.unsubscribe()
         if self._sweeper:
@@ -171,8 +210,12 @@ class ChannelStore:
     def _stream_limits(lim: ChannelLimits) -> dict:
         # JetStream refuses a duplicate window longer than the max age.
         window = min(DUPLICATE_WINDOW, lim.max_age) if lim.max_age else DUPLICATE_WINDOW
+        # Consumers are STAN subscriptions: nats-server (2.15) gives a stream
+        # without max_consumers a default of 1000, which stopped a fleet at 1000
+        # devices, each holding a durable on devices.releases.
         return {"max_msgs": lim.max_msgs or -1, "max_bytes": lim.max_bytes or -1,
-                "max_age": float(lim.max_age or 0), "duplicate_window": float(window)}
+                "max_age": float(lim.max_age or 0), "duplicate_window": float(window),
+                "max_consumers": lim.max_subs or UNLIMITED_CONSUMERS}
 
     def limits_for(self, name: str) -> ChannelLimits:
         return self.limits.for_channel(name)
@@ -225,8 +268,10 @@ class ChannelStore:
             ch.ready.exception()  # mark retrieved: waiters may be none
             while ch.waiting:
                 reply, guid, _, owner = ch.waiting.popleft()
+                self._waiting -= 1
                 self.answered(owner)
-                await self._pub_ack(reply, guid, str(err))
+                self._pub_ack(reply, guid, str(err))
+            self._maybe_resume()
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
         ch.ready.set_result(True)
@@ -234,7 +279,8 @@ class ChannelStore:
             await self._announce(ch.name)
         while ch.waiting:
             reply, guid, data, owner = ch.waiting.popleft()
-            await self._store(ch, reply, guid, data, owner)
+            self._waiting -= 1
+            self._store(ch, reply, guid, data, owner)
 
     async def _announce(self, name: str) -> None:
         try:
@@ -243,104 +289,127 @@ class ChannelStore:
             log.error("channel=%s not announced: %s", name, e)
             return
         # The guid makes a repeated announcement (e.g. after a restart) a no-op.
-        await self._store(registry, None, "channel:" + name,
-                          json.dumps({"channel": name}).encode())
+        self._store(registry, None, "channel:" + name, json.dumps({"channel": name}).encode())
 
     # -- publish hot path --------------------------------------------------
 
-    async def _on_pub_msg(self, msg: Msg) -> None:
-        reply = msg.reply
+    def _on_pub_msg(self, subject: str, reply: str, headers: bytes | None,
+                    data: bytes) -> None:
+        if not self.serving():
+            return  # the client retries, and reaches the active instance
         try:
-            pm = pb.PubMsg.FromString(msg.data)
+            pm = pb.PubMsg.FromString(data)
         except Exception:
-            log.warning("malformed PubMsg on %s (%d bytes) rejected", msg.subject, len(msg.data))
+            log.warning("malformed PubMsg on %s (%d bytes) rejected", subject, len(data))
             if reply:
-                await self._pub_ack(reply, "", E.ERR_INVALID_PUB_REQ)
+                self._pub_ack(reply, "", E.ERR_INVALID_PUB_REQ)
             return
         guid = pm.guid
-        channel = msg.subject[len(self.subjects.pub_prefix) + 1 :]
+        channel = subject[len(self.subjects.pub_prefix) + 1 :]
         if pm.subject != channel:
-            await self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
+            self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
         # Go answers an unknown or replaced session with the generic text.
         err = E.ERR_INVALID_PUB_REQ if self._is_known_client(pm.client_id, pm.conn_id) else ""
+        parsed = None
         if not err and self._authorize is not None:
-            err = self._authorize(msg.headers, pm.client_id, channel)
+            parsed = parse_headers(headers)
+            err = self._authorize(parsed, pm.client_id, channel)
         if err:
-            await self._pub_ack(reply, guid, err)
+            self._pub_ack(reply, guid, err)
             return
         if not guid:
-            await self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
+            self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
         if len(guid) > DEFAULT_MAX_GUID:
-            await self._pub_ack(reply, guid[:DEFAULT_MAX_GUID],
-                                f"stan: guid longer than {DEFAULT_MAX_GUID} bytes")
+            self._pub_ack(reply, guid[:DEFAULT_MAX_GUID],
+                          f"stan: guid longer than {DEFAULT_MAX_GUID} bytes")
+            return
+        if "\r" in guid or "\n" in guid:
+            # It becomes a header line of the stored message: no line breaks.
+            self._pub_ack(reply, guid, "PubMsg guid contains a line break")
             return
         # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
         # delivers it must fit in one NATS message: NATS drops a connection that
         # publishes more than max_payload.
         if len(pm.data) + max(len(guid.encode()), len(channel.encode())) + MSG_OVERHEAD \
-                > self.nc.max_payload:
-            await self._pub_ack(reply, guid, "stan: message too large")
+                > self.relay.max_payload:
+            self._pub_ack(reply, guid, "stan: message too large")
             return
         owner = ""
         if self.admit is not None:
-            err, owner = self.admit(msg.headers, channel, len(pm.data))
+            if parsed is None:
+                parsed = parse_headers(headers)
+            err, owner = self.admit(parsed, channel, len(pm.data))
             if err:
-                await self._pub_ack(reply, guid, err)
+                self._pub_ack(reply, guid, err)
                 return
         try:
             ch = self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
             log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
             self.answered(owner)
-            await self._pub_ack(reply, guid,
-                                E.ERR_INVALID_PUB_REQ if isinstance(e, InvalidName) else str(e))
+            self._pub_ack(reply, guid,
+                          E.ERR_INVALID_PUB_REQ if isinstance(e, InvalidName) else str(e))
             return
         if not ch.ready.done():
             ch.waiting.append((reply, guid, pm.data, owner))
+            self._waiting += 1
+            if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT:
+                self.relay.pause()
             return
-        await self._store(ch, reply, guid, pm.data, owner)
+        self._store(ch, reply, guid, pm.data, owner)
 
-    async def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes,
-                     owner: str = "") -> None:
+    def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes,
+               owner: str = "") -> None:
         self._next_token += 1
         token = str(self._next_token)
-        self._pending[token] = _PendingStore(reply or "", guid, time.monotonic(), owner)
+        now = time.monotonic()
+        self._pending[token] = _PendingStore(reply or "", guid, now, owner)
         ch.msgs_in += 1
         ch.bytes_in += len(data)
-        ch.last_activity = time.monotonic()
+        ch.last_activity = now
         self.msgs_in += 1
         self.bytes_in += len(data)
-        await self.nc.publish(ch.store_subject, data,
-                              reply=f"{self.subjects.js_ack_prefix}.{token}",
-                              headers={"Nats-Msg-Id": guid})
+        self.relay.publish(ch.store_subject, data, self._ack_prefix + token,
+                           b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode() + b"\r\n\r\n")
+        if len(self._pending) >= DEFAULT_MAX_STORES_IN_FLIGHT and not self.relay.paused:
+            self.relay.pause()
 
-    async def _on_store_ack(self, msg: Msg) -> None:
-        token = msg.subject[len(self.subjects.js_ack_prefix) + 1 :]
-        p = self._pending.pop(token, None)
+    def _maybe_resume(self) -> None:
+        if self.relay.paused and \
+                len(self._pending) + self._waiting <= DEFAULT_RESUME_STORES_IN_FLIGHT:
+            self.relay.resume()
+
+    async def _on_store_ack(self, msg) -> None:
+        p = self._pending.pop(msg.subject[len(self._ack_prefix):], None)
+        self._maybe_resume()
         if p is None:
             return  # already answered by the timeout sweep
         self.answered(p.owner)
         error = ""
+        data = msg.data
         if msg.headers and msg.headers.get("Status") == "503":
             error = "no JetStream stream for this channel"
-        elif b'"error"' in msg.data:
-            error = _js_error_text(msg.data)
+        elif b'"error"' in data:
+            error = _js_error_text(data)
         if error:
             log.error("store failed guid=%s: %s", p.guid, error)
         elif self._on_stored is not None:
             self._on_stored(time.monotonic() - p.started)
         if p.reply:
-            await self._pub_ack(p.reply, p.guid, error)
+            await self.nc.publish(p.reply, self._pub_ack_bytes(p.guid, error))
 
-    async def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
-        if not reply:
-            return
+    def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
+        """A PubAck that answers no store (a refusal): on the relay, written at once."""
+        if reply:
+            self.relay.publish(reply, self._pub_ack_bytes(guid, error))
+
+    def _pub_ack_bytes(self, guid: str, error: str) -> bytes:
         ack = pb.PubAck(guid=guid, error=error)
-        if ack.ByteSize() > self.nc.max_payload:
+        if ack.ByteSize() > self.relay.max_payload:
             ack.guid = ""  # a guid this long cannot be echoed in one NATS message
-        await self.nc.publish(reply, ack.SerializeToString())
+        return ack.SerializeToString()
 
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""
@@ -356,7 +425,8 @@ class ChannelStore:
                 self.answered(p.owner)
                 log.error("store of guid=%s timed out", p.guid)
                 if p.reply:
-                    await self._pub_ack(p.reply, p.guid, "timeout storing the message")
+                    self._pub_ack(p.reply, p.guid, "timeout storing the message")
+            self._maybe_resume()
 
     async def _reap_inactive(self) -> None:
         """Delete channels that had neither messages nor subscriptions for their

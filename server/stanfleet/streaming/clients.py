@@ -18,6 +18,8 @@ from nats.errors import TimeoutError as NatsTimeout
 
 log = logging.getLogger("stanfleet.streaming.clients")
 
+DEFAULT_HB_SLICES = 30  # a heartbeat round is sent in this many slices over the interval
+
 
 @dataclass(eq=False)
 class ClientInfo:
@@ -43,11 +45,14 @@ class ClientRegistry:
         self.clients: dict[str, ClientInfo] = {}
         self.by_conn_id: dict[bytes, ClientInfo] = {}
         self._task: asyncio.Task | None = None
+        self._slices: set[asyncio.Task] = set()  # heartbeat slices in flight
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._heartbeat_loop())
 
     async def stop(self) -> None:
+        for t in list(self._slices):
+            t.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -87,11 +92,24 @@ class ClientRegistry:
             return False
 
     async def _heartbeat_loop(self) -> None:
+        # Spread over the interval in slices: 10,000 clients heartbeated in one
+        # burst stalled every PubAck behind 10,000 requests every 30 s.
         while True:
-            await asyncio.sleep(self.hb_interval)
             clients = list(self.clients.values())
-            if clients:
-                await asyncio.gather(*(self._heartbeat(c) for c in clients))
+            slices = max(1, min(DEFAULT_HB_SLICES, len(clients)))
+            step = self.hb_interval / slices
+            for i in range(slices):
+                await asyncio.sleep(step)
+                batch = clients[i::slices]
+                if batch:
+                    # Not awaited: a slice with dead clients waits hb_timeout for
+                    # them, and must not hold back the slices after it.
+                    t = asyncio.create_task(self._heartbeat_all(batch))
+                    self._slices.add(t)
+                    t.add_done_callback(self._slices.discard)
+
+    async def _heartbeat_all(self, batch: list) -> None:
+        await asyncio.gather(*(self._heartbeat(c) for c in batch))
 
     async def _heartbeat(self, info: ClientInfo) -> None:
         if await self.is_alive(info, self.hb_timeout):

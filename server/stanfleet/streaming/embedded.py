@@ -23,6 +23,11 @@ from ..broker import Broker, BrokerConfig
 from .config_file import nats_conf_text
 from .options import ServerOptions
 
+# The embedded nats-server's start: after a crash its predecessor may hold the
+# port while it flushes, and a store of 30,000 streams takes tens of seconds
+# to load; the broker's own 15 s default failed a 1,000-device restart.
+DEFAULT_BROKER_START_TIMEOUT = 180.0
+
 
 def broker_config(opts: ServerOptions) -> BrokerConfig:
     store_dir = None
@@ -84,7 +89,7 @@ def plain_nats_only(opts: ServerOptions) -> bool:
 
 
 def start_broker(opts: ServerOptions) -> Broker:
-    return Broker(broker_config(opts)).start()
+    return Broker(broker_config(opts)).start(timeout=DEFAULT_BROKER_START_TIMEOUT)
 
 
 def nats_tls(opts: ServerOptions) -> dict:

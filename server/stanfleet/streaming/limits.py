@@ -1,9 +1,14 @@
 """Store limits: server-wide defaults and per-channel overrides.
 
-The defaults are the original server's. Overrides come from the `-sc` file,
-whose keys may be channel names with wildcards (`devices.*.events`,
-`logs.>`); a literal key beats a wildcard, and among wildcards the one with
-the most literal tokens wins. A limit left out of an override, or set to 0
+The defaults are sized for a fleet, not the original server's (100 channels,
+1000 subscriptions per channel): a device owns three channels and holds a
+durable on the shared `devices.releases`, so those stopped a fleet at about
+33 devices, and at 1000 devices respectively. What protects the server from
+one identity is its per-identity quota, not a server-wide channel count.
+
+Overrides come from the `-sc` file, whose keys may be channel names with
+wildcards (`devices.*.events`, `logs.>`); a literal key beats a wildcard, and
+among wildcards the one with the most literal tokens wins. A limit left out of an override, or set to 0
 in it, is inherited from the server-wide value — the original's rule.
 
 File format (JSON, the subset of the original's config syntax that needs no
@@ -11,7 +16,7 @@ special parser):
 
     {"store_limits": {
         "max_channels": 1000, "max_msgs": 1000000, "max_bytes": "1GB",
-        "max_age": "0", "max_subs": 1000, "max_inactivity": "0",
+        "max_age": "0", "max_subs": 100000, "max_inactivity": "0",
         "channels": {"devices.*.events": {"max_age": "720h", "max_msgs": 0}}}}
 """
 
@@ -20,7 +25,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields, replace
 
-DEFAULT_MAX_CHANNELS = 100
+# Room for 30,000 devices (3 channels each); JetStream keeps every channel as
+# a stream, so the bound still stops a runaway creator long before memory does.
+DEFAULT_MAX_CHANNELS = 100_000
+# Subscriptions per channel: every device holds a durable on devices.releases,
+# so this is the fleet size one broadcast channel can serve.
+DEFAULT_MAX_SUBS = 100_000
 _SIZE_UNITS = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "B": 1}
 
 
@@ -29,7 +39,7 @@ class ChannelLimits:
     max_msgs: int = 1_000_000
     max_bytes: int = 1_000_000 * 1024
     max_age: float = 0.0  # seconds, 0 = unlimited
-    max_subs: int = 1000
+    max_subs: int = DEFAULT_MAX_SUBS
     max_inactivity: float = 0.0  # seconds without messages or subscriptions; 0 = forever
 
 

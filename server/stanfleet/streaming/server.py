@@ -34,6 +34,7 @@ from .embedded import nats_tls, start_broker
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .quotas import QuotaExceeded, Quotas
+from .relay import Relay
 from .revocation import RevocationWatch
 from .state import StateStore
 from .subscriptions import SubscriptionManager
@@ -45,6 +46,10 @@ PROTOCOL_VERSION = 1
 DEFAULT_PING_INTERVAL = 5
 DEFAULT_PING_MAX_OUT = 3
 REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 1024 * 1024}
+# Subscription requests handled at once. Each waits on JetStream (consumer,
+# registration), so one at a time made a fleet resubscribing after a restart
+# queue behind itself; subscriptions.py locks per durable, not globally.
+DEFAULT_SUB_CONCURRENCY = 256
 
 
 class ChannelsUnlisted(Exception):
@@ -59,6 +64,7 @@ class StreamingServer:
         self.early = early  # early.EarlyDiscover: connects that came before we were ready
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
+        self.relay: Relay | None = None
         self.subs: SubscriptionManager | None = None
         self.clients: ClientRegistry | None = None
         self.monitor = None  # Monitor, when opts.monitor_port is set
@@ -135,6 +141,14 @@ class StreamingServer:
 
         In an FT group nc is fenced (ft.FencedConnection): nothing it receives is
         served once the lease may have lapsed."""
+        # The publish hot path reads PubMsgs on a raw connection of its own
+        # (relay.py), same login; in an FT group what it reads is fenced too
+        # (ChannelStore.serving).
+        servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        self.relay = Relay(servers, user=self.opts.user, password=self.opts.password,
+                           token=self.opts.token, tls=nats_tls(self.opts).get("tls"),
+                           name=f"_STAN-{self.opts.cluster_id}-relay")
+        await self.relay.connect()
         self.clients = ClientRegistry(nc, hb_interval=self.opts.hb_interval,
                                       hb_timeout=self.opts.hb_timeout,
                                       hb_fail_count=self.opts.hb_fail_count,
@@ -145,7 +159,9 @@ class StreamingServer:
                                      is_known_client=self.clients.check,
                                      has_subscriptions=self._has_subscriptions,
                                      on_stored=self.monitor.on_stored if self.monitor else None,
-                                     authorize=self._authorize_publish if self.authz else None)
+                                     authorize=self._authorize_publish if self.authz else None,
+                                     relay=self.relay)
+        self.channels.serving = self._serving
         self.state = StateStore(nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         self.subs = SubscriptionManager(nc, self.subjects, self.channels, self.state)
@@ -161,11 +177,16 @@ class StreamingServer:
         # Together: start-up time is mostly round trips to JetStream.
         await asyncio.gather(self.state.open(), self.channels.start())
         await self._restore()
+        await self.channels.serve()
         await self.subs.start()
         s = self.subjects
-        for subject, handler in ((s.discover, self._on_connect), (s.pings, self._on_ping),
-                                 (s.sub, self._on_subscribe), (s.unsub, self._on_unsubscribe),
-                                 (s.subclose, self._on_subclose), (s.close, self._on_close)):
+        sub_slots = asyncio.Semaphore(DEFAULT_SUB_CONCURRENCY)
+        for subject, handler in ((s.discover, self._on_connect),
+                                 (s.pings, self._on_ping),
+                                 (s.sub, self._concurrent(self._on_subscribe, sub_slots)),
+                                 (s.unsub, self._concurrent(self._on_unsubscribe, sub_slots)),
+                                 (s.subclose, self._concurrent(self._on_subclose, sub_slots)),
+                                 (s.close, self._on_close)):
             self._nats_subs.append(
                 await nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
@@ -292,7 +313,7 @@ class StreamingServer:
         # A server that may not be the active one deletes nothing: say yes.
         if not self._serving():
             return True
-        return any(g.channel.name == channel and g.members for g in self.subs.groups.values())
+        return self.subs.subs_per_channel.get(channel, 0) > 0
 
     async def _forget_client(self, client_id: str) -> None:
         if self.authz:
@@ -323,6 +344,8 @@ class StreamingServer:
                 except Exception:
                     pass
             self._nats_subs.clear()
+            if self._tasks:  # requests being handled: let them finish, briefly
+                await asyncio.wait(set(self._tasks), timeout=5)
             for task in list(self._tasks):
                 task.cancel()
             if self.revocations:
@@ -331,6 +354,8 @@ class StreamingServer:
                 await self.clients.stop()
             if self.channels:
                 await self.channels.stop()
+            if self.relay:
+                await self.relay.close()
             if self.subs:
                 await self.subs.stop()
             if self.ft:
@@ -385,6 +410,26 @@ class StreamingServer:
                 # A bug must not take the subscription down with it.
                 log.exception("handler for %s failed", msg.subject)
         return run
+
+    def _concurrent(self, handler, slots: asyncio.Semaphore):
+        """Run each request in its own task, at most `slots` at once; when all
+        are taken the subscription waits, which is the back pressure."""
+        tasks: set = self._tasks
+
+        async def spawn(msg: Msg) -> None:
+            await slots.acquire()
+
+            async def run() -> None:
+                try:
+                    await handler(msg)
+                except Exception:
+                    log.exception("handler for %s failed", msg.subject)
+                finally:
+                    slots.release()
+            t = asyncio.create_task(run())
+            tasks.add(t)  # a task nobody references may be garbage-collected mid-run
+            t.add_done_callback(tasks.discard)
+        return spawn
 
     async def _respond(self, msg: Msg, response) -> None:
         # A request that began while we held the FT lease may end after it

@@ -20,6 +20,7 @@ split, its invariants would span files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -43,6 +44,9 @@ log = logging.getLogger("stanfleet.streaming.subs")
 
 MAX_STALE_NAKS = 100_000  # beyond this many, the rest of a restart's unacked wait for ack_wait
 PLAIN_SUB_INACTIVE = 3600.0  # a plain sub's consumer outlives a crash of ours by this long
+# JetStream requests in flight while restoring: a restart of a 10,000-device
+# fleet looks up 20,000 consumers, one round trip each; serially that is minutes.
+DEFAULT_RESTORE_CONCURRENCY = 64
 DELIVERY_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 1024 * 1024}
 
 
@@ -111,7 +115,11 @@ class SubscriptionManager:
         # With identities, the server counts the requester's own only, so no
         # identity can fill a shared channel for the others.
         self.count_channel_subs = None
-        self._lock = asyncio.Lock()  # serialises changes of group membership
+        # Changes of one group's membership are serialised by that group's key
+        # alone: after a restart thousands of devices resubscribe at once, and
+        # unrelated durables must not queue behind each other's JetStream calls.
+        self._locks = KeyedLocks()
+        self.subs_per_channel: dict[str, int] = {}  # channel -> members (max_subs check)
         self.msgs_out = 0
         self.bytes_out = 0
         self.redeliveries = 0
@@ -142,37 +150,57 @@ class SubscriptionManager:
             for member in list(old.members if old else ()):
                 log.info("durable=%s of client=%s replaced", req.durable_name, req.client_id)
                 await self.remove(member, unsubscribe=False)
-        async with self._lock:
-            sub_id = _next_id()
-            key = _group_key(req, sub_id)
-            group = self.groups.get(key)
-            if group is not None and group.members and not req.q_group:
-                raise E.StanProtocolError(E.ERR_DUP_DURABLE)  # before the limit, as Go
-            if self.count_channel_subs is not None:
-                n_subs = self.count_channel_subs(channel, req.client_id)
-            else:
-                n_subs = sum(len(g.members) for g in self.groups.values()
-                             if g.channel is channel)
-            max_subs = self.channels.limits_for(channel.name).max_subs
-            if max_subs and n_subs >= max_subs:
-                raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
-            if group is None:
-                group = await self._open_group(key, channel, req)
-            member = Member(sub_id=sub_id, client_id=req.client_id, channel=channel.name,
-                            inbox=req.inbox, ack_inbox=self.subjects.ack_inbox(sub_id),
-                            max_in_flight=req.max_in_flight, ack_wait=req.ack_wait_in_secs,
-                            durable_name=req.durable_name, queue=req.q_group, group=group)
-            try:
-                await self.state.save_sub(sub_id, _record(member))
-            except Exception:
-                if not group.members:
-                    await self._close_group(group, keep=group.durable)
-                raise
-            group.members.append(member)
-            if len(group.members) > 1:
-                await self._update_consumer(group)
-            self._index(member)
+        sub_id = _next_id()
+        key = _group_key(req, sub_id)
+        group = self.groups.get(key)
+        if group is not None and group.members and not req.q_group:
+            raise E.StanProtocolError(E.ERR_DUP_DURABLE)  # before the limit, as Go
+        max_subs = self.channels.limits_for(channel.name).max_subs
+        # The slot is taken before any await, so concurrent subscribes cannot
+        # overshoot max_subs; it is given back below if the subscribe fails.
+        if self.count_channel_subs is not None:
+            n_subs = self.count_channel_subs(channel, req.client_id)
+        else:
+            n_subs = self.subs_per_channel.get(channel.name, 0)
+        if max_subs and n_subs >= max_subs:
+            raise E.StanProtocolError(E.ERR_TOO_MANY_SUBS)
+        self._count(channel.name, 1)
+        try:
+            async with self._locks.hold(key):
+                member = await self._join(key, channel, req, sub_id)
+        except BaseException:
+            self._count(channel.name, -1)
+            raise
         return member
+
+    async def _join(self, key: tuple, channel: Channel, req, sub_id: str) -> Member:
+        group = self.groups.get(key)
+        if group is not None and group.members and not req.q_group:
+            raise E.StanProtocolError(E.ERR_DUP_DURABLE)
+        if group is None:
+            group = await self._open_group(key, channel, req)
+        member = Member(sub_id=sub_id, client_id=req.client_id, channel=channel.name,
+                        inbox=req.inbox, ack_inbox=self.subjects.ack_inbox(sub_id),
+                        max_in_flight=req.max_in_flight, ack_wait=req.ack_wait_in_secs,
+                        durable_name=req.durable_name, queue=req.q_group, group=group)
+        try:
+            await self.state.save_sub(sub_id, _record(member))
+        except Exception:
+            if not group.members:
+                await self._close_group(group, keep=group.durable)
+            raise
+        group.members.append(member)
+        if len(group.members) > 1:
+            await self._update_consumer(group)
+        self._index(member)
+        return member
+
+    def _count(self, channel: str, delta: int) -> None:
+        n = self.subs_per_channel.get(channel, 0) + delta
+        if n > 0:
+            self.subs_per_channel[channel] = n
+        else:
+            self.subs_per_channel.pop(channel, None)
 
     def _index(self, member: Member) -> None:
         self.members[member.sub_id] = member
@@ -181,28 +209,42 @@ class SubscriptionManager:
 
     async def restore(self, records: list[dict], known_clients) -> int:
         """Rebuild subscriptions saved by an earlier run and resume their deliveries."""
-        restored = 0
+        live = []
         for r in records:
             channel = self.channels.channels.get(r.get("channel", ""))
-            key = tuple(r.get("key") or ())
-            if r.get("client_id") not in known_clients or channel is None or not key:
+            if r.get("client_id") not in known_clients or channel is None or not r.get("key"):
                 log.info("sub=%s of client=%s dropped: its client or channel is gone",
                          r.get("sub_id"), r.get("client_id"))
                 await self.state.delete_sub(r.get("sub_id", ""))
                 continue
-            group = self.groups.get(key)
-            if group is None:
+            live.append((r, channel, tuple(r["key"])))
+        # One consumer lookup per group, many in flight: each is a JetStream
+        # round trip, and a large fleet has tens of thousands.
+        first = {}
+        for r, channel, key in live:
+            first.setdefault(key, (r, channel))
+        sem = asyncio.Semaphore(DEFAULT_RESTORE_CONCURRENCY)
+
+        async def lookup(key, r, channel):
+            async with sem:
                 try:
                     info = await self.jsm.consumer_info(channel.stream, r["consumer"])
                 except NotFoundError:
-                    log.warning("sub=%s lost its consumer %s; dropped", r["sub_id"], r["consumer"])
-                    await self.state.delete_sub(r["sub_id"])
-                    continue
-                group = Group(key=key, channel=channel, consumer=r["consumer"],
+                    return key, None
+            return key, Group(key=key, channel=channel, consumer=r["consumer"],
                               deliver_subject=info.config.deliver_subject,
                               durable=bool(r.get("durable")), config=info.config,
                               stale=_unacked(info))
-                self.groups[key] = group
+
+        found = dict(await asyncio.gather(*(lookup(k, r, ch) for k, (r, ch) in first.items())))
+        restored = 0
+        for r, channel, key in live:
+            group = self.groups.get(key) or found.get(key)
+            if group is None:
+                log.warning("sub=%s lost its consumer %s; dropped", r["sub_id"], r["consumer"])
+                await self.state.delete_sub(r["sub_id"])
+                continue
+            self.groups[key] = group
             member = Member(sub_id=r["sub_id"], client_id=r["client_id"], channel=channel.name,
                             inbox=r["inbox"], ack_inbox=self.subjects.ack_inbox(r["sub_id"]),
                             max_in_flight=r["max_in_flight"], ack_wait=r["ack_wait"],
@@ -210,6 +252,7 @@ class SubscriptionManager:
                             group=group, created=r.get("created", time.time()))
             group.members.append(member)
             self._index(member)
+            self._count(channel.name, 1)
             restored += 1
         for group in self.groups.values():
             if group.members:
@@ -320,9 +363,10 @@ class SubscriptionManager:
 
     async def remove(self, member: Member, *, unsubscribe: bool) -> None:
         """unsubscribe=True deletes a durable; False (close, dead client) keeps it."""
-        async with self._lock:
+        async with self._locks.hold(member.group.key):
             if self.members.pop(member.sub_id, None) is None:
                 return
+            self._count(member.channel, -1)
             self.by_ack_inbox.pop(member.ack_inbox, None)
             subs = self.by_client.get(member.client_id)
             if subs is not None:
@@ -488,6 +532,27 @@ def _unacked(info) -> tuple[int, int, int] | None:
     if last < first:
         return None
     return first, last, info.delivered.consumer_seq or 1
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, existing only while someone holds or waits for it."""
+
+    def __init__(self):
+        self._locks: dict[tuple, list] = {}  # key -> [lock, holders and waiters]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple):
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[key]
 
 
 def _group_key(req, sub_id: str) -> tuple:
