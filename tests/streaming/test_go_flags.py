@@ -44,7 +44,12 @@ def test_defaults_are_the_go_servers():
     o = opts()
     assert (o.cluster_id, o.store, o.port, o.host) == ("test-cluster", "memory", 4222, "0.0.0.0")
     assert (o.hb_interval, o.hb_timeout, o.hb_fail_count) == (30.0, 10.0, 10)
-    assert o.limits.max_channels == 100 and o.limits.defaults.max_msgs == 1_000_000
+    assert o.limits.defaults.max_msgs == 1_000_000
+    # Sized for a fleet, not Go's 100 and 1000 (README: every device has three
+    # channels and a durable on devices.releases); quotas per identity guard instead.
+    assert (o.limits.max_channels, o.limits.defaults.max_subs) == (100_000, 100_000)
+    assert (opts("-mc", "100").limits.max_channels, opts("-msu", "1000").limits.defaults.max_subs) \
+        == (100, 1000)
     assert o.logtime and not o.debug and not o.trace
 
 

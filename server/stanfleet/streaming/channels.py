@@ -47,7 +47,7 @@ DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
 REGISTRY_CHANNEL = "stanfleet.channels"
 # Framing around a message's data: the MsgProto fields, or the store's header lines.
 MSG_OVERHEAD = 64
-# JetStream's max_consumers for a channel without max_subs: -1 would mean
+# JetStream's max_consumers for every channel: -1 would mean
 # nats-server's default (1000), not unlimited.
 UNLIMITED_CONSUMERS = 2**31 - 1
 # Room for bursts of store-acks. Past this one is dropped (nats-py "slow
@@ -212,10 +212,12 @@ class ChannelStore:
         window = min(DUPLICATE_WINDOW, lim.max_age) if lim.max_age else DUPLICATE_WINDOW
         # Consumers are STAN subscriptions: nats-server (2.15) gives a stream
         # without max_consumers a default of 1000, which stopped a fleet at 1000
-        # devices, each holding a durable on devices.releases.
+        # devices, each holding a durable on devices.releases. The STAN limit
+        # (max_subs) is ours to enforce: with identities it counts per identity,
+        # so the channel's total may exceed it and JetStream must not refuse.
         return {"max_msgs": lim.max_msgs or -1, "max_bytes": lim.max_bytes or -1,
                 "max_age": float(lim.max_age or 0), "duplicate_window": float(window),
-                "max_consumers": lim.max_subs or UNLIMITED_CONSUMERS}
+                "max_consumers": UNLIMITED_CONSUMERS}
 
     def limits_for(self, name: str) -> ChannelLimits:
         return self.limits.for_channel(name)

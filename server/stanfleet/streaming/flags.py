@@ -172,8 +172,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(g, ("no-quotas", "no_quotas"), "no_quotas", "bool",
           help="no per-identity quotas (set them in the 'quotas' block of the -sc file instead)")
     lim = p.add_argument_group("store limits (0 = unlimited)")
-    _flag(lim, ("mc", "max_channels"), "max_channels", "int", help="max channels (100)")
-    _flag(lim, ("msu", "max_subs"), "max_subs", "int", help="max subscriptions per channel (1000)")
+    _flag(lim, ("mc", "max_channels"), "max_channels", "int", help="max channels (100,000; Go: 100)")
+    _flag(lim, ("msu", "max_subs"), "max_subs", "int", help="max subscriptions per channel (100,000; Go: 1000)")
     _flag(lim, ("mm", "max_msgs"), "max_msgs", "int", help="max messages per channel (1000000)")
     _flag(lim, ("mb", "max_bytes"), "max_bytes", help="max bytes per channel (1000000KB)")
     _flag(lim, ("ma", "max_age"), "max_age", help="max age of messages, e.g. 24h (0: unlimited)")
