@@ -89,6 +89,9 @@ class Device:
         self.freq_ev = asyncio.Event()  # sending_frequency changed
         self.status_ev = asyncio.Event()  # something in the status changed
         self.reboot_ev = asyncio.Event()
+        # One install at a time: up to 4 releases are in flight (max_in_flight),
+        # and two installs would write the same inactive slot.
+        self.install_lock = asyncio.Lock()
 
     # ---- status ------------------------------------------------------------------
 
@@ -243,7 +246,16 @@ class Device:
             return
         from app import ota
 
-        await self._install(ota.Ota(self.id, self.cfg), rel)
+        async with self.install_lock:
+            if self.reboot_ev.is_set():
+                # An install is done and the board resets as soon as its session
+                # is closed: a redelivery (or a newer release) arriving in that
+                # window must not write the slot again. Not acked: it comes
+                # again after the reboot, to the new version.
+                log("stanfleet: release seq=%d %s waits for the reboot"
+                    % (msg.sequence, rel["version"]))
+                return
+            await self._install(ota.Ota(self.id, self.cfg), rel)
 
     async def _install(self, ota, rel):
         v = rel["version"]

@@ -230,3 +230,25 @@ def _epoch(ts: str) -> int:
 
     return calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))
 
+
+
+async def test_a_release_arriving_while_the_board_reboots_into_another_is_not_installed(
+        make_fleet, backend):
+    """Two announcements of one release in a row (up to 4 are in flight): the
+    first installs, the second waits for the reboot instead of writing the
+    slot the first just filled (seen in CI as a second download that left the
+    trial slot broken and the board rolled back). After the reboot both are
+    acked as not newer."""
+    fleet = await make_fleet(DEV)
+    await fleet.expect(DEV, "stanfleet: connected")
+    mark = fleet.mark(DEV)
+    await backend.release(GOOD)
+    await backend.release(GOOD)
+    await fleet.expect(DEV, f"release seq=2 {GOOD} waits for the reboot", since=mark)
+    await fleet.expect(DEV, f"boot slot=b version={GOOD} trial=True", since=mark, timeout=30)
+    await fleet.expect(DEV, f"ota healthy version={GOOD}", since=mark)
+    await fleet.expect(DEV, f"release acked seq=2 {GOOD} is not newer", since=mark)
+    assert fleet.find(DEV, f"ota state=downloading version={GOOD}", since=mark)
+    downloads = [line for _, line in fleet.devices[DEV].recent
+                 if f"ota state=downloading version={GOOD}" in line]
+    assert len(downloads) == 1
