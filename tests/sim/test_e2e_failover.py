@@ -23,14 +23,13 @@ import time
 
 import nats
 import pytest
-from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.fleet.runner import FleetRunner, device_ids
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.security import certs
 from stanfleet.services import readings
 
 from tests.streaming.serverproc import ServerProcess, free_port
-from tests.streaming.test_cluster import jetstream_ready
+from tests.streaming.test_cluster import jetstream_ready, three_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -47,20 +46,7 @@ def tls(tmp_path) -> certs.CertPaths:
 @pytest.fixture
 def cluster(tmp_path, tls):
     """Three JetStream nodes; clients only over TLS."""
-    ports = [free_port() for _ in range(3)]
-    routes = [f"nats://127.0.0.1:{p}" for p in ports]
-    nodes = []
-    try:
-        for i, port in enumerate(ports):
-            nodes.append(Broker(BrokerConfig(
-                server_name=f"n{i}", cluster_name="site", cluster_port=port,
-                routes=[r for r in routes if not r.endswith(f":{port}")],
-                tls=(tls.server, tls.server_key), store_dir=str(tmp_path / f"n{i}"),
-                log_file=str(tmp_path / f"n{i}.log"))).start())
-        yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
+    yield from three_nodes(tmp_path, "site", (tls.server, tls.server_key))
 
 
 class Tap:

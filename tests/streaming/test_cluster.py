@@ -22,21 +22,26 @@ PUBLISHERS = 4
 PER_PUBLISHER = 150
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def three_nodes(tmp_path, cluster_name: str, tls: tuple[str, str] | None = None):
+    """Start three routed JetStream nodes, yield them, stop them (a fixture's body)."""
     ports = [free_port() for _ in range(3)]
     routes = [f"nats://127.0.0.1:{p}" for p in ports]
     nodes = []
     try:
         for i, port in enumerate(ports):
             nodes.append(Broker(BrokerConfig(
-                server_name=f"n{i}", cluster_name="stanfleet-test", cluster_port=port,
-                routes=[r for r in routes if not r.endswith(f":{port}")],
+                server_name=f"n{i}", cluster_name=cluster_name, cluster_port=port,
+                routes=[r for r in routes if not r.endswith(f":{port}")], tls=tls,
                 store_dir=str(tmp_path / f"n{i}"), log_file=str(tmp_path / f"n{i}.log"))).start())
         yield nodes
     finally:
         for n in nodes:
             n.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    yield from three_nodes(tmp_path, "stanfleet-test")
 
 
 async def jetstream_ready(url: str, **connect) -> None:
