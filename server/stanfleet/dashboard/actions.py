@@ -134,7 +134,7 @@ def release_progress(version: str, rollout: int, rows: list[dict]) -> dict:
     rules = load("rollout")
     devices, counts = [], {}
     for r in rows:
-        raw = r.get("ota") or {}  # devicedata.py has checked each field's type
+        raw = r.get("ota") or {}  # services/device_status.py has checked each field
         ota = OtaReport(state=raw.get("state") or "idle", version=raw.get("version"),
                         reason=raw.get("reason") or "")
         if not r.get("status_ts"):
