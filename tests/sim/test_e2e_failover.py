@@ -4,10 +4,10 @@ Three nats-server nodes (JetStream, R3, TLS with our own CA), two streaming
 servers in one FT group, two listeners sharing the work on one PostgreSQL,
 the artifact server as its own process (`stanfleet release serve`, HTTPS),
 twenty simulated devices running the real firmware with the fleet's release
-key. The services read one site config (`--config site.toml`) and get all
-three NATS URLs. A release is built and signed (`stanfleet release build`)
-and published to every device; then, while readings flow and the devices
-install it: SIGKILL the active streaming server, then one NATS node, then one
+key. The services read one site config (`--config site.toml`, the streaming
+servers `--site site.toml`) and get all three NATS URLs. A release is built and signed (`stanfleet release build`),
+published to a 50% canary and promoted to every device while, as readings
+flow: SIGKILL the active streaming server, then one NATS node, then one
 listener, then restart PostgreSQL (pg_ctl stop -m fast, start on the same
 data and port).
 
@@ -167,6 +167,11 @@ urls = [{quoted}]
 cluster_id = "{CLUSTER}"
 ca = "{tls.ca}"
 
+[streaming]
+store = "memory"
+ft_group = "site"
+replicas = 3
+
 [database]
 url = "{db}"
 
@@ -226,8 +231,7 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
     # Heartbeats tuned for fast failover: a killed listener is declared dead
     # after about 10 s and its queue share (and unacked readings) goes to the
     # other one. At the defaults (30 s x 10) that takes five minutes.
-    servers = [ServerProcess("-ns", ",".join(urls), "--replicas", "3", "--ft_group", "site",
-                             "-hbi", "2s", "-hbt", "2s", "-hbf", "3", "-tls_client_cacert", tls.ca,
+    servers = [ServerProcess("--site", config, "-hbi", "2s", "-hbt", "2s", "-hbf", "3",
                              "-dir", str(tmp_path / f"s{i}"), "-m", str(free_port()),
                              log_path=str(tmp_path / f"server{i}.log"),
                              ready_line=READY if i == 0 else "standing by")
@@ -254,8 +258,11 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
         await tap.wait_all_devices_since(t, timeout=120)
         await tap.wait_all_devices_on(FACTORY, timeout=30)
 
-        rc, out = await cli("release", "publish", NEW, "--config", config)
-        assert rc == 0 and "published to all devices" in out, out
+        # The rollout spans the faults: a canary half installs while the
+        # active server dies, the rest after the promotion, sent while a
+        # NATS node is down.
+        rc, out = await cli("release", "publish", NEW, "--canary", "50", "--config", config)
+        assert rc == 0 and "50% of devices (canary)" in out, out
 
         t = time.monotonic()
         await servers[0].kill()
@@ -264,6 +271,8 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
 
         t = time.monotonic()
         cluster[2].kill()
+        rc, out = await cli("release", "promote", NEW, "--config", config)
+        assert rc == 0 and "published to all devices" in out, out
         await tap.wait_all_devices_since(t, timeout=90)
 
         t = time.monotonic()
