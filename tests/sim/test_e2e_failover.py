@@ -259,8 +259,11 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
         await tap.wait_all_devices_on(FACTORY, timeout=30)
 
         # The rollout spans the faults: a canary half installs while the
-        # active server dies, the rest after the promotion, sent while a
-        # NATS node is down.
+        # active server dies, the rest after the promotion, sent with a NATS
+        # node down (once JetStream has new leaders: during the election a
+        # command's connect may be refused with a store error, and an
+        # operator runs it again) and installed while a listener dies and
+        # PostgreSQL restarts.
         rc, out = await cli("release", "publish", NEW, "--canary", "50", "--config", config)
         assert rc == 0 and "50% of devices (canary)" in out, out
 
@@ -271,9 +274,9 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
 
         t = time.monotonic()
         cluster[2].kill()
+        await tap.wait_all_devices_since(t, timeout=90)
         rc, out = await cli("release", "promote", NEW, "--config", config)
         assert rc == 0 and "published to all devices" in out, out
-        await tap.wait_all_devices_since(t, timeout=90)
 
         t = time.monotonic()
         await listeners[0].stop(signal.SIGKILL)

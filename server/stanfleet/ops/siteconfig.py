@@ -28,6 +28,7 @@ DEFAULT_DATABASE_URL = "stanfleet-data/fleet.db"
 DEFAULT_ARTIFACTS_DIR = "stanfleet-data/releases"
 DEFAULT_ARTIFACTS_PORT = 8080
 DEFAULT_LISTENER_OPS_PORT = 9102
+STREAMING_CREDS_ROLE = "streaming-server"  # nats.creds.<this>: the streaming server's login
 DEFAULT_LOG_FORMAT = "text"
 DEFAULT_LOG_LEVEL = "info"
 LOG_FORMATS = ("text", "json")

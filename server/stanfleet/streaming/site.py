@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..ops import siteconfig
 from ..security.credfile import load_credentials
 
-CREDS_ROLE = "streaming-server"  # nats.creds.<this>: the server's own NATS login
+CREDS_ROLE = siteconfig.STREAMING_CREDS_ROLE  # nats.creds.<this>: the server's own NATS login
 
 # "section.key" in the TOML -> the option name options.from_args reads
 _KEYS = {
