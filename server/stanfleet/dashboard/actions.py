@@ -29,7 +29,7 @@ class ActionError(Exception):
 
 
 class Actions:
-    def __init__(self, nats_url: str, cluster_id: str, nats_options: dict, db_path: str,
+    def __init__(self, nats_url: str | list[str], cluster_id: str, nats_options: dict, db_path: str,
                  releases_dir: str, url_base: str):
         self.url, self.cluster_id, self.options = nats_url, cluster_id, nats_options
         self.db_path, self.releases = db_path, ReleaseDir(releases_dir)

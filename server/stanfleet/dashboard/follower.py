@@ -29,8 +29,8 @@ POLL = 1.0  # seconds between database reads
 
 
 class StatusFollower:
-    def __init__(self, state: FleetState, nats_url: str, cluster_id: str, nats_options: dict,
-                 client_id: str = "dashboard"):
+    def __init__(self, state: FleetState, nats_url: str | list[str], cluster_id: str,
+                 nats_options: dict, client_id: str = "dashboard"):
         self.state, self.url, self.cluster_id = state, nats_url, cluster_id
         self.options, self.client_id = nats_options, client_id
         self.ready = asyncio.Event()  # subscribed to the registry
