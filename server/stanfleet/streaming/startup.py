@@ -11,8 +11,10 @@ that spawned it, so the spawning thread must live as long as we do.)
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
+import os
 import sys
 import threading
 
@@ -26,6 +28,28 @@ HEAVY_MODULES = ("stanfleet.streaming.server",)
 MONITOR_MODULES = ("stanfleet.streaming.monitor",)
 
 
+# What nats-py imports only for something it can do without (each import
+# failing into its fallback), hidden while it loads: aiohttp (120 ms) for ws://
+# URLs, imported for real afterwards when -m asks for the monitor; and
+# importlib.metadata (with email, zipfile, csv: ~10 ms of CPU here) to read
+# its own version for CONNECT, which _dist_version finds by a directory listing.
+HIDDEN_FROM_NATS = ("aiohttp", "importlib.metadata")
+
+
+def _dist_version(module_file: str, dist: str) -> str | None:
+    """The version in the name of `dist`'s NAME-VERSION.dist-info folder, found
+    in the site-packages folder that holds module_file (package/sub/module.py)."""
+    site = os.path.dirname(os.path.dirname(os.path.dirname(module_file)))
+    try:
+        names = os.listdir(site)
+    except OSError:
+        return None
+    for name in names:
+        if name.startswith(dist + "-") and name.endswith(".dist-info"):
+            return name[len(dist) + 1:-len(".dist-info")]
+    return None
+
+
 class _Importer(threading.Thread):
     def __init__(self, modules: tuple[str, ...]):
         super().__init__(name="imports", daemon=True)
@@ -33,19 +57,18 @@ class _Importer(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        # nats-py imports aiohttp (120 ms) only for ws:// URLs, and copes with
-        # its absence: hide it while nats-py loads. The monitor imports it
-        # for real afterwards, when -m asks for it.
-        hide = "aiohttp" not in sys.modules
-        if hide:
-            sys.modules["aiohttp"] = None  # `import aiohttp` raises ImportError
+        hidden = [name for name in HIDDEN_FROM_NATS if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # `import name` raises ImportError
         try:
-            importlib.import_module("nats.aio.client")
+            client = importlib.import_module("nats.aio.client")
+            client.__version__ = _dist_version(client.__file__, "nats_py") or client.__version__
         except BaseException as e:
             self.error = e
         finally:
-            if hide and sys.modules.get("aiohttp", 0) is None:
-                del sys.modules["aiohttp"]
+            for name in hidden:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
         try:
             for name in self.modules:
                 importlib.import_module(name)
@@ -94,6 +117,7 @@ def run_plain_nats(opts: ServerOptions) -> int:
     log.info("streaming server ready: plain NATS only")
 
     async def wait() -> None:
+        collect_from_now()
         forward_signals(broker)
         await stop_event().wait()
 
@@ -104,6 +128,15 @@ def run_plain_nats(opts: ServerOptions) -> int:
     return 0
 
 
+def collect_from_now() -> None:
+    """Garbage collection back on once serving (off since exec: cli.main), with
+    what start-up made frozen out of its reach: all of it is in the youngest
+    generation, and the first collection would walk it (~15 ms here) just as
+    the first clients are answered. Start-up objects live as long as we do."""
+    gc.freeze()
+    gc.enable()
+
+
 def _run_loop(main) -> int:
     """uvloop (the `fast` extra) when installed: it cuts the event loop's cost per message."""
     try:
@@ -111,6 +144,12 @@ def _run_loop(main) -> int:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def _lease_lost(e: Exception) -> bool:
+    from .ft import LeaseLost  # here: only an FT group imports ft
+
+    return isinstance(e, LeaseLost)
 
 
 def run_server(opts: ServerOptions) -> int:
@@ -147,6 +186,7 @@ def run_server(opts: ServerOptions) -> int:
             forward_signals(broker)  # before "ready" is logged: a script may signal then
             server = StreamingServer(opts, broker=broker, early=early)
             await server.start()
+            collect_from_now()
             try:
                 await server.until_stopped(stop_event())  # ft.LeaseLost: another is active
             finally:
@@ -154,12 +194,12 @@ def run_server(opts: ServerOptions) -> int:
                 await server.stop()
             return 0
 
-        from .ft import LeaseLost
-
         try:
             return _run_loop(serve())
-        except LeaseLost as e:
-            raise CommandError(str(e)) from None
+        except Exception as e:
+            if opts.ft_group and _lease_lost(e):
+                raise CommandError(str(e)) from None
+            raise
     finally:
         if broker is not None:
             broker.stop()
