@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["streaming-server"]:
         # The drop-in for nats-streaming-server must start fast: no other
         # command's parser (and imports) on its way, and no garbage collection
-        # until it serves (startup.collect_from_now turns it back on): start-up makes
-        # many long-lived objects and little garbage, and the collector's
+        # while it imports (startup.collect_from_now turns it back on): imports
+        # make many long-lived objects and little garbage, and the collector's
         # passes over them cost ~10 ms of CPU on the way to ready.
         gc.disable()
         logging.basicConfig(level=logging.INFO,

@@ -5,7 +5,10 @@ nats-py, protobuf and (with -m) aiohttp, and nats-server opening its port and
 JetStream. Neither needs the other: a thread imports while the main thread
 spawns nats-server and waits for its port. (Not the other way round: the
 kernel's parent-death signal that ties nats-server to us follows the thread
-that spawned it, so the spawning thread must live as long as we do.)
+that spawned it, so the spawning thread must live as long as we do.) So
+nats-server is up well before the imports are done, and what is left to
+wait for is our own CPU time: what is not needed before serving is not
+imported, and the garbage collector stays off while importing (collect_from_now).
 """
 
 from __future__ import annotations
@@ -129,10 +132,11 @@ def run_plain_nats(opts: ServerOptions) -> int:
 
 
 def collect_from_now() -> None:
-    """Garbage collection back on once serving (off since exec: cli.main), with
-    what start-up made frozen out of its reach: all of it is in the youngest
-    generation, and the first collection would walk it (~15 ms here) just as
-    the first clients are answered. Start-up objects live as long as we do."""
+    """Garbage collection back on once the imports are done (off since exec:
+    cli.main), with what they made (modules, classes: they live as long as we
+    do) frozen out of its reach: all of it is in the youngest generation, and
+    the first collection would walk it (~15 ms here) just as the first clients
+    are answered. Not later: restoring a large store makes garbage."""
     gc.freeze()
     gc.enable()
 
@@ -179,6 +183,7 @@ def run_server(opts: ServerOptions) -> int:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
     try:
         importer.done()
+        collect_from_now()
         from ..signals import stop_event
         from .server import StreamingServer
 
@@ -186,7 +191,6 @@ def run_server(opts: ServerOptions) -> int:
             forward_signals(broker)  # before "ready" is logged: a script may signal then
             server = StreamingServer(opts, broker=broker, early=early)
             await server.start()
-            collect_from_now()
             try:
                 await server.until_stopped(stop_event())  # ft.LeaseLost: another is active
             finally:
