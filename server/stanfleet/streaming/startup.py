@@ -121,12 +121,15 @@ def run_plain_nats(opts: ServerOptions) -> int:
     log.warning("NATS cluster member on %s:%s (routes %s): no streaming service here, "
                 "JetStream in a NATS cluster needs --clustered", opts.host, broker.port,
                 ",".join(opts.routes) or "none")
-    log.info("streaming server ready: plain NATS only")
 
     async def wait() -> None:
         collect_from_now()
         forward_signals(broker)
-        await stop_event().wait()
+        stop = stop_event()
+        # Only now: a script that signals us once it reads this must find
+        # SIGTERM handled (a clean stop, exit 0), not the default (killed).
+        log.info("streaming server ready: plain NATS only")
+        await stop.wait()
 
     import asyncio
 
