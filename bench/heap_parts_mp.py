@@ -65,6 +65,8 @@ async def online():
 async def main():
     await online()
     part("link closed (STAN session, NATS link, sender and status tasks)")
+    d._unload_link()
+    part("link code unloaded (%s)" % ", ".join(device._LINK_MODULES))
     from app import ota  # noqa: F401
 
     part("OTA install code (app.ota, bundle, http_get)")

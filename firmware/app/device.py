@@ -35,13 +35,17 @@ MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 # An install runs with the NATS link closed (run()): a release is acked only
 # once the device runs it, i.e. by the redelivery after the reboot, so from
 # the decision to install until the reset nothing needs the link. Closing it
-# frees the STAN session, the TLS socket, their tasks and buffers before the
-# download and the signature check take the heap (the OTA's peak). The link
-# is never opened again in that boot: the board resets after the install,
-# into the new version or, when it failed, into the one it runs (a fresh
-# heap: reconnecting next to the install code once fragmented it until a
-# 2 KB buffer could not be had with 26 KB free). Readings go on into the
-# buffer meanwhile and are saved for the next boot (app/buffer.py).
+# frees the STAN session, the TLS socket, their tasks and buffers, and the
+# code only the link uses (_LINK_MODULES) before the download and the
+# signature check take the heap (the OTA's peak). The link is never opened
+# again in that boot: the board resets after the install, into the new
+# version or, when it failed, into the one it runs (a fresh heap: reloading
+# the link's code next to the install's would fragment it, as unloading and
+# reloading the install code once did until a 2 KB buffer could not be had
+# with 26 KB free). Readings go on into the buffer meanwhile and are saved
+# for the next boot (app/buffer.py).
+_LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "app.release", "rollout",
+                 "hal.net")
 # ota.json key: seqs of releases whose install failed in the last boot. The
 # redelivery right after the reboot is skipped (not acked) so that a release
 # that keeps failing is tried once per ack_wait, not at every boot in a loop.
@@ -287,6 +291,11 @@ class Device:
         """Close the STAN session (durables and unacked releases stay on the
         server), then the NATS link."""
         self.online = False
+        # Everything is still live here, so this is the heap's high point of
+        # an OTA: start it without garbage (the release message's, and the
+        # cancelled sender's and status tasks' once they have ended).
+        await asyncio.sleep_ms(0)
+        gc.collect()
         try:
             await asyncio.wait_for(self.sc.close(), 3)
         except Exception:  # noqa: BLE001 - resetting or installing anyway
@@ -299,6 +308,26 @@ class Device:
         # The link's cancelled tasks end (and let go of it) when they next run.
         await asyncio.sleep_ms(0)
         await asyncio.sleep_ms(0)
+
+    def _unload_link(self):
+        # Nothing calls the link's code again in this boot. Its module objects
+        # (and, not frozen, its bytecode) are freed once neither sys.modules
+        # nor this module's globals name them, and no object of theirs is left.
+        import sys
+
+        g = globals()
+        for name in _LINK_MODULES:
+            m = sys.modules.pop(name, None)
+            if m is None:
+                continue
+            for k in [k for k, v in g.items() if v is m]:  # e.g. settings_mod
+                del g[k]
+            pkg, _, short = name.rpartition(".")
+            if pkg and pkg in sys.modules:  # "from hal import net" set hal.net
+                try:
+                    delattr(sys.modules[pkg], short)
+                except AttributeError:
+                    pass
 
     async def _install(self, seq, rel):
         from app import ota
@@ -449,7 +478,7 @@ class Device:
         release is to be installed or a reset is due; then close the link.
         A coroutine of its own: once it returns, its frame (and the stale
         pointers to the link that MicroPython's conservative gc would follow
-        in it) is garbage, so the link can be freed (1.8 -> 3.5 KB freed)."""
+        in it) is garbage, so the link can be freed."""
         nc = await self._connect_nats()
         await self._connect_stan(nc)
         link = (asyncio.create_task(self._sender()), asyncio.create_task(self._status_loop()))
@@ -476,6 +505,7 @@ class Device:
         tasks.append(asyncio.create_task(self._sampler(Sensor(cfg.get("onewire_pin", 4)))))
         await self._online()
         if self.to_install:
+            self._unload_link()
             gc.collect()
             await self._install(*self.to_install)
         # Into the new version, or back into this one after a failed install
