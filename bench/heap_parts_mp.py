@@ -56,6 +56,9 @@ async def online():
     from app import release  # noqa: F401
 
     part("release decision (app.release, rollout)")
+    del release
+    device._unload(device._DECISION_MODULES)
+    part("release decision done: its code unloaded")
     # A release to install: the device closes its link first.
     t.cancel()
     t2.cancel()
@@ -65,7 +68,7 @@ async def online():
 async def main():
     await online()
     part("link closed (STAN session, NATS link, sender and status tasks)")
-    d._unload_link()
+    device._unload(device._LINK_MODULES)
     part("link code unloaded (%s)" % ", ".join(device._LINK_MODULES))
     from app import ota  # noqa: F401
 

@@ -44,8 +44,8 @@ MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 # reloading the install code once did until a 2 KB buffer could not be had
 # with 26 KB free). Readings go on into the buffer meanwhile and are saved
 # for the next boot (app/buffer.py).
-_LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "app.release", "rollout",
-                 "hal.net")
+_LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "hal.net")
+_DECISION_MODULES = ("app.release", "rollout")
 # ota.json key: seqs of releases whose install failed in the last boot. The
 # redelivery right after the reboot is skipped (not acked) so that a release
 # that keeps failing is tried once per ack_wait, not at every boot in a loop.
@@ -260,6 +260,10 @@ class Device:
         from app import release
 
         rel, why = release.decide(self.id, msg.data)
+        release = None
+        # Releases are rare and most are only acked: the decision's code does
+        # not stay on the heap between them (2 KB as .mpy files on 32-bit).
+        _unload(_DECISION_MODULES)
         if rel is None:
             log("stanfleet: release acked seq=%d %s" % (msg.sequence, why))
             if why.startswith("rejected"):
@@ -308,26 +312,6 @@ class Device:
         # The link's cancelled tasks end (and let go of it) when they next run.
         await asyncio.sleep_ms(0)
         await asyncio.sleep_ms(0)
-
-    def _unload_link(self):
-        # Nothing calls the link's code again in this boot. Its module objects
-        # (and, not frozen, its bytecode) are freed once neither sys.modules
-        # nor this module's globals name them, and no object of theirs is left.
-        import sys
-
-        g = globals()
-        for name in _LINK_MODULES:
-            m = sys.modules.pop(name, None)
-            if m is None:
-                continue
-            for k in [k for k, v in g.items() if v is m]:  # e.g. settings_mod
-                del g[k]
-            pkg, _, short = name.rpartition(".")
-            if pkg and pkg in sys.modules:  # "from hal import net" set hal.net
-                try:
-                    delattr(sys.modules[pkg], short)
-                except AttributeError:
-                    pass
 
     async def _install(self, seq, rel):
         from app import ota
@@ -505,7 +489,7 @@ class Device:
         tasks.append(asyncio.create_task(self._sampler(Sensor(cfg.get("onewire_pin", 4)))))
         await self._online()
         if self.to_install:
-            self._unload_link()
+            _unload(_LINK_MODULES)
             gc.collect()
             await self._install(*self.to_install)
         # Into the new version, or back into this one after a failed install
@@ -516,6 +500,27 @@ class Device:
         self.buf.save(self._guid_pfx, self._guid_n)
         log("stanfleet: rebooting buffered=%d" % len(self.buf))
         system.reset()
+
+
+def _unload(names):
+    """Forget modules: their module objects (and, not frozen, their bytecode)
+    are freed once neither sys.modules nor a global names them and no object
+    of theirs is left."""
+    import sys
+
+    g = globals()
+    for name in names:
+        m = sys.modules.pop(name, None)
+        if m is None:
+            continue
+        for k in [k for k, v in g.items() if v is m]:  # e.g. settings_mod
+            del g[k]
+        pkg, _, short = name.rpartition(".")
+        if pkg and pkg in sys.modules:  # "from hal import net" set hal.net
+            try:
+                delattr(sys.modules[pkg], short)
+            except AttributeError:
+                pass
 
 
 def _permanent(error):
