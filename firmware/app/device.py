@@ -314,11 +314,10 @@ class Device:
         await asyncio.sleep_ms(0)
 
     async def _install(self, seq, rel):
-        from app import ota
-
-        v = rel["version"]
-        self.set_ota("downloading", v)
+        v = rel["version"]  # "downloading" was reported before the link closed
         try:
+            from app import ota
+
             o = ota.Ota(self.id, self.cfg)
             if rel.get("kind") == "image":
                 await o.install_image(rel)  # the bootloader switches partitions
@@ -469,6 +468,15 @@ class Device:
         await self.reboot_ev.wait()  # a release to install, or a trial out of time
         for t in link:
             t.cancel()
+        if self.to_install:
+            # The last status before the link closes: the fleet sees the
+            # install under way, not just a device gone quiet.
+            self.set_ota("downloading", self.to_install[1]["version"])
+            try:
+                await asyncio.wait_for(self.sc.publish(
+                    "devices.%s.status" % self.id, self.status(), self.sc.new_guid()), 3)
+            except Exception as e:  # noqa: BLE001 - installing anyway
+                log("stanfleet: status not sent error=%r" % (e,))
         # Say goodbye so the server frees the client ID at once (and hands the
         # unacked releases to the next session).
         await self._close_link(nc)
