@@ -36,7 +36,9 @@ if d.cfg.get("ca"):
     part("TLS context with the CA")
 
 
-async def main():
+async def online():
+    # As Device._online(): everything that holds the link lives in this frame,
+    # which is garbage once it returns.
     nc = await d._connect_nats()
     part("NATS link (TLS socket, reader/writer/pinger tasks, buffers)")
     await d._connect_stan(nc)
@@ -47,14 +49,27 @@ async def main():
     while len(d.buf):
         await asyncio.sleep_ms(20)
     part("sender task, 3 readings sent")
-    s = d._status_loop()
-    t2 = asyncio.create_task(s)
+    t2 = asyncio.create_task(d._status_loop())
     d.changed()
     await asyncio.sleep_ms(300)
     part("status task, one status sent")
     from app import release  # noqa: F401
 
     part("release decision (app.release, rollout)")
+    del release
+    device._unload(device._DECISION_MODULES)
+    part("release decision done: its code unloaded")
+    # A release to install: the device closes its link first.
+    t.cancel()
+    t2.cancel()
+    await d._close_link(nc)
+
+
+async def main():
+    await online()
+    part("link closed (STAN session, NATS link, sender and status tasks)")
+    device._unload(device._LINK_MODULES)
+    part("link code unloaded (%s)" % ", ".join(device._LINK_MODULES))
     from app import ota  # noqa: F401
 
     part("OTA install code (app.ota, bundle, http_get)")
@@ -62,8 +77,6 @@ async def main():
 
     part("ed25519 + sha512")
     print("TOTAL %d" % _last[0])
-    t.cancel()
-    t2.cancel()
     sys.exit(0)
 
 

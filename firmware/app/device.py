@@ -28,12 +28,28 @@ from app.buffer import Buffer
 RETRY_MIN_MS = 500
 RETRY_MAX_MS = 30000
 MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
-# The OTA code (app.ota, bundle, http_get, ed25519) is imported when the
-# first release to install arrives, not at boot nor for a release that is
-# only acked (app.release decides that): a device that never sees a release
-# keeps about 10 KB more heap. It is never unloaded: unloading and reloading
-# ~10 KB of code around long-lived objects fragmented the heap until a 2 KB
-# buffer could not be had with 26 KB free.
+# The OTA code (app.ota, bundle, http_get, ed25519) is imported when a
+# release is to be installed, not at boot nor for a release that is only
+# acked (app.release decides that).
+#
+# An install runs with the NATS link closed (run()): a release is acked only
+# once the device runs it, i.e. by the redelivery after the reboot, so from
+# the decision to install until the reset nothing needs the link. Closing it
+# frees the STAN session, the TLS socket, their tasks and buffers, and the
+# code only the link uses (_LINK_MODULES) before the download and the
+# signature check take the heap (the OTA's peak). The link is never opened
+# again in that boot: the board resets after the install, into the new
+# version or, when it failed, into the one it runs (a fresh heap: reloading
+# the link's code next to the install's would fragment it, as unloading and
+# reloading the install code once did until a 2 KB buffer could not be had
+# with 26 KB free). Readings go on into the buffer meanwhile and are saved
+# for the next boot (app/buffer.py).
+_LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "hal.net")
+_DECISION_MODULES = ("app.release", "rollout")
+# ota.json key: seqs of releases whose install failed in the last boot. The
+# redelivery right after the reboot is skipped (not acked) so that a release
+# that keeps failing is tried once per ack_wait, not at every boot in a loop.
+_FAILED = "install_failed"
 
 
 def log(msg):
@@ -79,6 +95,11 @@ class Device:
 
         self._guid_pfx = "%08xr" % getrandbits(32)
         self._guid_n = 0
+        saved = self.buf.restore()  # readings of the boot before a planned reset
+        if saved:
+            # Its guids go on: a reading sent just before the reset keeps its guid.
+            self._guid_pfx, self._guid_n = saved
+            log("stanfleet: restored buffered=%d" % len(self.buf))
         st = otaboot.state()
         last = st.get("last")
         self.image = st.get("image")  # MicroPython image version, when one was installed
@@ -88,10 +109,11 @@ class Device:
         self.online = False  # a STAN session is up and the link with it
         self.freq_ev = asyncio.Event()  # sending_frequency changed
         self.status_ev = asyncio.Event()  # something in the status changed
-        self.reboot_ev = asyncio.Event()
-        # One install at a time: up to 4 releases are in flight (max_in_flight),
-        # and two installs would write the same inactive slot.
-        self.install_lock = asyncio.Lock()
+        self.reboot_ev = asyncio.Event()  # close the link, install if asked, reset
+        # The release to install once the link is closed (run()). One at a time:
+        # up to 4 releases are in flight (max_in_flight), and two installs
+        # would write the same inactive slot.
+        self.to_install = None
 
     # ---- status ------------------------------------------------------------------
 
@@ -238,41 +260,79 @@ class Device:
         from app import release
 
         rel, why = release.decide(self.id, msg.data)
+        release = None
+        # Releases are rare and most are only acked: the decision's code does
+        # not stay on the heap between them (2 KB as .mpy files on 32-bit).
+        _unload(_DECISION_MODULES)
         if rel is None:
             log("stanfleet: release acked seq=%d %s" % (msg.sequence, why))
             if why.startswith("rejected"):
                 self.set_ota("rejected", None, why)
             await self.sc.ack(msg)
             return
-        from app import ota
+        if self.reboot_ev.is_set():
+            # An install is under way (or done) and the board resets next: a
+            # redelivery or a newer release must not write the slot again. Not
+            # acked: it comes again after the reboot, to the new version.
+            log("stanfleet: release seq=%d %s waits for the reboot"
+                % (msg.sequence, rel["version"]))
+            return
+        failed = otaboot.state().get(_FAILED) or []
+        if msg.sequence in failed:
+            failed.remove(msg.sequence)
+            otaboot.put(_FAILED, failed or None)
+            log("stanfleet: release seq=%d %s failed in the last boot, retried when "
+                "redelivered" % (msg.sequence, rel["version"]))
+            return
+        # Not here: this runs in the STAN session's delivery task, which closing
+        # the session cancels. run() closes the link, then installs.
+        log("stanfleet: release seq=%d %s to install, closing the link"
+            % (msg.sequence, rel["version"]))
+        self.to_install = (msg.sequence, rel)
+        self.reboot_ev.set()
 
-        async with self.install_lock:
-            if self.reboot_ev.is_set():
-                # An install is done and the board resets as soon as its session
-                # is closed: a redelivery (or a newer release) arriving in that
-                # window must not write the slot again. Not acked: it comes
-                # again after the reboot, to the new version.
-                log("stanfleet: release seq=%d %s waits for the reboot"
-                    % (msg.sequence, rel["version"]))
-                return
-            await self._install(ota.Ota(self.id, self.cfg), rel)
-
-    async def _install(self, ota, rel):
-        v = rel["version"]
-        self.set_ota("downloading", v)
+    async def _close_link(self, nc):
+        """Close the STAN session (durables and unacked releases stay on the
+        server), then the NATS link."""
+        self.online = False
+        # Everything is still live here, so this is the heap's high point of
+        # an OTA: start it without garbage (the release message's, and the
+        # cancelled sender's and status tasks' once they have ended).
+        await asyncio.sleep_ms(0)
+        gc.collect()
         try:
+            await asyncio.wait_for(self.sc.close(), 3)
+        except Exception:  # noqa: BLE001 - resetting or installing anyway
+            pass
+        try:
+            await asyncio.wait_for(nc.close(), 2)
+        except Exception:  # noqa: BLE001
+            pass
+        self.sc = None
+        # The link's cancelled tasks end (and let go of it) when they next run.
+        await asyncio.sleep_ms(0)
+        await asyncio.sleep_ms(0)
+
+    async def _install(self, seq, rel):
+        v = rel["version"]  # "downloading" was reported before the link closed
+        try:
+            from app import ota
+
+            o = ota.Ota(self.id, self.cfg)
             if rel.get("kind") == "image":
-                await ota.install_image(rel)  # the bootloader switches partitions
+                await o.install_image(rel)  # the bootloader switches partitions
             else:
-                otaboot.begin_trial(await ota.install(rel), v)
+                otaboot.begin_trial(await o.install(rel), v)
         except Exception as e:  # noqa: BLE001 - not acked: the server redelivers it
             import sys
 
             sys.print_exception(e)
             self.set_ota("failed", v, _reason(e))
+            failed = otaboot.state().get(_FAILED) or []
+            if seq not in failed:
+                otaboot.put(_FAILED, (failed + [seq])[-4:])  # max_inflight releases
             return
         self.set_ota("rebooting", v)
-        self.reboot_ev.set()
 
     # ---- connection ----------------------------------------------------------------
 
@@ -396,6 +456,31 @@ class Device:
                 % (otaboot.current["version"], seconds))
             self.reboot_ev.set()
 
+    async def _online(self):
+        """Connect, send readings and status, take cfg and releases until a
+        release is to be installed or a reset is due; then close the link.
+        A coroutine of its own: once it returns, its frame (and the stale
+        pointers to the link that MicroPython's conservative gc would follow
+        in it) is garbage, so the link can be freed."""
+        nc = await self._connect_nats()
+        await self._connect_stan(nc)
+        link = (asyncio.create_task(self._sender()), asyncio.create_task(self._status_loop()))
+        await self.reboot_ev.wait()  # a release to install, or a trial out of time
+        for t in link:
+            t.cancel()
+        if self.to_install:
+            # The last status before the link closes: the fleet sees the
+            # install under way, not just a device gone quiet.
+            self.set_ota("downloading", self.to_install[1]["version"])
+            try:
+                await asyncio.wait_for(self.sc.publish(
+                    "devices.%s.status" % self.id, self.status(), self.sc.new_guid()), 3)
+            except Exception as e:  # noqa: BLE001 - installing anyway
+                log("stanfleet: status not sent error=%r" % (e,))
+        # Say goodbye so the server frees the client ID at once (and hands the
+        # unacked releases to the next session).
+        await self._close_link(nc)
+
     # ---- main ----------------------------------------------------------------------
 
     async def run(self):
@@ -410,21 +495,40 @@ class Device:
         system.sync_clock(log)
         # Readings are taken from now on, connected or not; the buffer holds them.
         tasks.append(asyncio.create_task(self._sampler(Sensor(cfg.get("onewire_pin", 4)))))
-        nc = await self._connect_nats()
-        await self._connect_stan(nc)
-        tasks.append(asyncio.create_task(self._sender()))
-        tasks.append(asyncio.create_task(self._status_loop()))
-        await self.reboot_ev.wait()
-        # Say goodbye so the server frees the client ID at once, then reset.
+        await self._online()
+        if self.to_install:
+            _unload(_LINK_MODULES)
+            gc.collect()
+            await self._install(*self.to_install)
+        # Into the new version, or back into this one after a failed install
+        # (the failed release comes again after ack_wait). The sampler and the
+        # watchdog ran until now; the buffered readings go to the next boot.
         for t in tasks:
             t.cancel()
-        try:
-            await asyncio.wait_for(self.sc.close(), 3)
-            await asyncio.wait_for(nc.close(), 2)
-        except Exception:  # noqa: BLE001 - resetting anyway
-            pass
-        log("stanfleet: rebooting")
+        self.buf.save(self._guid_pfx, self._guid_n)
+        log("stanfleet: rebooting buffered=%d" % len(self.buf))
         system.reset()
+
+
+def _unload(names):
+    """Forget modules: their module objects (and, not frozen, their bytecode)
+    are freed once neither sys.modules nor a global names them and no object
+    of theirs is left."""
+    import sys
+
+    g = globals()
+    for name in names:
+        m = sys.modules.pop(name, None)
+        if m is None:
+            continue
+        for k in [k for k, v in g.items() if v is m]:  # e.g. settings_mod
+            del g[k]
+        pkg, _, short = name.rpartition(".")
+        if pkg and pkg in sys.modules:  # "from hal import net" set hal.net
+            try:
+                delattr(sys.modules[pkg], short)
+            except AttributeError:
+                pass
 
 
 def _permanent(error):

@@ -51,6 +51,16 @@ _ST_CLOSED = const(2)
 _KEEP_OUT = const(1024)
 
 
+def _close(stream):
+    # MicroPython's asyncio Stream.close() does nothing (wait_closed() closes):
+    # close the socket itself, so a TLS link's buffers are freed now, not
+    # whenever a collection finds the socket unreferenced.
+    try:
+        stream.s.close()
+    except OSError:
+        pass
+
+
 class NatsError(Exception):
     pass
 
@@ -211,6 +221,12 @@ class Client:
             self._keeper.cancel()
         self._teardown()
         self._out = bytearray()
+        # Emptied in place: MicroPython's gc is conservative, and a stale word
+        # somewhere that still points at this dict kept every subscriber (the
+        # STAN session and, through it, the code of stan and pb) alive after
+        # close (app/device.py frees them before an install).
+        self._subs.clear()
+        self._resp.clear()
 
     # ---- connection ------------------------------------------------------------
 
@@ -223,7 +239,7 @@ class Client:
         try:
             await asyncio.wait_for(self._handshake(s), t)
         except BaseException:  # close the socket on any failure, timeouts included
-            s.close()
+            _close(s)
             raise
         self._stream = s
         self._pings_out = 0
@@ -321,10 +337,7 @@ class Client:
             t.cancel()
         self._tasks = ()
         if self._stream is not None:
-            try:
-                self._stream.close()
-            except OSError:
-                pass
+            _close(self._stream)
             self._stream = None
 
     async def _keep(self):

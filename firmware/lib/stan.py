@@ -235,7 +235,7 @@ class Stan:
             if s.task:
                 s.task.cancel()
             nc.unsubscribe(s.nsub)
-        self._subs = []
+        self._subs.clear()  # in place: see nats.Client.close()
         r = self._resp
         self._up.clear()
         try:
