@@ -144,3 +144,15 @@ async def test_max_msgs_is_per_channel_and_inactivity_purges_only_its_channel(ma
     fresh = await c.subscribe("devices.Q.events", "in.q2", start_position=pb.First)
     m = await fresh.next()
     assert (m.sequence, m.data) == (1, b"new")
+
+
+def test_families_come_from_the_flag_or_the_streaming_block_and_default_to_none(tmp_path):
+    from .test_go_flags import opts
+    assert opts().channel_families == []
+    assert opts("--channel_families", "devices.*.events, devices.*.cfg").channel_families == \
+        ["devices.*.events", "devices.*.cfg"]
+    conf = tmp_path / "stan.conf"
+    conf.write_text('streaming {\n  channel_families: "logs.>,devices.*.status"\n}\n')
+    assert opts("-sc", str(conf)).channel_families == ["logs.>", "devices.*.status"]
+    with pytest.raises(ValueError, match="no wildcard"):
+        opts("--channel_families", "devices.A.events")

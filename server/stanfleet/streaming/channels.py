@@ -2,7 +2,10 @@
 
 The STAN sequence of a message is its stream sequence, the channel limits are
 the stream limits, and the PubMsg guid is the Nats-Msg-Id so a republish is
-deduplicated by JetStream.
+deduplicated by JetStream. A channel in a family (--channel_families,
+families.py) is one subject of its family's stream instead: the server numbers
+its messages (Stan-Seq header), one store in flight per channel, each naming
+the previous one's stream seq so no other writer can slip in between.
 
 Hot path: a PubMsg is re-published to the channel's stream subject with a reply
 subject of ours that carries a token; JetStream's store-ack lands on one
@@ -12,9 +15,10 @@ PubAck still only goes out after JetStream has stored the message. PubMsgs
 arrive on a raw relay connection (relay.py) whose handler is a plain
 function: no coroutine, task or queue per message.
 
-Long because a channel's life (load, create, limit, reap) and the hot path
-that creates channels on first publish share the channel table and the
-pending stores; split, both halves would reach into each other.
+Long because a channel's life (load, create, limit, reap), for a stream of
+its own or in a family, and the hot path that creates channels on first
+publish share the channel table and the pending stores; split, both halves
+would reach into each other. What only families need is in families.py.
 """
 
 from __future__ import annotations
@@ -492,6 +496,9 @@ class ChannelStore:
             ch.queue.append((reply, guid, data, owner))
             self._waiting += 1
             self._pump(ch)
+            if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT \
+                    and not self.relay.paused:
+                self.relay.pause()  # one channel's publishes queue behind its store-acks
             return
         self._next_token += 1
         token = str(self._next_token)
