@@ -156,3 +156,25 @@ def test_families_come_from_the_flag_or_the_streaming_block_and_default_to_none(
     assert opts("-sc", str(conf)).channel_families == ["logs.>", "devices.*.status"]
     with pytest.raises(ValueError, match="no wildcard"):
         opts("--channel_families", "devices.A.events")
+
+
+async def test_channelsz_gives_a_family_channel_its_own_figures_and_durables(make_stan_server):
+    import aiohttp
+    stan = await make_stan_server(monitor_port=0)
+    c = await connect(stan)
+    for i in range(3):
+        assert (await c.publish("devices.M.events", b"m%d" % i)).error == ""
+    assert (await c.publish("devices.N.events", b"n")).error == ""
+    dur = await c.subscribe("devices.N.events", "in.n", durable_name="dn",
+                            start_position=pb.First)
+    await dur.ack(await dur.next())
+    await c.end(dur, unsubscribe=False, durable_name="dn")
+    url = f"http://127.0.0.1:{stan.server.monitor_port}/streaming/channelsz?subs=1&channel="
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "devices.M.events") as r:
+            m = await r.json()
+        async with http.get(url + "devices.N.events") as r:
+            n = await r.json()
+    assert (m["msgs"], m["first_seq"], m["last_seq"], m["subscriptions"]) == (3, 1, 3, [])
+    assert (n["msgs"], n["first_seq"], n["last_seq"]) == (1, 1, 1)
+    assert [(s["durable_name"], s["is_offline"]) for s in n["subscriptions"]] == [("dn", True)]
