@@ -24,8 +24,10 @@ ALLOWED = {
     # duration syntax (streaming.limits), shared so both read "30s" alike
     "services": {"client", "fleet", "security", "streaming.limits", "ops", "defaults", "errors",
                  "signals"},
-    # the dashboard reads and changes the fleet through the services' own code
-    "dashboard": {"client", "fleet", "security", "services", "defaults", "errors", "signals"},
+    # the dashboard reads and changes the fleet through the services' own code,
+    # and reads the site's deployment config like every service (ops.siteconfig)
+    "dashboard": {"client", "fleet", "security", "services", "ops", "defaults", "errors",
+                  "signals"},
     "cli": {"errors"},
     # `stanfleet deploy check`: reaches every dependency a site's config names
     "deploy": {"ops", "services", "defaults", "errors", "signals"},

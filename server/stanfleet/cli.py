@@ -8,6 +8,7 @@ printed as `stanfleet: message` with exit status 1, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
@@ -51,10 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["streaming-server"]:
         # The drop-in for nats-streaming-server must start fast: no other
-        # command's parser (and imports) on its way.
+        # command's parser (and imports) on its way, and no garbage collection
+        # while it imports (startup.collect_from_now turns it back on): imports
+        # make many long-lived objects and little garbage, and the collector's
+        # passes over them cost ~10 ms of CPU on the way to ready.
+        gc.disable()
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return importlib.import_module("stanfleet.streaming.main").standalone_main(argv[1:])
+        try:
+            return importlib.import_module("stanfleet.streaming.main").standalone_main(argv[1:])
+        finally:
+            gc.enable()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.INFO if args.command in SERVICES else logging.WARNING

@@ -112,10 +112,26 @@ async def check_services(cfg: SiteConfig, report: Report, files_ok: bool) -> Non
         return
     for role in sorted(cfg.nats.creds) or [None]:
         opts = secure_options(cfg.nats.creds.get(role) if role else None, cfg.nats.ca)
+        if role == siteconfig.STREAMING_CREDS_ROLE:
+            # The streaming server's own NATS user is no STAN client: check its login.
+            await _attempt(report, f"nats as {role}",
+                           lambda o=opts: _nats_login(cfg.nats.urls, o))
+            continue
         client_id = f"deploy-check-{role or 'anonymous'}-{os.getpid()}"
         await _attempt(report, f"stan as {role or 'anonymous'}",
                        lambda o=opts, c=client_id: reach_stan(cfg.nats.urls, cfg.nats.cluster_id,
                                                               c, o))
+
+
+async def _nats_login(urls: list[str], opts: dict) -> str:
+    async def quiet(e: Exception) -> None:
+        pass  # the failure is what connect raises: one line, by _attempt
+    nc = await nats.connect(urls, connect_timeout=3, allow_reconnect=False, error_cb=quiet,
+                            **opts)
+    try:
+        return f"user {opts.get('user')} logged in at {_host(str(nc.connected_url.geturl()))}"
+    finally:
+        await nc.close()
 
 
 async def _attempt(report: Report, what: str, fn) -> bool:

@@ -15,10 +15,13 @@ def test_compose_describes_the_three_machine_layout():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     assert sum(name.startswith("nats") for name in services) == 3
     streaming = [s["command"] for n, s in services.items() if n.startswith("streaming")]
-    assert len(streaming) == 2 and all("--ft_group" in c for c in streaming)
+    # one FT group: both read [streaming] ft_group from the site config
+    assert len(streaming) == 2 and all("--site" in c for c in streaming)
+    assert '[streaming] ft_group = "fleet"' in COMPOSE.read_text()
     listeners = [s["command"] for n, s in services.items() if n.startswith("listener")]
     assert len(listeners) == 2 and len({c[c.index("--name") + 1] for c in listeners}) == 2
     assert {"postgres", "release-serve", "dashboard"} <= set(services)
     for name, s in services.items():
-        if s.get("image") == "localhost/stanfleet" and s["command"][0] != "streaming-server":
-            assert "--config" in s["command"], name
+        if s.get("image") == "localhost/stanfleet":
+            flag = "--site" if s["command"][0] == "streaming-server" else "--config"
+            assert flag in s["command"], name

@@ -86,3 +86,16 @@ async def test_a_broken_config_file_is_one_fail_line(tmp_path):
     rc, out, _ = await run_once("deploy", "check", "--config", str(path))
     assert rc == 1 and out.count("\n") == 1
     assert out.startswith("FAIL  config") and "unknown section [databse]" in out
+
+
+async def test_the_streaming_servers_login_is_checked_as_a_nats_login(stan_server, pg_url,
+                                                                     tmp_path):
+    """nats.creds.streaming-server is the server's own NATS user, no STAN client."""
+    (tmp_path / "stan.json").write_text('{"user": "stan", "password": "pw"}')
+    cfg = site(tmp_path, stan_server, pg_url,
+               extra_nats='[nats.creds]\nstreaming-server = "stan.json"\n')
+    rc, out, err = await run_once("deploy", "check", "--config", cfg)
+    assert rc == 0, out + err
+    line = next(x for x in out.splitlines() if "nats as streaming-server" in x)
+    assert line.startswith("ok ") and "user stan logged in at 127.0.0.1:" in line, out
+    assert "stan as streaming-server" not in out

@@ -126,3 +126,58 @@ async def test_readings_flow_again_when_the_database_comes_back(stan_server,
     await stop(lst, task)
     await sc.close()
     await nc.close()
+
+
+async def test_a_reading_the_database_refused_is_not_acked_but_redelivered(
+        stan_server, make_postgres_server):
+    """PostgreSQL restarts (pg_ctl stop -m fast) while readings arrive and the
+    listener is stopped before it comes back: what it could not commit was not
+    acked, so the next listener of the group gets it from the server."""
+    pg = make_postgres_server()
+    url = pg.database("fleet")
+    lst, task = await start(stan_server, url, "1")
+    sc, nc = await device(stan_server, "DB02")
+    for i in range(3):
+        await sc.publish("devices.DB02.events", reading(i))
+    await stored(url, "DB02", 3)
+    await asyncio.to_thread(pg.halt, "fast")
+    for i in range(3, 6):
+        await sc.publish("devices.DB02.events", reading(i))
+
+    async def noticed():
+        return lst.not_ready().startswith("database:")
+    await eventually(noticed)
+    saved = lst.saved
+    await stop(lst, task)  # gives up its uncommitted batch: not acked
+    assert lst.saved == saved
+    await asyncio.to_thread(pg.run)
+    lst, task = await start(stan_server, url, "1")
+    await stored(url, "DB02", 6)
+    assert seqs(url, "DB02") == list(range(1, 7))
+    await stop(lst, task)
+    await sc.close()
+    await nc.close()
+
+
+async def test_an_idle_listener_reconnects_after_a_database_restart(stan_server,
+                                                                   make_postgres_server):
+    """The restart happens while nothing is written: the first statements after
+    it (a new device from the registry, its readings) find the old connection
+    dead and go through a new one at once, not after a redelivery (ack_wait)."""
+    pg = make_postgres_server()
+    url = pg.database("fleet")
+    lst, task = await start(stan_server, url, "1")
+    await asyncio.to_thread(pg.halt, "fast")
+    await asyncio.to_thread(pg.run)
+    sc, nc = await device(stan_server, "DB03")
+    for i in range(3):
+        await sc.publish("devices.DB03.events", reading(i))
+
+    async def all_saved():
+        return lst.saved >= 3
+    await eventually(all_saved, timeout=10)  # the registry's ack_wait is 30 s
+    assert seqs(url, "DB03") == [1, 2, 3]
+    assert lst.metrics.db_errors._value.get() == 0
+    await stop(lst, task)
+    await sc.close()
+    await nc.close()

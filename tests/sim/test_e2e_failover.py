@@ -1,40 +1,53 @@
-"""A production-shaped site loses parts while readings flow.
+"""A production site loses parts while readings flow and a release rolls out.
 
 Three nats-server nodes (JetStream, R3, TLS with our own CA), two streaming
-servers in one FT group, two listeners sharing the work on one SQLite file, twenty simulated
-devices running the real firmware. While they send a reading a second: SIGKILL
-the active streaming server, then one NATS node, then one listener. Every
-reading a device got a PubAck for is in the database exactly once afterwards,
-and every device carried on by itself (no re-provisioning, no help).
+servers in one FT group, two listeners sharing the work on one PostgreSQL,
+the artifact server as its own process (`stanfleet release serve`, HTTPS),
+twenty simulated devices running the real firmware with the fleet's release
+key. The services read one site config (`--config site.toml`, the streaming
+servers `--site site.toml`) and get all three NATS URLs. A release is built and signed (`stanfleet release build`),
+published to a 50% canary and promoted to every device while, as readings
+flow: SIGKILL the active streaming server, then one NATS node, then one
+listener, then restart PostgreSQL (pg_ctl stop -m fast, start on the same
+data and port).
+
+Afterwards every reading a device got a PubAck for is in PostgreSQL exactly
+once, every device runs the new release (its own status, and `stanfleet
+release status`), and no device was provisioned again: each keeps the flash
+and credentials it started with.
 
 Which readings were acknowledged is read off the wire: a tap on the NATS
 cluster sees each device's PubMsg (guid, reading) and the server's PubAck for
-that guid.
+that guid, and each status a device publishes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
-import sqlite3
 import sys
 import time
 
 import nats
+import psycopg
 import pytest
+from conftest import FACTORY, cli
 from stanfleet.fleet.runner import FleetRunner, device_ids
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.security import certs
-from stanfleet.services import readings
+from stanfleet.services import device_status, readings
 
+from tests.deploy.serviceproc import ServiceProcess
 from tests.streaming.serverproc import ServerProcess, free_port
 from tests.streaming.test_cluster import jetstream_ready, three_nodes
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CLUSTER = "test-cluster"
 DEVICES = 20
+NEW = "1.1.0"
 READY = "streaming server ready"
 
 
@@ -50,17 +63,21 @@ def cluster(tmp_path, tls):
 
 
 class Tap:
-    """Every device reading published, and every PubAck without error, by guid."""
+    """Every device reading published, every PubAck without error (by guid),
+    and the version each device last reported on its status channel."""
 
     def __init__(self):
         self.readings: dict[str, tuple[str, bytes]] = {}  # guid -> (device, data)
         self.acked: dict[str, float] = {}  # guid -> when the PubAck passed
+        self.versions: dict[str, str] = {}  # device -> version in its last status
         self.changed = asyncio.Event()
         self.nc = None
 
-    async def start(self, url: str, ca: str) -> "Tap":
-        self.nc = await nats.connect(url, tls=certs.client_context(ca))
+    async def start(self, urls: list[str], ca: str) -> "Tap":
+        self.nc = await nats.connect(urls, tls=certs.client_context(ca),
+                                     max_reconnect_attempts=-1)
         await self.nc.subscribe(f"_STAN.pub.{CLUSTER}.devices.*.events", cb=self._on_pub)
+        await self.nc.subscribe(f"_STAN.pub.{CLUSTER}.devices.*.status", cb=self._on_status)
         await self.nc.subscribe("_INBOX.>", cb=self._on_inbox)
         await self.nc.flush()
         return self
@@ -68,6 +85,13 @@ class Tap:
     async def _on_pub(self, msg) -> None:
         pm = pb.PubMsg.FromString(msg.data)
         self.readings[pm.guid] = (pm.subject.split(".")[1], pm.data)
+
+    async def _on_status(self, msg) -> None:
+        pm = pb.PubMsg.FromString(msg.data)
+        status = device_status.from_bytes(pm.data)
+        if status.version:
+            self.versions[pm.subject.split(".")[1]] = status.version
+            self.changed.set()
 
     async def _on_inbox(self, msg) -> None:
         try:
@@ -86,25 +110,36 @@ class Tap:
         return {self.readings[g][0] for g, at in self.acked.items()
                 if at > t and g in self.readings}
 
-    async def wait_all_devices_since(self, t: float, timeout: float) -> None:
-        """Until every device has had a reading acknowledged after t."""
+    def devices_on(self, version: str) -> set[str]:
+        return {d for d, v in self.versions.items() if v == version}
+
+    async def until(self, done, missing, what: str, timeout: float) -> None:
         async def loop():
-            while len(self.devices_acked_since(t)) < DEVICES:
+            while not done():
                 self.changed.clear()
                 await self.changed.wait()
         try:
             await asyncio.wait_for(loop(), timeout)
         except asyncio.TimeoutError:
-            missing = set(device_ids(DEVICES)) - self.devices_acked_since(t)
-            raise AssertionError(f"no reading acked within {timeout}s from {sorted(missing)}")
+            raise AssertionError(f"{what} within {timeout}s: not {sorted(missing())}") from None
+
+    async def wait_all_devices_since(self, t: float, timeout: float) -> None:
+        """Until every device has had a reading acknowledged after t."""
+        await self.until(lambda: len(self.devices_acked_since(t)) == DEVICES,
+                         lambda: set(device_ids(DEVICES)) - self.devices_acked_since(t),
+                         "a reading acked from every device", timeout)
+
+    async def wait_all_devices_on(self, version: str, timeout: float) -> None:
+        await self.until(lambda: len(self.devices_on(version)) == DEVICES,
+                         lambda: set(device_ids(DEVICES)) - self.devices_on(version),
+                         f"every device on {version}", timeout)
 
 
 class Listener:
-    """`stanfleet listener` as a process."""
+    """`stanfleet listener --config site.toml` as a process."""
 
-    def __init__(self, name: str, url: str, ca: str, db: str, log_path: str):
-        self.args = ("listener", "--name", name, "--nats", url, "--cluster-id", CLUSTER,
-                     "--ca", ca, "--db", db, "--ops-port", "0")
+    def __init__(self, name: str, config: str, log_path: str):
+        self.args = ("listener", "--config", config, "--name", name, "--ops-port", "0")
         self.log_path = log_path
         self.proc = None
 
@@ -122,16 +157,41 @@ class Listener:
         self.log.close()
 
 
+def site_config(path, urls: list[str], tls: certs.CertPaths, db: str, releases,
+                artifacts_port: int) -> str:
+    """The one site config every service here reads."""
+    quoted = ", ".join(f'"{u}"' for u in urls)
+    path.write_text(f"""
+[nats]
+urls = [{quoted}]
+cluster_id = "{CLUSTER}"
+ca = "{tls.ca}"
+
+[streaming]
+store = "memory"
+ft_group = "site"
+replicas = 3
+
+[database]
+url = "{db}"
+
+[artifacts]
+dir = "{releases}"
+base_url = "https://127.0.0.1:{artifacts_port}"
+host = "127.0.0.1"
+port = {artifacts_port}
+tls_cert = "{tls.server}"
+tls_key = "{tls.server_key}"
+""")
+    return str(path)
+
+
 def stored(db: str) -> list[tuple[str, str, float]]:
-    if not os.path.exists(db):
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
-        return con.execute("SELECT device, ts, temp FROM readings").fetchall()
-    except sqlite3.OperationalError:  # the listener has not made the table yet
+        with psycopg.connect(db, connect_timeout=5) as conn:
+            return [tuple(r) for r in conn.execute("SELECT device, ts, temp FROM readings")]
+    except psycopg.Error:  # restarting, or the listener has not made the table yet
         return []
-    finally:
-        con.close()
 
 
 def reading_key(device: str, data: bytes) -> tuple[str, str, float]:
@@ -140,39 +200,72 @@ def reading_key(device: str, data: bytes) -> tuple[str, str, float]:
     return device, r.ts, r.temp
 
 
-async def test_site_loses_the_active_server_a_nats_node_and_a_listener(cluster, tls, tmp_path,
-                                                                       releases):
+async def release_built_and_signed(tmp_path, releases) -> str:
+    """`stanfleet release keygen` and `build` as an operator runs them; the public key (hex)."""
+    keys = tmp_path / "keys"
+    rc, out = await cli("release", "keygen", "--keys", str(keys))
+    assert rc == 0, out
+    rc, out = await cli("release", "build", NEW, "--keys", str(keys), "--releases", str(releases))
+    assert rc == 0 and "signed with" in out, out
+    return (keys / "release-signing.pub").read_text().strip()
+
+
+def flash_identity(fleet: FleetRunner) -> dict[str, bytes]:
+    """What provisioning gave each device: its config.json as it is now."""
+    return {d: (fleet.device(d).flash_dir / "config.json").read_bytes() for d in fleet.ids}
+
+
+async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path, releases,
+                                                          make_postgres_server):
     urls = [n.url for n in cluster]
     assert all(u.startswith("tls://") for u in urls)
     await jetstream_ready(urls[0], tls=certs.client_context(tls.ca))
-    db = str(tmp_path / "fleet.db")
+    pg = await asyncio.to_thread(make_postgres_server)
+    db = await asyncio.to_thread(pg.database, "fleet")
+    site = tmp_path / "releases"
+    site.mkdir()
+    shutil.copy(releases / f"{FACTORY}.bin", site)  # what the boards left the factory with
+    release_key = await release_built_and_signed(tmp_path, site)
+    config = site_config(tmp_path / "site.toml", urls, tls, db, site, free_port())
+
     # Heartbeats tuned for fast failover: a killed listener is declared dead
     # after about 10 s and its queue share (and unacked readings) goes to the
     # other one. At the defaults (30 s x 10) that takes five minutes.
-    servers = [ServerProcess("-ns", ",".join(urls), "--replicas", "3", "--ft_group", "site",
-                             "-hbi", "2s", "-hbt", "2s", "-hbf", "3", "-tls_client_cacert", tls.ca,
+    servers = [ServerProcess("--site", config, "-hbi", "2s", "-hbt", "2s", "-hbf", "3",
                              "-dir", str(tmp_path / f"s{i}"), "-m", str(free_port()),
                              log_path=str(tmp_path / f"server{i}.log"),
                              ready_line=READY if i == 0 else "standing by")
                for i in range(2)]
-    # Listeners and the tap stay on node 0, which is never killed: a service
-    # takes one NATS URL (see the report), the devices' proxies take all three.
-    listeners = [Listener(str(i), urls[0], tls.ca, db, str(tmp_path / f"listener{i}.log"))
-                 for i in range(2)]
+    listeners = [Listener(str(i), config, str(tmp_path / f"listener{i}.log")) for i in range(2)]
+    artifacts = ServiceProcess("release", "serve", "--config", config)
     with open(tls.ca_der, "rb") as f:
         ca_der = f.read()
-    fleet = FleetRunner(urls, CLUSTER, tmp_path / "fleet", count=DEVICES, releases_dir=releases,
+    fleet = FleetRunner(urls, CLUSTER, tmp_path / "fleet", count=DEVICES, releases_dir=site,
                         sending_frequency=1, ca_der=ca_der,
-                        credentials=lambda _id: {"sending_frequency": 1, "buffer_size": 300})
-    tap = await Tap().start(urls[0], tls.ca)
+                        credentials=lambda _id: {"sending_frequency": 1, "buffer_size": 300,
+                                                 "release_key": release_key})
+    tap = await Tap().start(urls, tls.ca)
     try:
+        await artifacts.start()
+        await artifacts.wait_for("artifact server on https://127.0.0.1")
         for s in servers:
             await s.start(timeout=60)
         for listener in listeners:
             await listener.start()
         await fleet.start()
+        provisioned = flash_identity(fleet)
         t = time.monotonic()
-        await tap.wait_all_devices_since(t, timeout=180)
+        await tap.wait_all_devices_since(t, timeout=120)
+        await tap.wait_all_devices_on(FACTORY, timeout=30)
+
+        # The rollout spans the faults: a canary half installs while the
+        # active server dies, the rest after the promotion, sent with a NATS
+        # node down (once JetStream has new leaders: during the election a
+        # command's connect may be refused with a store error, and an
+        # operator runs it again) and installed while a listener dies and
+        # PostgreSQL restarts.
+        rc, out = await cli("release", "publish", NEW, "--canary", "50", "--config", config)
+        assert rc == 0 and "50% of devices (canary)" in out, out
 
         t = time.monotonic()
         await servers[0].kill()
@@ -181,23 +274,37 @@ async def test_site_loses_the_active_server_a_nats_node_and_a_listener(cluster, 
 
         t = time.monotonic()
         cluster[2].kill()
-        await tap.wait_all_devices_since(t, timeout=120)
+        await tap.wait_all_devices_since(t, timeout=90)
+        rc, out = await cli("release", "promote", NEW, "--config", config)
+        assert rc == 0 and "published to all devices" in out, out
 
         t = time.monotonic()
         await listeners[0].stop(signal.SIGKILL)
-        await tap.wait_all_devices_since(t, timeout=90)
+        await tap.wait_all_devices_since(t, timeout=60)
+
+        t = time.monotonic()
+        await asyncio.to_thread(pg.halt, "fast")
+        await asyncio.to_thread(pg.run)
+        await tap.wait_all_devices_since(t, timeout=60)
+        await tap.wait_all_devices_on(NEW, timeout=120)
         end = time.monotonic()
 
         # Everything acked before `end` reaches the database: the killed
         # listener's unacked readings come to the other one after ack_wait.
         want = {reading_key(*r) for r in tap.acked_readings(before=end).values()}
-        deadline = time.monotonic() + 180
-        while not want <= set(stored(db)):
+        deadline = time.monotonic() + 90
+        while not want <= set(await asyncio.to_thread(stored, db)):
             if time.monotonic() > deadline:
                 missing = sorted(want - set(stored(db)))
                 raise AssertionError(f"{len(missing)} acked readings not in the database, "
                                      f"e.g. {missing[:5]} ... {missing[-5:]}")
             await asyncio.sleep(1)  # the database offers nothing to await
+        rc, out = await cli("release", "status", NEW, "--config", config)
+        assert rc == 0 and f"{DEVICES}/{DEVICES} installed" in out, out
+        assert flash_identity(fleet) == provisioned, "a device's config.json changed"
+        for d in fleet.ids:
+            log = fleet.device(d).log_path.read_text()
+            assert log.count("[sim] provisioned") == 1, f"{d} was provisioned again"
     finally:
         await fleet.stop()
         for listener in listeners:
@@ -205,8 +312,10 @@ async def test_site_loses_the_active_server_a_nats_node_and_a_listener(cluster, 
                 await listener.stop()
         for s in servers:
             await s.stop()
+        await artifacts.stop()
         await tap.nc.close()
-    rows = stored(db)
+    rows = await asyncio.to_thread(stored, db)
     assert len(rows) == len(set(rows)), "a reading is in the database twice"
     assert want <= set(rows)
-    print(f"{len(want)} acknowledged readings from {DEVICES} devices, all stored once")
+    print(f"{len(want)} acknowledged readings from {DEVICES} devices, all stored once; "
+          f"{DEVICES} devices on {NEW}")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from importlib import metadata
 
 import nats
 from stanfleet.pb import protocol_pb2 as pb
@@ -155,6 +156,10 @@ async def test_nats_monitoring_endpoints_on_the_streaming_monitor_port():
         connz = await get_json(m, "/connz?subs=1")
         ours = [c for c in connz["connections"] if c.get("name") == "_STAN-test-cluster"]
         assert ours and "_STAN.discover.test-cluster" in ours[0]["subscriptions_list"]
+        # nats-py loads without importlib.metadata at start (startup.py) and
+        # still names its own version in CONNECT.
+        assert ours[0]["lang"] == "python3"
+        assert ours[0]["version"] == metadata.version("nats-py")
         assert (await get_json(m, "/healthz")) == {"status": "ok"}
         assert "routes" in await get_json(m, "/routez")
         assert "accounts" in await get_json(m, "/accountz")

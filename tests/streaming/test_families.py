@@ -156,6 +156,15 @@ def test_families_come_from_the_flag_or_the_streaming_block_and_default_to_none(
     assert opts("-sc", str(conf)).channel_families == ["logs.>", "devices.*.status"]
     with pytest.raises(ValueError, match="no wildcard"):
         opts("--channel_families", "devices.A.events")
+    site = tmp_path / "site.toml"
+    site.write_text('[streaming]\nchannel_families = ["devices.*.events", "devices.*.cfg"]\n')
+    assert opts("--site", str(site)).channel_families == ["devices.*.events", "devices.*.cfg"]
+    # The shipped deployment config turns the device families on.
+    from pathlib import Path
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "stanfleet.toml"
+    from stanfleet.streaming import site as site_settings
+    assert site_settings.settings(str(shipped))[0]["channel_families"] == \
+        ["devices.*.events", "devices.*.cfg", "devices.*.status"]
 
 
 async def test_channelsz_gives_a_family_channel_its_own_figures_and_durables(make_stan_server):

@@ -29,7 +29,7 @@ class ActionError(Exception):
 
 
 class Actions:
-    def __init__(self, nats_url: str, cluster_id: str, nats_options: dict, db_path: str,
+    def __init__(self, nats_url: str | list[str], cluster_id: str, nats_options: dict, db_path: str,
                  releases_dir: str, url_base: str):
         self.url, self.cluster_id, self.options = nats_url, cluster_id, nats_options
         self.db_path, self.releases = db_path, ReleaseDir(releases_dir)
@@ -134,7 +134,7 @@ def release_progress(version: str, rollout: int, rows: list[dict]) -> dict:
     rules = load("rollout")
     devices, counts = [], {}
     for r in rows:
-        raw = r.get("ota") or {}  # devicedata.py has checked each field's type
+        raw = r.get("ota") or {}  # services/device_status.py has checked each field
         ota = OtaReport(state=raw.get("state") or "idle", version=raw.get("version"),
                         reason=raw.get("reason") or "")
         if not r.get("status_ts"):

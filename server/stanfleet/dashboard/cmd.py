@@ -1,9 +1,12 @@
 """`stanfleet dashboard`: the fleet in a browser.
 
-Configuration: flags, or `--config FILE`, a TOML file whose `[dashboard]`
-table takes the same names as the flags (nats, cluster_id, security_dir, db,
-releases, devices_dir, url_base, host, port); a flag given on the command
-line wins over the file.
+Configuration: flags, or `--config FILE`, the site's deployment config (the
+TOML file every service reads, ops/siteconfig.py). The dashboard takes the
+shared keys from it (nats.urls, nats.cluster_id, database.url,
+artifacts.dir, artifacts.base_url) and its own from a `[dashboard]` table
+with the flags' names (nats, cluster_id, security_dir, db, releases,
+devices_dir, url_base, host, port), which wins over the shared keys; a flag
+given on the command line wins over both.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 
 from ..errors import CommandError
+from ..ops import siteconfig
 from ..signals import stop_event
 from .service import Dashboard, DashboardConfig
 
@@ -20,8 +25,11 @@ DEFAULTS = DashboardConfig()
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML file with a [dashboard] table")
-    p.add_argument("--nats", help=f"NATS URL (default: {DEFAULTS.nats})")
+    p.add_argument("--config", metavar="FILE",
+                   help="the site's deployment config (TOML, deploy/stanfleet.toml): [nats], "
+                        "[database], [artifacts] and a [dashboard] table; flags win over it")
+    p.add_argument("--nats", help=f"NATS URL, or a cluster's, comma-separated "
+                   f"(default: {DEFAULTS.nats})")
     p.add_argument("--cluster-id", help=f"STAN cluster ID (default: {DEFAULTS.cluster_id})")
     p.add_argument("--security-dir",
                    help="CA, server certificate, logins and the dashboard's credentials "
@@ -41,18 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def load_config(args: argparse.Namespace) -> DashboardConfig:
     values: dict = {}
     if args.config:
-        import tomllib
-
-        try:
-            with open(args.config, "rb") as f:
-                table = tomllib.load(f).get("dashboard", {})
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise CommandError(f"{args.config}: {e}") from None
-        names = {f.name for f in dataclasses.fields(DashboardConfig)}
-        unknown = sorted(set(table) - names)
-        if unknown:
-            raise CommandError(f"{args.config}: unknown [dashboard] keys: {', '.join(unknown)}")
-        values.update(table)
+        values.update(_from_site(siteconfig.load(str(args.config))))
     for f in dataclasses.fields(DashboardConfig):
         given = getattr(args, f.name, None)
         if given is not None:
@@ -60,6 +57,32 @@ def load_config(args: argparse.Namespace) -> DashboardConfig:
     if args.insecure:
         values["security_dir"] = None
     return DashboardConfig(**values)
+
+
+# site config key -> DashboardConfig field
+_SHARED = {"nats.cluster_id": "cluster_id", "database.url": "db", "artifacts.dir": "releases",
+           "artifacts.base_url": "url_base"}
+_PATHS = ("security_dir", "db", "releases", "devices_dir")  # relative to the file's folder
+
+
+def _from_site(cfg: siteconfig.SiteConfig) -> dict:
+    values: dict = {}
+    if "nats.urls" in cfg.given:
+        values["nats"] = ",".join(cfg.nats.urls)
+    for key, name in _SHARED.items():
+        if key in cfg.given:
+            section, attr = key.split(".")
+            values[name] = getattr(getattr(cfg, section), attr)
+    names = {f.name for f in dataclasses.fields(DashboardConfig)}
+    unknown = sorted(set(cfg.dashboard) - names)
+    if unknown:
+        raise CommandError(f"{cfg.path}: unknown [dashboard] keys: {', '.join(unknown)}")
+    base = os.path.dirname(os.path.abspath(cfg.path))
+    for name, value in cfg.dashboard.items():
+        if name in _PATHS and isinstance(value, str) and "://" not in value:
+            value = os.path.join(base, value)
+        values[name] = value
+    return values
 
 
 def run(args: argparse.Namespace) -> int:

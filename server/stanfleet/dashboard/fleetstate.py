@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .devicedata import DeviceStatus
+from ..services.device_status import DeviceStatus
 from .queries import epoch
 
 HISTORY = 200  # status messages kept per device for its page
@@ -155,12 +155,12 @@ class FleetState:
             "device": device,
             "temp": rec.last_temp,
             "ts": rec.last_ts,
-            "version": st.version if st else "",
+            "version": (st.version or "") if st else "",
             "connection": self.connection(rec, now),
             "applied": applied,
             "desired": desired,
             "pending": pending,
-            "ota": {"state": st.ota.state, "version": st.ota.version, "reason": st.ota.reason}
+            "ota": {"state": st.ota.state, "version": st.ota.version or "", "reason": st.ota.reason}
                    if st else {},
             "status_ts": st.ts if st else "",
             "alerts": self.alerts(rec, now),

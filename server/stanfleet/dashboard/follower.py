@@ -18,8 +18,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..services import device_status
 from ..services.connection import open_session
-from .devicedata import parse_status
 from .fleetstate import FleetState
 from .store import FleetDB
 
@@ -29,8 +29,8 @@ POLL = 1.0  # seconds between database reads
 
 
 class StatusFollower:
-    def __init__(self, state: FleetState, nats_url: str, cluster_id: str, nats_options: dict,
-                 client_id: str = "dashboard"):
+    def __init__(self, state: FleetState, nats_url: str | list[str], cluster_id: str,
+                 nats_options: dict, client_id: str = "dashboard"):
         self.state, self.url, self.cluster_id = state, nats_url, cluster_id
         self.options, self.client_id = nats_options, client_id
         self.ready = asyncio.Event()  # subscribed to the registry
@@ -73,9 +73,13 @@ class StatusFollower:
             followed.add(channel)
 
             async def on_status(m, device=device) -> None:
-                status = parse_status(m.data)
-                if status is not None:
-                    self.state.on_status(device, status, time.time())
+                try:
+                    status = device_status.parse(m.data)
+                except device_status.InvalidStatus as e:
+                    # The listener logs and counts rejections; the page shows the last good one.
+                    log.debug("status of %s refused: %s", device, e)
+                    return
+                self.state.on_status(device, status, time.time())
 
             await sc.subscribe(channel, cb=on_status, deliver_all_available=True)
 

@@ -16,6 +16,7 @@ from typing import Callable
 from aiohttp import web
 
 from ..services.connection import secure_options
+from ..services.settings import split_urls
 from .actions import Actions
 from .auth import Sessions, load_secret
 from .fleetstate import FleetState
@@ -51,9 +52,10 @@ class Dashboard:
         self.state = FleetState(connected)
         sec = config.security_dir
         self._read_opts = self._options("listener")
-        self.actions = Actions(config.nats, config.cluster_id, self._options("operator"),
+        urls = split_urls(config.nats)  # one URL, or a cluster's: nats-py tries each
+        self.actions = Actions(urls, config.cluster_id, self._options("operator"),
                                config.db, config.releases, config.url_base)
-        self.follower = StatusFollower(self.state, config.nats, config.cluster_id,
+        self.follower = StatusFollower(self.state, urls, config.cluster_id,
                                        self._read_opts, client_id=f"dashboard-{os.getpid()}")
         self.poller = DatabasePoller(self.state, config.db)
         self.sessions = Sessions(load_secret(sec)) if sec else None

@@ -193,16 +193,16 @@ class DashboardApp:
         history, configs, otas = [], [], []
         prev = None
         for received, st in rec.history:
-            entry = {"received": received, "ts": st.ts, "version": st.version,
+            entry = {"received": received, "ts": st.ts, "version": st.version or "",
                      "config": st.config, "cfg_errors": list(st.cfg_errors),
-                     "ota": {"state": st.ota.state, "version": st.ota.version,
+                     "ota": {"state": st.ota.state, "version": st.ota.version or "",
                              "reason": st.ota.reason}}
             history.append(entry)
             if prev is None or prev.config != st.config or st.cfg_errors != prev.cfg_errors:
                 configs.append({"ts": st.ts, "applied": st.config,
                                 "errors": list(st.cfg_errors)})
             if st.ota.state and (prev is None or prev.ota != st.ota):
-                otas.append({"ts": st.ts, **entry["ota"], "running": st.version})
+                otas.append({"ts": st.ts, **entry["ota"], "running": st.version or ""})
             prev = st
         changes = [h for h in self.actions.history if h.get("action") == "config"
                    and h.get("target") in (device, "*")]

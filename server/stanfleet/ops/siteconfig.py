@@ -28,6 +28,7 @@ DEFAULT_DATABASE_URL = "stanfleet-data/fleet.db"
 DEFAULT_ARTIFACTS_DIR = "stanfleet-data/releases"
 DEFAULT_ARTIFACTS_PORT = 8080
 DEFAULT_LISTENER_OPS_PORT = 9102
+STREAMING_CREDS_ROLE = "streaming-server"  # nats.creds.<this>: the streaming server's login
 DEFAULT_LOG_FORMAT = "text"
 DEFAULT_LOG_LEVEL = "info"
 LOG_FORMATS = ("text", "json")
@@ -70,6 +71,21 @@ class ListenerSettings:
 
 
 @dataclass
+class StreamingSettings:
+    """The streaming server's own keys (`stanfleet streaming-server --site FILE`);
+    its NATS URLs, cluster ID and CA come from [nats], its login from
+    nats.creds.streaming-server (a JSON file with user and password)."""
+
+    store: str = "file"  # file | memory
+    dir: str = "stanfleet-data"  # FILE store: the embedded nats-server's JetStream folder
+    ft_group: str = ""  # the fault-tolerance group; "" for none
+    replicas: int = 1  # JetStream replicas per channel: 3 on a 3-node cluster
+    monitor_port: int = 0  # -m: /streaming/*, /metrics; 0 for none
+    # --channel_families: channel patterns sharing one JetStream stream each
+    channel_families: list[str] = field(default_factory=list)
+
+
+@dataclass
 class LogSettings:
     format: str = DEFAULT_LOG_FORMAT  # text | json (one JSON object per line)
     level: str = DEFAULT_LOG_LEVEL
@@ -82,8 +98,11 @@ class SiteConfig:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     artifacts: ArtifactsSettings = field(default_factory=ArtifactsSettings)
     listener: ListenerSettings = field(default_factory=ListenerSettings)
+    streaming: StreamingSettings = field(default_factory=StreamingSettings)
     log: LogSettings = field(default_factory=LogSettings)
-    quotas: dict = field(default_factory=dict)  # read by the quotas work; kept as written
+    quotas: dict = field(default_factory=dict)  # the streaming server's per-identity quotas
+    dashboard: dict = field(default_factory=dict)  # [dashboard], as written: the dashboard checks it
+    given: set[str] = field(default_factory=set)  # "section.key" written in the file
 
     def files(self) -> list[tuple[str, str]]:
         """(key, path) of every file the config names: each must exist."""
@@ -101,10 +120,15 @@ _SECTIONS = {
     "artifacts": (ArtifactsSettings, {"dir": str, "base_url": str, "host": str, "port": int,
                                       "tls_cert": str, "tls_key": str}),
     "listener": (ListenerSettings, {"name": str, "ops_host": str, "ops_port": int}),
+    "streaming": (StreamingSettings, {"store": str, "dir": str, "ft_group": str,
+                                      "replicas": int, "monitor_port": int,
+                                      "channel_families": list}),
     "log": (LogSettings, {"format": str, "level": str}),
 }
 _PATH_KEYS = {("nats", "ca"), ("artifacts", "dir"), ("artifacts", "tls_cert"),
-              ("artifacts", "tls_key")}
+              ("artifacts", "tls_key"), ("streaming", "dir")}
+_RAW_SECTIONS = ("quotas", "dashboard")
+STORES = ("file", "memory")
 
 
 def load(path: str) -> SiteConfig:
@@ -123,12 +147,12 @@ def parse(doc: dict, path: str = "<config>") -> SiteConfig:
     cfg = SiteConfig(path=path)
     base = os.path.dirname(os.path.abspath(path)) if path != "<config>" else os.getcwd()
     for name, value in doc.items():
-        if name == "quotas":
-            cfg.quotas = _table(path, name, value)
+        if name in _RAW_SECTIONS:  # their owners check them
+            setattr(cfg, name, _table(path, name, value))
             continue
         if name not in _SECTIONS:
             raise ConfigError(f"{path}: unknown section [{name}] "
-                              f"(known: {', '.join(sorted([*_SECTIONS, 'quotas']))})")
+                              f"(known: {', '.join(sorted([*_SECTIONS, *_RAW_SECTIONS]))})")
         kind, keys = _SECTIONS[name]
         section = getattr(cfg, name)
         for key, v in _table(path, name, value).items():
@@ -140,6 +164,7 @@ def parse(doc: dict, path: str = "<config>") -> SiteConfig:
             if (name, key) in _PATH_KEYS:
                 v = os.path.join(base, v)
             setattr(section, key, v)
+            cfg.given.add(f"{name}.{key}")
     _check(cfg, path, base)
     return cfg
 
@@ -163,6 +188,10 @@ def _check(cfg: SiteConfig, path: str, base: str) -> None:
         raise ConfigError(f"{path}: log.format must be one of {', '.join(LOG_FORMATS)}")
     if cfg.log.level not in LOG_LEVELS:
         raise ConfigError(f"{path}: log.level must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.streaming.store not in STORES:
+        raise ConfigError(f"{path}: streaming.store must be one of {', '.join(STORES)}")
+    if not 1 <= cfg.streaming.replicas <= 5:
+        raise ConfigError(f"{path}: streaming.replicas must be between 1 and 5")
     if cfg.database.retention_days < 0:
         raise ConfigError(f"{path}: database.retention_days must be 0 (keep all) or more")
     url = cfg.database.url

@@ -9,7 +9,6 @@ client (which takes its inboxes from the connection) follows it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import nats
@@ -17,18 +16,9 @@ import nats
 from ..client import Client
 from ..client.errors import StanError
 from ..errors import CommandError
+from ..security.credfile import load_credentials
 
 log = logging.getLogger("stanfleet.connection")
-
-
-def load_credentials(path: str) -> tuple[str, str]:
-    """(user, password) from a file `stanfleet creds add-service` wrote."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return str(data["user"]), str(data["password"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CommandError(f"{path}: not a credentials file ({e})") from None
 
 
 def secure_options(creds: str | None = None, ca: str | None = None,

@@ -4,6 +4,10 @@ Same schema, same key, same batch-then-ack contract and the same bounds on
 rejected payloads as the SQLite store (readings_db.py), so several listener
 instances on several machines share one database. Migrations take a transaction-scoped advisory lock, so
 listeners started together migrate once.
+
+Every call goes through `_call`: a connection the server dropped (a restart,
+a failover, an idle timeout) is replaced, and the call tried once more, so a
+listener whose database came back carries on without a restart of its own.
 """
 
 from __future__ import annotations
@@ -86,12 +90,29 @@ class PostgresReadings:
             self.conn.close()
             self.conn = connect(self.url)
 
+    def _call(self, work):
+        """work(conn), on a live connection. psycopg only learns that the server
+        dropped it when a statement fails (then `broken` is set): that failure
+        is tried once more on a new connection. Every call here may be repeated
+        (inserts are ON CONFLICT DO NOTHING; a transaction either committed or
+        not), and a database still away raises DatabaseError from connect()."""
+        self._reconnect_if_lost()
+        try:
+            return work(self.conn)
+        except psycopg.OperationalError:
+            if not self.conn.broken:
+                raise
+        self._reconnect_if_lost()
+        return work(self.conn)
+
     def commit_batch(self, readings, rejects) -> None:
         """readings: (device, seq, ts, temp); rejects: (device, seq, raw, reason).
         executemany pipelines the rows: one round trip per batch, not per row."""
-        self._reconnect_if_lost()
+        self._call(lambda conn: self._commit_batch(conn, readings, rejects))
+
+    def _commit_batch(self, conn: psycopg.Connection, readings, rejects) -> None:
         now = now_iso()
-        with self.conn.transaction(), self.conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             if readings:
                 cur.executemany(
                     "INSERT INTO readings VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -127,14 +148,16 @@ class PostgresReadings:
 
     def reject_counts(self) -> dict[str, int]:
         """Every payload each device had rejected, including those no longer kept."""
-        return dict(self.conn.execute("SELECT device, rejected FROM reject_counts"))
+        return self._call(lambda conn: dict(
+            conn.execute("SELECT device, rejected FROM reject_counts")))
 
     def add_device(self, device: str) -> None:
-        self.conn.execute("INSERT INTO devices VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                          (device, now_iso()))
+        self._call(lambda conn: conn.execute(
+            "INSERT INTO devices VALUES (%s, %s) ON CONFLICT DO NOTHING", (device, now_iso())))
 
     def devices(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT device FROM devices ORDER BY device")]
+        return self._call(lambda conn: [
+            r[0] for r in conn.execute("SELECT device FROM devices ORDER BY device")])
 
     def readings(self, device: str, since: str | None = None) -> list[tuple]:
         q = "SELECT seq, ts, temp FROM readings WHERE device = %s"
@@ -142,32 +165,31 @@ class PostgresReadings:
         if since:
             q += " AND ts >= %s"
             args.append(since)
-        return [tuple(r) for r in self.conn.execute(q + " ORDER BY seq", args)]
+        return self._call(lambda conn: [tuple(r) for r in conn.execute(q + " ORDER BY seq", args)])
 
     def latest(self, device: str) -> tuple | None:
         """(seq, ts, temp) of the device's newest reading: one index lookup."""
-        row = self.conn.execute("SELECT seq, ts, temp FROM readings WHERE device = %s "
-                                "ORDER BY seq DESC LIMIT 1", (device,)).fetchone()
+        row = self._call(lambda conn: conn.execute(
+            "SELECT seq, ts, temp FROM readings WHERE device = %s "
+            "ORDER BY seq DESC LIMIT 1", (device,)).fetchone())
         return tuple(row) if row else None
 
     def rejects(self, device: str | None = None) -> list[tuple]:
         q = "SELECT device, seq, raw, reason FROM rejects"
-        if device:
-            rows = self.conn.execute(q + " WHERE device = %s ORDER BY seq", (device,))
-        else:
-            rows = self.conn.execute(q + " ORDER BY device, seq")
+        q, args = ((q + " WHERE device = %s ORDER BY seq", (device,)) if device
+                   else (q + " ORDER BY device, seq", ()))
+        rows = self._call(lambda conn: conn.execute(q, args).fetchall())
         return [(d, s, bytes(raw), why) for d, s, raw, why in rows]
 
     def count(self, device: str | None = None) -> int:
-        if device:
-            return self.conn.execute("SELECT COUNT(*) FROM readings WHERE device = %s",
-                                     (device,)).fetchone()[0]
-        return self.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        q, args = (("SELECT COUNT(*) FROM readings WHERE device = %s", (device,)) if device
+                   else ("SELECT COUNT(*) FROM readings", ()))
+        return self._call(lambda conn: conn.execute(q, args).fetchone()[0])
 
     def delete_older_than(self, cutoff: str) -> int:
         """Drop readings taken before `cutoff` (ISO-8601 UTC); how many went."""
-        return self.conn.execute("DELETE FROM readings WHERE ts < %s", (cutoff,)).rowcount
+        return self._call(lambda conn: conn.execute(
+            "DELETE FROM readings WHERE ts < %s", (cutoff,)).rowcount)
 
     def ping(self) -> None:
-        self._reconnect_if_lost()
-        self.conn.execute("SELECT 1").fetchone()
+        self._call(lambda conn: conn.execute("SELECT 1").fetchone())

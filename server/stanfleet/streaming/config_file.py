@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from . import natsconf
 from .limits import LimitsError, StoreLimits, from_document
 
 # Go's key (lower case) -> our flag's dest.
@@ -146,6 +145,8 @@ def _read(path: str) -> dict:
         return doc
     except json.JSONDecodeError:
         pass
+    from . import natsconf  # here: a server started with no file reads none
+
     try:
         return natsconf.loads(text, path)
     except natsconf.ConfError as e:

@@ -143,6 +143,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
           help="FILE store: the embedded nats-server's JetStream directory is DIR/jetstream")
     _flag(g, ("ns", "nats_server", "nats"), "nats_url",
           help="attach to this external NATS (JetStream on) instead of an embedded nats-server")
+    _flag(g, ("site",), "site_config", metavar="FILE",
+          help="the site's deployment config (TOML, deploy/stanfleet.toml): NATS URLs, "
+               "cluster ID, CA, login, [streaming] store/dir/ft_group/replicas/monitor_port, "
+               "log format, quotas; -sc and flags win over it (-c stays Go's NATS config)")
     _flag(g, ("sc", "stan_config"), "stan_config",
           help="configuration file: Go's format (NATS syntax, `streaming { ... }` block) "
                "or our JSON limits file")

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from ..errors import CommandError
+from ..ops.logs import JsonLines, level_of
 from .options import ServerOptions, add_arguments, from_args
 
 log = logging.getLogger("stanfleet.streaming")
@@ -54,10 +55,12 @@ def setup_logging(opts: ServerOptions) -> None:
     for h in handlers:
         h.setFormatter(logging.Formatter(fmt))
         root.addHandler(h)
+    formatter = JsonLines() if opts.log_format == "json" else logging.Formatter(fmt)
     for h in root.handlers:
-        h.setFormatter(logging.Formatter(fmt))
+        h.setFormatter(formatter)
     verbose = opts.debug or opts.trace
-    logging.getLogger("stanfleet").setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else level_of(opts.log_level or "info")
+    logging.getLogger("stanfleet").setLevel(level)
 
 
 def send_signal(spec: str, pid_file: str | None) -> int:

@@ -2,6 +2,8 @@
 
 Precedence is Go's: built-in defaults, then the `-sc` configuration file
 (and the NATS settings of `-c`), then flags given on the command line. The
+site's deployment config (`--site FILE`, site.py) comes before all but the
+defaults: a site-wide file, overridden by anything more specific. The
 flags themselves are in flags.py, the file's keys in config_file.py; this is
 the only place options are decided.
 """
@@ -111,6 +113,8 @@ class ServerOptions:
     security_dir: str | None = None  # creds store: revocations end sessions (revocation.py)
     # Per-identity quotas (quotas.py), applied when authz is on; None: none.
     quotas: dict | None = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
+    log_format: str = "text"  # text | json lines (--site's log.format)
+    log_level: str | None = None  # --site's log.level; None: info, or debug with -SD/-SV
 
 
 def _split(value) -> list[str]:
@@ -126,6 +130,10 @@ def _merged(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
     limits_doc: dict = {}
     nats_keys: dict = {}
     quotas_doc: dict = {}
+    if getattr(args, "site_config", None):
+        from . import site
+
+        settings, quotas_doc = site.settings(args.site_config)
     if getattr(args, "nats_config", None):
         settings.update(config_file.nats_file_settings(args.nats_config))
     if getattr(args, "stan_config", None):
@@ -133,7 +141,7 @@ def _merged(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
         settings.update(parsed.settings)
         limits_doc = parsed.limits
         nats_keys = parsed.nats
-        quotas_doc = parsed.quotas
+        quotas_doc = parsed.quotas or quotas_doc
     for name, value in vars(args).items():
         if value is not None and not name.startswith("_"):
             settings[name] = value
@@ -245,7 +253,9 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         ft_group=get("ft_group"), ft_lease=ft_lease, clustered=clustered,
         cluster_node_id=get("cluster_node_id"), cluster_peers=peers,
         notes=[f"--{n}: {why}" for n, why in NOT_APPLICABLE.items() if get(n) is not None],
-        quotas=None if get("no_quotas") else _quotas(quotas_doc, get("stan_config")),
+        quotas=None if get("no_quotas") else _quotas(quotas_doc, get("stan_config")
+                                                     or get("site_config")),
+        log_format=get("log_format") or "text", log_level=get("log_level"),
     )
     if get("security_dir"):
         for name, value in _security(get("security_dir"), opts).items():

@@ -319,8 +319,10 @@ class StreamingServer:
     async def _forget_client(self, client_id: str) -> None:
         if self.authz:
             self.authz.release(client_id)
-        await self.subs.remove_client(client_id)
-        await self.state.delete_client(client_id)
+        try:
+            await self.subs.remove_client(client_id)
+        finally:  # a subscription's record that could not go does not keep the client's
+            await self.state.delete_client(client_id)
 
     def _start_embedded_broker(self) -> Broker:
         broker = start_broker(self.opts)

@@ -5,14 +5,18 @@ nats-py, protobuf and (with -m) aiohttp, and nats-server opening its port and
 JetStream. Neither needs the other: a thread imports while the main thread
 spawns nats-server and waits for its port. (Not the other way round: the
 kernel's parent-death signal that ties nats-server to us follows the thread
-that spawned it, so the spawning thread must live as long as we do.)
+that spawned it, so the spawning thread must live as long as we do.) So
+nats-server is up well before the imports are done, and what is left to
+wait for is our own CPU time: what is not needed before serving is not
+imported, and the garbage collector stays off while importing (collect_from_now).
 """
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import importlib
 import logging
+import os
 import sys
 import threading
 
@@ -21,9 +25,35 @@ from .options import ServerOptions
 
 log = logging.getLogger("stanfleet.streaming")
 
+# asyncio (~36 ms of CPU here) is imported where it is used: the importer
+# thread loads it with nats-py, off the main thread's way to spawning
+# nats-server, so the port opens that much sooner.
+
 DEFAULT_STARTUP_SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
 HEAVY_MODULES = ("stanfleet.streaming.server",)
 MONITOR_MODULES = ("stanfleet.streaming.monitor",)
+
+
+# What nats-py imports only for something it can do without (each import
+# failing into its fallback), hidden while it loads: aiohttp (120 ms) for ws://
+# URLs, imported for real afterwards when -m asks for the monitor; and
+# importlib.metadata (with email, zipfile, csv: ~10 ms of CPU here) to read
+# its own version for CONNECT, which _dist_version finds by a directory listing.
+HIDDEN_FROM_NATS = ("aiohttp", "importlib.metadata")
+
+
+def _dist_version(module_file: str, dist: str) -> str | None:
+    """The version in the name of `dist`'s NAME-VERSION.dist-info folder, found
+    in the site-packages folder that holds module_file (package/sub/module.py)."""
+    site = os.path.dirname(os.path.dirname(os.path.dirname(module_file)))
+    try:
+        names = os.listdir(site)
+    except OSError:
+        return None
+    for name in names:
+        if name.startswith(dist + "-") and name.endswith(".dist-info"):
+            return name[len(dist) + 1:-len(".dist-info")]
+    return None
 
 
 class _Importer(threading.Thread):
@@ -33,19 +63,18 @@ class _Importer(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        # nats-py imports aiohttp (120 ms) only for ws:// URLs, and copes with
-        # its absence: hide it while nats-py loads. The monitor imports it
-        # for real afterwards, when -m asks for it.
-        hide = "aiohttp" not in sys.modules
-        if hide:
-            sys.modules["aiohttp"] = None  # `import aiohttp` raises ImportError
+        hidden = [name for name in HIDDEN_FROM_NATS if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # `import name` raises ImportError
         try:
-            importlib.import_module("nats.aio.client")
+            client = importlib.import_module("nats.aio.client")
+            client.__version__ = _dist_version(client.__file__, "nats_py") or client.__version__
         except BaseException as e:
             self.error = e
         finally:
-            if hide and sys.modules.get("aiohttp", 0) is None:
-                del sys.modules["aiohttp"]
+            for name in hidden:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
         try:
             for name in self.modules:
                 importlib.import_module(name)
@@ -61,6 +90,7 @@ class _Importer(threading.Thread):
 def forward_signals(broker) -> None:
     """Go's `-sl reload` (SIGHUP) and `-sl reopen` (SIGUSR1) reach the embedded
     nats-server (config reload, log reopen); SIGUSR1 also reopens our log file."""
+    import asyncio
     import signal
 
     loop = asyncio.get_running_loop()
@@ -91,11 +121,17 @@ def run_plain_nats(opts: ServerOptions) -> int:
     log.warning("NATS cluster member on %s:%s (routes %s): no streaming service here, "
                 "JetStream in a NATS cluster needs --clustered", opts.host, broker.port,
                 ",".join(opts.routes) or "none")
-    log.info("streaming server ready: plain NATS only")
 
     async def wait() -> None:
+        collect_from_now()
         forward_signals(broker)
-        await stop_event().wait()
+        stop = stop_event()
+        # Only now: a script that signals us once it reads this must find
+        # SIGTERM handled (a clean stop, exit 0), not the default (killed).
+        log.info("streaming server ready: plain NATS only")
+        await stop.wait()
+
+    import asyncio
 
     try:
         asyncio.run(wait())
@@ -104,13 +140,31 @@ def run_plain_nats(opts: ServerOptions) -> int:
     return 0
 
 
+def collect_from_now() -> None:
+    """Garbage collection back on once the imports are done (off since exec:
+    cli.main), with what they made (modules, classes: they live as long as we
+    do) frozen out of its reach: all of it is in the youngest generation, and
+    the first collection would walk it (~15 ms here) just as the first clients
+    are answered. Not later: restoring a large store makes garbage."""
+    gc.freeze()
+    gc.enable()
+
+
 def _run_loop(main) -> int:
     """uvloop (the `fast` extra) when installed: it cuts the event loop's cost per message."""
     try:
         import uvloop
     except ImportError:
+        import asyncio
+
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def _lease_lost(e: Exception) -> bool:
+    from .ft import LeaseLost  # here: only an FT group imports ft
+
+    return isinstance(e, LeaseLost)
 
 
 def run_server(opts: ServerOptions) -> int:
@@ -140,6 +194,7 @@ def run_server(opts: ServerOptions) -> int:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
     try:
         importer.done()
+        collect_from_now()
         from ..signals import stop_event
         from .server import StreamingServer
 
@@ -154,12 +209,12 @@ def run_server(opts: ServerOptions) -> int:
                 await server.stop()
             return 0
 
-        from .ft import LeaseLost
-
         try:
             return _run_loop(serve())
-        except LeaseLost as e:
-            raise CommandError(str(e)) from None
+        except Exception as e:
+            if opts.ft_group and _lease_lost(e):
+                raise CommandError(str(e)) from None
+            raise
     finally:
         if broker is not None:
             broker.stop()

@@ -15,9 +15,16 @@ import asyncio
 import json
 import logging
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from .jsapi import RetryingJSM
 from .naming import escape
@@ -25,6 +32,8 @@ from .naming import escape
 log = logging.getLogger("stanfleet.streaming.state")
 
 DEFAULT_LOAD_CONCURRENCY = 64  # registrations read at once at start-up
+DEFAULT_DELETE_PATIENCE = 10.0  # seconds a registration's purge is retried (leader election)
+DEFAULT_DELETE_FIRST_PAUSE = 0.1
 
 
 class StateStore:
@@ -73,11 +82,28 @@ class StateStore:
 
 
 async def _delete(kv, key: str) -> None:
-    try:
-        # Purge rather than delete: no tombstones pile up for short-lived keys.
-        await kv.purge(key)
-    except KeyNotFoundError:
-        pass
+    """Purge rather than delete: no tombstones pile up for short-lived keys.
+
+    While a NATS node is lost the bucket's stream may have no leader for a few
+    seconds ("no response from stream"). A registration left behind would be
+    restored at the next takeover as a live subscription of a clientID that
+    has connected again (its durable then refused as a duplicate), so the
+    purge is tried again until about DEFAULT_DELETE_PATIENCE has passed."""
+    pause = DEFAULT_DELETE_FIRST_PAUSE
+    deadline = asyncio.get_running_loop().time() + DEFAULT_DELETE_PATIENCE
+    while True:
+        try:
+            await kv.purge(key)
+            return
+        except KeyNotFoundError:
+            return
+        except (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError,
+                asyncio.TimeoutError) as e:
+            if asyncio.get_running_loop().time() + pause > deadline:
+                raise
+            log.debug("purge of %s failed (%s); retrying", key, e)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 async def _load_all(jsm, bucket: str) -> list[dict]:

@@ -431,10 +431,21 @@ class SubscriptionManager:
             log.warning("consumer=%s delete failed: %s", group.consumer, e)
 
     async def remove_client(self, client_id: str) -> None:
+        """Every subscription of the client, each even if another one fails:
+        one left in place would refuse the client's durable when it connects
+        again ("duplicate durable registration"), for as long as this runs."""
+        failed: Exception | None = None
         for sub_id in list(self.by_client.get(client_id, ())):
             m = self.members.get(sub_id)
-            if m is not None:
+            if m is None:
+                continue
+            try:
                 await self.remove(m, unsubscribe=False)
+            except Exception as e:  # the member is gone from memory; its record may not be
+                log.error("client=%s sub=%s removal incomplete: %r", client_id, sub_id, e)
+                failed = failed or e
+        if failed is not None:
+            raise failed
 
     async def _redeliver_stale(self, group: Group) -> None:
         """NAK what an earlier run delivered and nobody acked, so JetStream sends
