@@ -40,7 +40,9 @@ import time
 import nats
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from stanfleet.defaults import DEVICE_CHANNEL_FAMILIES  # noqa: E402
 from stanfleet.pb import protocol_pb2 as pb  # noqa: E402
+from stanfleet.streaming.families import family_of  # noqa: E402
 from stanfleet.streaming.naming import Subjects  # noqa: E402
 
 from tests.streaming.serverproc import ServerProcess, free_port  # noqa: E402
@@ -518,6 +520,10 @@ async def push_to_all(sc, fleet: Fleet, tag: str) -> None:
     await sc.publish("devices.releases", json.dumps({"version": tag}).encode())
 
 
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
 async def count_stored(port: int, sec: str | None, fleet: Fleet) -> int:
     """Acked readings missing from the events streams."""
     opts = {}
@@ -532,6 +538,17 @@ async def count_stored(port: int, sec: str | None, fleet: Fleet) -> int:
     subjects = Subjects(CLUSTER)
     sem = asyncio.Semaphore(64)
     lost = 0
+
+    family = family_of(_split(fleet.args.families), "devices.X.events")
+    if family is not None:
+        # One stream for all events channels: its message count per subject.
+        info = await jsm.stream_info(subjects.stream_for(family),
+                                     subjects_filter=subjects.store_subject(family))
+        stored = info.state.subjects or {}
+        for d in fleet.devices:
+            lost += max(0, d.acked - stored.get(subjects.store_subject(f"devices.{d.id}.events"), 0))
+        await nc.close()
+        return lost
 
     async def one(d):
         nonlocal lost
@@ -555,10 +572,14 @@ async def main(args) -> None:
             sec, passwords, login = await asyncio.to_thread(make_security, tmp, ids,
                                                             args.bcrypt_rounds)
         port = free_port()
+        # File store: a restart must find what was acked before the kill (the
+        # command line's default, memory, as Go's, starts clean).
         sargs = ["-a", "127.0.0.1", "-p", str(port), "-dir", os.path.join(tmp, "data"),
-                 "-cid", CLUSTER]
+                 "-cid", CLUSTER, "-store", args.store]
         if sec:
             sargs += ["--security-dir", sec]
+        if args.families:
+            sargs += ["--channel_families", args.families]
         server = ServerProcess(*sargs, log_path=os.path.join(args.log_dir or tmp, "server.log"))
         await server.start(timeout=120)
         tls = None
@@ -667,6 +688,11 @@ if __name__ == "__main__":
                    help="bcrypt cost of the device passwords (default: the product's, "
                         "creds.BCRYPT_ROUNDS); try 11 to see what a slow hash costs a fleet")
     p.add_argument("--log-dir", default=None, help="keep the server log here")
+    p.add_argument("--store", choices=("file", "memory"), default="file",
+                   help="the server's -store (memory loses everything at a SIGKILL)")
+    p.add_argument("--families", default=",".join(DEVICE_CHANNEL_FAMILIES),
+                   help="the server's --channel_families (default: the device channels, as "
+                        "`stanfleet up`); '' for a stream per channel")
     a = p.parse_args()
     if a.devices > 20000:
         raise SystemExit("bounded to 20,000 devices")

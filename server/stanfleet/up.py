@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from .dashboard.service import Dashboard, DashboardConfig
+from .defaults import DEVICE_CHANNEL_FAMILIES
 from .security.roles import ROLES
 from .services import device_status
 from .services.artifacts import ArtifactServer
@@ -168,7 +169,8 @@ class Security:
         add_arguments(p)
         return from_args(p.parse_args(["--security-dir", self.dir, "-cid", cluster_id,
                                        "-a", "127.0.0.1", "-p", str(port), "-store", "file",
-                                       "-dir", data_dir]))
+                                       "-dir", data_dir,
+                                       "--channel_families", ",".join(DEVICE_CHANNEL_FAMILIES)]))
 
     def ssl_context(self):
         from .security.certs import server_context
@@ -206,7 +208,8 @@ class Fleet:
         broker_dir = os.path.join(self.data, "broker")
         if a.insecure:
             opts = ServerOptions(cluster_id=a.cluster_id, host="127.0.0.1", port=port,
-                                 data_dir=broker_dir)
+                                 data_dir=broker_dir,
+                                 channel_families=list(DEVICE_CHANNEL_FAMILIES))
         else:
             self.security = Security(os.path.join(self.data, "security"), a.cluster_id)
             await asyncio.to_thread(self.security.ensure, self.device_ids)

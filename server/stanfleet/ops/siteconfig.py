@@ -81,6 +81,8 @@ class StreamingSettings:
     ft_group: str = ""  # the fault-tolerance group; "" for none
     replicas: int = 1  # JetStream replicas per channel: 3 on a 3-node cluster
     monitor_port: int = 0  # -m: /streaming/*, /metrics; 0 for none
+    # --channel_families: channel patterns sharing one JetStream stream each
+    channel_families: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -119,7 +121,8 @@ _SECTIONS = {
                                       "tls_cert": str, "tls_key": str}),
     "listener": (ListenerSettings, {"name": str, "ops_host": str, "ops_port": int}),
     "streaming": (StreamingSettings, {"store": str, "dir": str, "ft_group": str,
-                                      "replicas": int, "monitor_port": int}),
+                                      "replicas": int, "monitor_port": int,
+                                      "channel_families": list}),
     "log": (LogSettings, {"format": str, "level": str}),
 }
 _PATH_KEYS = {("nats", "ca"), ("artifacts", "dir"), ("artifacts", "tls_cert"),

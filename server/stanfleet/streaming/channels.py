@@ -2,7 +2,10 @@
 
 The STAN sequence of a message is its stream sequence, the channel limits are
 the stream limits, and the PubMsg guid is the Nats-Msg-Id so a republish is
-deduplicated by JetStream.
+deduplicated by JetStream. A channel in a family (--channel_families,
+families.py) is one subject of its family's stream instead: the server numbers
+its messages (Stan-Seq header), one store in flight per channel, each naming
+the previous one's stream seq so no other writer can slip in between.
 
 Hot path: a PubMsg is re-published to the channel's stream subject with a reply
 subject of ours that carries a token; JetStream's store-ack lands on one
@@ -12,9 +15,10 @@ PubAck still only goes out after JetStream has stored the message. PubMsgs
 arrive on a raw relay connection (relay.py) whose handler is a plain
 function: no coroutine, task or queue per message.
 
-Long because a channel's life (load, create, limit, reap) and the hot path
-that creates channels on first publish share the channel table and the
-pending stores; split, both halves would reach into each other.
+Long because a channel's life (load, create, limit, reap), for a stream of
+its own or in a family, and the hot path that creates channels on first
+publish share the channel table and the pending stores; split, both halves
+would reach into each other. What only families need is in families.py.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
 from . import errors as E
+from . import families
 from .jsapi import RetryingJSM
 from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
@@ -40,6 +45,7 @@ from .relay import Relay, parse_headers
 
 log = logging.getLogger("stanfleet.streaming.channels")
 
+ERR_WRONG_LAST = b'"err_code":%d' % families.ERR_WRONG_LAST_SEQUENCE
 DUPLICATE_WINDOW = 120.0  # seconds a guid is remembered for deduplication
 # Our extension to STAN, which has no wildcard subscriptions: every new channel
 # is announced on this channel, so a service can discover (say) the events
@@ -76,6 +82,24 @@ class Channel:
     msgs_in: int = 0
     bytes_in: int = 0
     last_activity: float = field(default_factory=time.monotonic)
+    # Channel families (families.py): the pattern whose stream this channel
+    # shares, or None for a stream of its own. A family channel numbers its
+    # messages itself and stores one at a time (the next store names the
+    # previous one's stream seq), so its PubMsgs queue here.
+    family: str | None = None
+    last_seq: int | None = None  # channel seq of the last stored; None: not read yet
+    last_sseq: int = 0  # its stream seq
+    storing: bool = False
+    loading: bool = False
+    queue: deque = field(default_factory=deque)
+
+
+@dataclass
+class Family:
+    pattern: str
+    stream: str
+    store_subject: str  # the stream's subject: the pattern under the store prefix
+    ready: asyncio.Future
 
 
 @dataclass(slots=True)
@@ -84,6 +108,8 @@ class _PendingStore:
     guid: str
     started: float
     owner: str = ""  # the identity whose pending-PubAck quota it counts against
+    channel: Channel | None = None  # a family channel's store: its seq is ours
+    seq: int = 0
 
 
 class ChannelStore:
@@ -91,8 +117,11 @@ class ChannelStore:
 
     def __init__(self, nc: NATS, subjects: Subjects, *, storage: str, replicas: int,
                  limits, pub_ack_timeout: float, is_known_client, on_stored=None,
-                 has_subscriptions=None, authorize=None, relay: Relay):
+                 has_subscriptions=None, authorize=None, relay: Relay,
+                 families: list[str] = ()):
         self.nc = nc
+        self.family_patterns = list(families)
+        self.families: dict[str, Family] = {}
         # PubMsgs in and stores out on the relay's raw connection (one connection
         # keeps each channel's order). Store-acks in and PubAcks out stay on `nc`,
         # the connection deliveries leave on: a publisher then gets its PubAck
@@ -179,7 +208,10 @@ class ChannelStore:
             for info in batch:
                 meta = info.config.metadata or {}
                 name = meta.get("stan_channel")
-                if info.config.name.startswith(self.subjects.stream_prefix) and name:
+                if info.config.name.startswith(self.subjects.stream_prefix) and \
+                        meta.get("stan_family"):
+                    await self._load_family(meta["stan_family"], info.config)
+                elif info.config.name.startswith(self.subjects.stream_prefix) and name:
                     fut = asyncio.get_running_loop().create_future()
                     fut.set_result(True)
                     self.channels[name] = Channel(name, info.config.name,
@@ -191,11 +223,26 @@ class ChannelStore:
         if self.channels:
             log.info("loaded %d channels from JetStream", len(self.channels))
 
+    async def _load_family(self, pattern: str, cfg: api.StreamConfig) -> None:
+        """A family stream and its channels: those with messages. A channel
+        with only subscriptions comes back when they are restored."""
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(True)
+        fam = Family(pattern, cfg.name, cfg.subjects[0], fut)
+        self.families[pattern] = fam
+        info = await self.jsm.stream_info(cfg.name, subjects_filter=fam.store_subject)
+        prefix = len(self.subjects.store_prefix) + 1
+        for subject in info.state.subjects or {}:
+            name = subject[prefix:]
+            self.channels[name] = Channel(name, fam.stream, subject, fut, family=pattern)
+        await self._apply_limits(pattern, cfg)
+
     # -- channel creation --------------------------------------------------
 
     async def _apply_limits(self, name: str, cfg: api.StreamConfig) -> None:
         """Bring an existing stream in line with the limits configured now."""
-        want = self._stream_limits(self.limits.for_channel(name))
+        want = self._stream_limits(self.limits.for_channel(name),
+                                   family=name in self.family_patterns)
         if all(getattr(cfg, k) == v for k, v in want.items()):
             return
         for k, v in want.items():
@@ -207,7 +254,7 @@ class ChannelStore:
             log.error("channel=%s limits could not be updated: %s", name, _api_text(e))
 
     @staticmethod
-    def _stream_limits(lim: ChannelLimits) -> dict:
+    def _stream_limits(lim: ChannelLimits, family: bool = False) -> dict:
         # JetStream refuses a duplicate window longer than the max age.
         window = min(DUPLICATE_WINDOW, lim.max_age) if lim.max_age else DUPLICATE_WINDOW
         # Consumers are STAN subscriptions: nats-server (2.15) gives a stream
@@ -215,7 +262,11 @@ class ChannelStore:
         # devices, each holding a durable on devices.releases. The STAN limit
         # (max_subs) is ours to enforce: with identities it counts per identity,
         # so the channel's total may exceed it and JetStream must not refuse.
-        return {"max_msgs": lim.max_msgs or -1, "max_bytes": lim.max_bytes or -1,
+        # A family's max_msgs is per channel (per subject); its bytes and age
+        # limits are family-wide: JetStream has no per-subject ones.
+        msgs = {"max_msgs": -1, "max_msgs_per_subject": lim.max_msgs or -1} if family \
+            else {"max_msgs": lim.max_msgs or -1}
+        return {**msgs, "max_bytes": lim.max_bytes or -1,
                 "max_age": float(lim.max_age or 0), "duplicate_window": float(window),
                 "max_consumers": UNLIMITED_CONSUMERS}
 
@@ -233,11 +284,49 @@ class ChannelStore:
         used = len(self.channels) - (REGISTRY_CHANNEL in self.channels)
         if max_channels and name != REGISTRY_CHANNEL and used >= max_channels:
             raise ChannelError(E.ERR_TOO_MANY_CHANNELS)  # Go's text, without the limit
+        # The registry announces every channel, so it keeps a stream of its own.
+        pattern = None if name == REGISTRY_CHANNEL else \
+            families.family_of(self.family_patterns, name)
+        if pattern is not None:
+            return self._family_channel(pattern, name, announce=True)
         fut = asyncio.get_running_loop().create_future()
         ch = Channel(name, self.subjects.stream_for(name), self.subjects.store_subject(name), fut)
         self.channels[name] = ch
         asyncio.create_task(self._create_stream(ch))
         return ch
+
+    def family_channel(self, name: str) -> Channel | None:
+        """A family channel known or not (restoring its subscriptions), without
+        announcing it; None if the name is in no family."""
+        ch = self.channels.get(name)
+        if ch is not None:
+            return ch
+        pattern = families.family_of(self.family_patterns, name)
+        if pattern is None or name == REGISTRY_CHANNEL:
+            return None
+        return self._family_channel(pattern, name, announce=False)
+
+    def _family_channel(self, pattern: str, name: str, *, announce: bool) -> Channel:
+        fam = self.families.get(pattern)
+        if fam is None:
+            fut = asyncio.get_running_loop().create_future()
+            fam = Family(pattern, self.subjects.stream_for(pattern),
+                         self.subjects.store_subject(pattern), fut)
+            self.families[pattern] = fam
+            asyncio.create_task(self._create_family_stream(fam))
+        ch = Channel(name, fam.stream, self.subjects.store_subject(name), fam.ready,
+                     family=pattern)
+        self.channels[name] = ch
+        if announce:
+            asyncio.create_task(self._announce_when_ready(ch))
+        return ch
+
+    async def _announce_when_ready(self, ch: Channel) -> None:
+        try:
+            await asyncio.shield(ch.ready)
+        except Exception:
+            return
+        await self._announce(ch.name)
 
     async def ensure(self, name: str) -> Channel:
         ch = self.lookup_or_create(name)
@@ -283,6 +372,45 @@ class ChannelStore:
             reply, guid, data, owner = ch.waiting.popleft()
             self._waiting -= 1
             self._store(ch, reply, guid, data, owner)
+
+    async def _create_family_stream(self, fam: Family) -> None:
+        cfg = api.StreamConfig(
+            name=fam.stream,
+            description=f"STAN channel family {fam.pattern}"[:1024],
+            subjects=[fam.store_subject],
+            retention=api.RetentionPolicy.LIMITS,
+            **self._stream_limits(self.limits.for_channel(fam.pattern), family=True),
+            discard=api.DiscardPolicy.OLD,
+            storage=self.storage,
+            num_replicas=self.replicas,
+            allow_direct=True,
+            metadata={"stan_family": fam.pattern, "stan_cluster": self.subjects.cluster_id},
+        )
+        members = lambda: [c for c in self.channels.values() if c.family == fam.pattern]  # noqa: E731
+        try:
+            await self.jsm.add_stream(cfg)
+        except Exception as e:
+            log.error("family=%s stream=%s cannot be created: %s", fam.pattern, fam.stream, e)
+            self.families.pop(fam.pattern, None)
+            err = ChannelError(f"cannot create channel family {fam.pattern!r}: {_api_text(e)}")
+            fam.ready.set_exception(err)
+            fam.ready.exception()
+            for ch in members():
+                self.channels.pop(ch.name, None)
+                while ch.waiting:
+                    reply, guid, _, owner = ch.waiting.popleft()
+                    self._waiting -= 1
+                    self.answered(owner)
+                    self._pub_ack(reply, guid, str(err))
+            self._maybe_resume()
+            return
+        log.info("family=%s created (stream %s)", fam.pattern, fam.stream)
+        fam.ready.set_result(True)
+        for ch in members():
+            while ch.waiting:
+                reply, guid, data, owner = ch.waiting.popleft()
+                self._waiting -= 1
+                self._store(ch, reply, guid, data, owner)
 
     async def _announce(self, name: str) -> None:
         try:
@@ -364,6 +492,14 @@ class ChannelStore:
 
     def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes,
                owner: str = "") -> None:
+        if ch.family is not None:
+            ch.queue.append((reply, guid, data, owner))
+            self._waiting += 1
+            self._pump(ch)
+            if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT \
+                    and not self.relay.paused:
+                self.relay.pause()  # one channel's publishes queue behind its store-acks
+            return
         self._next_token += 1
         token = str(self._next_token)
         now = time.monotonic()
@@ -377,6 +513,73 @@ class ChannelStore:
                            b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode() + b"\r\n\r\n")
         if len(self._pending) >= DEFAULT_MAX_STORES_IN_FLIGHT and not self.relay.paused:
             self.relay.pause()
+
+    def _pump(self, ch: Channel) -> None:
+        """Store a family channel's next queued message, if none is in flight."""
+        if ch.storing or not ch.queue or self.channels.get(ch.name) is not ch:
+            return
+        if ch.last_seq is None:
+            if not ch.loading:
+                ch.loading = True
+                asyncio.create_task(self._load_seq(ch))
+            return
+        reply, guid, data, owner = ch.queue.popleft()
+        self._waiting -= 1
+        ch.storing = True
+        self._next_token += 1
+        token = str(self._next_token)
+        now = time.monotonic()
+        seq = ch.last_seq + 1
+        self._pending[token] = _PendingStore(reply or "", guid, now, owner, ch, seq)
+        ch.msgs_in += 1
+        ch.bytes_in += len(data)
+        ch.last_activity = now
+        self.msgs_in += 1
+        self.bytes_in += len(data)
+        self.relay.publish(ch.store_subject, data, self._ack_prefix + token,
+                           b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode()
+                           + b"\r\n" + families.SEQ_HEADER.encode() + b": %d" % seq
+                           + b"\r\n" + families.EXPECT_HEADER.encode() + b": %d" % ch.last_sseq
+                           + b"\r\n\r\n")
+
+    async def _load_seq(self, ch: Channel) -> None:
+        """A family channel's counter, from its last stored message (lazily:
+        30,000 channels are not read at start-up)."""
+        try:
+            ch.last_seq, ch.last_sseq = await families.last_of(self.jsm, ch.stream,
+                                                               ch.store_subject)
+        except Exception as e:
+            log.error("channel=%s last sequence not read: %s", ch.name, _api_text(e))
+            err = f"cannot read channel {ch.name!r}: {_api_text(e)}"
+            while ch.queue:
+                reply, guid, _, owner = ch.queue.popleft()
+                self._waiting -= 1
+                self.answered(owner)
+                self._pub_ack(reply, guid, err)
+        finally:
+            ch.loading = False
+        self._maybe_resume()
+        self._pump(ch)
+
+    def _family_stored(self, p: _PendingStore, data: bytes, error: str) -> str:
+        """Advance a family channel's counter from a store-ack; the error to answer."""
+        ch = p.channel
+        ch.storing = False
+        if error:
+            # Another writer stored on this channel (or the store's outcome is
+            # unknown): read the counter again before the next store.
+            ch.last_seq = None
+            if ERR_WRONG_LAST in data:
+                error = "stan: channel sequence changed by another server, retry"
+        else:
+            try:
+                ack = json.loads(data)
+            except ValueError:
+                ack = {}
+            if not ack.get("duplicate") and ack.get("seq"):
+                ch.last_seq, ch.last_sseq = p.seq, int(ack["seq"])
+        self._pump(ch)
+        return error
 
     def _maybe_resume(self) -> None:
         if self.relay.paused and \
@@ -395,6 +598,8 @@ class ChannelStore:
             error = "no JetStream stream for this channel"
         elif b'"error"' in data:
             error = _js_error_text(data)
+        if p.channel is not None:
+            error = self._family_stored(p, data, error)
         if error:
             log.error("store failed guid=%s: %s", p.guid, error)
         elif self._on_stored is not None:
@@ -425,6 +630,10 @@ class ChannelStore:
                     break
                 del self._pending[token]
                 self.answered(p.owner)
+                if p.channel is not None:  # stored or not: read the counter again
+                    p.channel.storing = False
+                    p.channel.last_seq = None
+                    self._pump(p.channel)
                 log.error("store of guid=%s timed out", p.guid)
                 if p.reply:
                     self._pub_ack(p.reply, p.guid, "timeout storing the message")
@@ -444,6 +653,15 @@ class ChannelStore:
                     ch.last_activity = now
                     continue
                 try:
+                    if ch.family is not None:
+                        if await self._has_consumers(ch):
+                            ch.last_activity = now
+                            continue
+                        # Gone from the table first: a publish meanwhile starts anew.
+                        self.channels.pop(ch.name, None)
+                        await self.jsm.purge_stream(ch.stream, subject=ch.store_subject)
+                        log.info("channel=%s deleted after %.0fs of inactivity", ch.name, limit)
+                        continue
                     info = await self.jsm.stream_info(ch.stream)
                     if info.state.consumer_count:
                         ch.last_activity = now
@@ -454,6 +672,21 @@ class ChannelStore:
                     continue
                 self.channels.pop(ch.name, None)
                 log.info("channel=%s deleted after %.0fs of inactivity", ch.name, limit)
+
+    async def _has_consumers(self, ch: Channel) -> bool:
+        """Does a consumer (an offline durable) filter on this family channel?
+        A listing of the family's consumers: only for a channel due to be reaped."""
+        return any(c.config.filter_subject == ch.store_subject
+                   for c in await _consumers_of(self.jsm, ch.stream))
+
+
+async def _consumers_of(jsm, stream: str) -> list:
+    found = []
+    while True:
+        batch = await jsm.consumers_info(stream, offset=len(found))
+        if not batch:
+            return found
+        found += batch
 
 
 def _js_error_text(data: bytes) -> str:

@@ -33,6 +33,7 @@ STREAMING_KEYS = {
     "encrypt": "encrypt", "encryption_cipher": "encryption_cipher",
     "encryption_key": "encryption_key",
     "replace_durable": "replace_durable",
+    "channel_families": "channel_families",
     "username": "user", "user": "user", "password": "password", "token": "token",
     "syslog_name": "syslog_name",
 }

@@ -165,6 +165,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
           help="encryption key; better in NATS_STREAMING_ENCRYPTION_KEY")
     _flag(g, ("replace_durable",), "replace_durable", "bool",
           help="a durable registered again replaces the existing one instead of an error")
+    _flag(g, ("channel_families",), "channel_families", metavar="PATTERN[,PATTERN]",
+          help="channels matching a pattern (e.g. devices.*.events) share one JetStream "
+               "stream, for fleets of thousands of devices; per channel: sequences, "
+               "max_msgs, inactivity; family-wide: max_bytes and max_age (default: none)")
     _flag(g, ("replicas",), "replicas", "int",
           help="JetStream replicas per channel, for a clustered NATS (default: 1)")
     _flag(g, ("security-dir", "security_dir"), "security_dir",

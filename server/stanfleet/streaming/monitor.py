@@ -38,6 +38,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import families
 from .nats_monitor import NatsMonitorForwarder
 
 log = logging.getLogger("stanfleet.streaming.monitor")
@@ -200,13 +201,20 @@ class Monitor:
         offline = []
         if ch.ready.done() and ch.ready.exception() is None:
             try:
-                st = (await self.server.channels.jsm.stream_info(ch.stream)).state
-                out.update(msgs=st.messages, bytes=st.bytes, first_seq=st.first_seq,
-                           last_seq=st.last_seq)
+                jsm = self.server.channels.jsm
+                if ch.family is not None:
+                    out.update(await families.channel_state(jsm, ch.stream, ch.store_subject))
+                else:
+                    st = (await jsm.stream_info(ch.stream)).state
+                    out.update(msgs=st.messages, bytes=st.bytes, first_seq=st.first_seq,
+                               last_seq=st.last_seq)
                 if subs:
-                    # A durable consumer no online group uses is an offline durable.
+                    # A durable consumer no online group uses is an offline durable;
+                    # on a family's stream, only those filtered on this channel.
                     offline = [c for c in await self._consumers(ch.stream)
-                               if c.config.durable_name and c.name not in active]
+                               if c.config.durable_name and c.name not in active
+                               and (ch.family is None
+                                    or c.config.filter_subject == ch.store_subject)]
             except NotFoundError:
                 pass  # deleted meanwhile (inactivity)
         if subs:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_CLUSTER_ID
 from . import config_file
+from .families import FamilyError, parse_patterns
 from .flags import NOT_APPLICABLE, SQL_FLAGS, SQL_REFUSED, add_arguments
 from .limits import (
     DEFAULT_MAX_CHANNELS,
@@ -99,6 +100,9 @@ class ServerOptions:
     encryption_key: str | None = None
     file_sync: bool = False
     replace_durable: bool = False
+    # Channel patterns sharing one JetStream stream each (families.py); none by
+    # default, so every channel has a stream of its own as with the Go server.
+    channel_families: list = field(default_factory=list)
     # Fault tolerance and clustering (FT behaviour: issue 14b's ft module).
     ft_group: str | None = None
     ft_lease: float = DEFAULT_FT_LEASE  # seconds the active's lease lasts unrenewed (ft.py)
@@ -245,6 +249,7 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
         encrypt=bool(get("encrypt")), encryption_cipher=CIPHERS[cipher], encryption_key=key,
         file_sync=bool(get("file_sync") or get("cluster_sync")),
         replace_durable=bool(get("replace_durable")),
+        channel_families=_families(get("channel_families")),
         ft_group=get("ft_group"), ft_lease=ft_lease, clustered=clustered,
         cluster_node_id=get("cluster_node_id"), cluster_peers=peers,
         notes=[f"--{n}: {why}" for n, why in NOT_APPLICABLE.items() if get(n) is not None],
@@ -257,6 +262,13 @@ def from_args(args: argparse.Namespace) -> ServerOptions:
             setattr(opts, name, value)
         opts.authz = True
     return opts
+
+
+def _families(value) -> list[str]:
+    try:
+        return parse_patterns(_split(value))
+    except FamilyError as e:
+        raise ValueError(str(e)) from None
 
 
 def _quotas(doc: dict, path: str | None) -> dict:

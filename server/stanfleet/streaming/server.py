@@ -160,7 +160,8 @@ class StreamingServer:
                                      has_subscriptions=self._has_subscriptions,
                                      on_stored=self.monitor.on_stored if self.monitor else None,
                                      authorize=self._authorize_publish if self.authz else None,
-                                     relay=self.relay)
+                                     relay=self.relay,
+                                     families=self.opts.channel_families)
         self.channels.serving = self._serving
         self.state = StateStore(nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)

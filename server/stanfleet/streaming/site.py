@@ -23,6 +23,7 @@ _KEYS = {
     "streaming.ft_group": "ft_group",
     "streaming.replicas": "replicas",
     "streaming.monitor_port": "monitor_port",
+    "streaming.channel_families": "channel_families",
     "log.format": "log_format",
     "log.level": "log_level",
 }

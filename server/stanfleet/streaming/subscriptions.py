@@ -35,6 +35,7 @@ from nats.nuid import NUID
 
 from ..pb import protocol_pb2 as pb
 from . import errors as E
+from . import families
 from .channels import Channel, ChannelStore
 from .jsapi import RetryingJSM
 from .naming import Subjects, check_subject, escape, js_name
@@ -211,7 +212,8 @@ class SubscriptionManager:
         """Rebuild subscriptions saved by an earlier run and resume their deliveries."""
         live = []
         for r in records:
-            channel = self.channels.channels.get(r.get("channel", ""))
+            channel = self.channels.channels.get(r.get("channel", "")) \
+                or self.channels.family_channel(r.get("channel", ""))
             if r.get("client_id") not in known_clients or channel is None or not r.get("key"):
                 log.info("sub=%s of client=%s dropped: its client or channel is gone",
                          r.get("sub_id"), r.get("client_id"))
@@ -275,12 +277,14 @@ class SubscriptionManager:
     async def _open_group(self, key: tuple, channel: Channel, req) -> Group:
         kind = key[0]
         durable = kind in ("durable", "dqueue")
+        # A family's stream holds many channels: their consumers' names say which.
+        on = (escape(channel.name),) if channel.family is not None else ()
         if kind == "durable":
-            name = js_name("D", escape(req.client_id), escape(req.durable_name))
+            name = js_name("D", *on, escape(req.client_id), escape(req.durable_name))
         elif kind == "dqueue":
-            name = js_name("DQ", escape(req.durable_name), escape(req.q_group))
+            name = js_name("DQ", *on, escape(req.durable_name), escape(req.q_group))
         elif kind == "queue":
-            name = js_name("Q", escape(req.q_group), _next_id())
+            name = js_name("Q", *on, escape(req.q_group), _next_id())
         else:
             name = "S_" + _next_id()
         deliver = f"{self.subjects.deliver_prefix}.{channel.stream}.{name}"
@@ -302,6 +306,8 @@ class SubscriptionManager:
             cfg.max_deliver = -1
             cfg.replay_policy = api.ReplayPolicy.INSTANT
             cfg.description = f"STAN {kind} on {channel.name}"
+            if channel.family is not None:
+                cfg.filter_subject = channel.store_subject
             if durable:
                 cfg.durable_name = name
             else:
@@ -320,6 +326,8 @@ class SubscriptionManager:
 
     async def _start_config(self, channel: Channel, req) -> api.ConsumerConfig:
         sp = req.start_position
+        if channel.family is not None:
+            return await self._family_start(channel, req)
         if sp == pb.NewOnly:
             return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
         if sp == pb.LastReceived:
@@ -340,6 +348,21 @@ class SubscriptionManager:
             return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
                                       opt_start_time=when.isoformat().replace("+00:00", "Z"))
         raise E.StanProtocolError(E.ERR_INVALID_START)
+
+    async def _family_start(self, channel: Channel, req) -> api.ConsumerConfig:
+        """Start positions on a family channel: one subject of a shared stream."""
+        sp = req.start_position
+        if sp == pb.LastReceived:
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+        if sp == pb.SequenceStart:
+            # Go's rule: before the first, from the first; past the end, the next one.
+            sseq = await families.stream_seq_for(self.jsm, channel.stream,
+                                                 channel.store_subject, req.start_sequence)
+            if sseq is None:
+                return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+            return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                      opt_start_seq=sseq)
+        return await self._start_config(_Unfamiliar(channel), req)
 
     async def _update_consumer(self, group: Group) -> None:
         group.config.max_ack_pending = group.max_ack_pending
@@ -449,6 +472,8 @@ class SubscriptionManager:
         if not reply or not reply.startswith("$JS.ACK."):
             return  # status or heartbeat messages: not used by our consumers
         seq, delivered, ts = _ack_meta(reply)
+        if group.channel.family is not None:
+            seq = families.seq_of(msg.headers) or seq
         member = group.owner.get(seq)
         if member is not None and delivered > 1 and len(group.members) > 1:
             member = self._redelivery_member(group, member, seq)
@@ -509,6 +534,8 @@ class SubscriptionManager:
                 return
             msg = group.backlog.popleft()
             seq, delivered, ts = _ack_meta(msg.reply)
+            if group.channel.family is not None:
+                seq = families.seq_of(msg.headers) or seq
             await self._send(group, member, msg, seq, delivered, ts)
 
     # -- acks --------------------------------------------------------------------
@@ -532,6 +559,16 @@ class SubscriptionManager:
         await self.nc.publish(reply, b"+ACK")
         if group.backlog:
             await self._drain(group)
+
+
+class _Unfamiliar:
+    """A family channel seen as one of its own for the start positions whose
+    consumer config does not depend on sequences (new, first, time)."""
+
+    def __init__(self, channel: Channel):
+        self.family = None
+        self.stream = channel.stream
+        self.name = channel.name
 
 
 def _unacked(info) -> tuple[int, int, int] | None:

@@ -1,0 +1,189 @@
+"""Channel families (--channel_families): many channels in one JetStream
+stream, with STAN's per-channel behaviour kept. The protocol and limits tests
+that need no stream of their own run here again with every channel in a family."""
+
+from __future__ import annotations
+
+import pytest
+from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.streaming.families import FamilyError, family_of, parse_patterns
+from stanfleet.streaming.limits import ChannelLimits, StoreLimits
+
+from ..waiting import eventually
+from .rawstan import RawStan
+from .test_limits import (  # noqa: F401  (run again on family channels)
+    test_inactive_channel_without_subscriptions_is_deleted,
+    test_max_msgs_override_drops_oldest_and_consuming_removes_nothing,
+    test_max_subs_per_channel,
+)
+from .test_protocol import (  # noqa: F401
+    test_durable_queue_group_keeps_position_across_all_members_closing,
+    test_durable_resumes_after_close_with_unacked_first,
+    test_durable_survives_client_close_but_not_unsubscribe,
+    test_max_in_flight_caps_unacked_messages,
+    test_queue_members_share_and_a_leaver_hands_on_its_unacked,
+    test_queue_redelivery_goes_to_a_member_that_acks,
+    test_republished_guid_is_stored_once,
+    test_start_positions,
+    test_unacked_message_is_redelivered_after_ack_wait,
+)
+
+# Every channel the imported tests use falls in one of these.
+FAMILIES = ["*", "*.*", "devices.*.events", "*.*.*"]
+
+
+@pytest.fixture
+async def make_stan_server(make_stan_server):
+    async def start(**options):
+        stan = await make_stan_server(channel_families=FAMILIES, **options)
+        return stan
+    return start
+
+
+@pytest.fixture
+async def stan_server(make_stan_server):
+    return await make_stan_server()
+
+
+async def connect(stan, client_id="c1") -> RawStan:
+    c = await RawStan.open(stan.nats_url, stan.cluster_id, client_id)
+    assert (await c.connect()).error == ""
+    return c
+
+
+def test_patterns_are_checked_and_the_first_match_wins():
+    assert parse_patterns(["devices.*.events", "logs.>"]) == ["devices.*.events", "logs.>"]
+    for bad in ("devices.x.events", "a.b*", "a.>.b", "a..*"):
+        with pytest.raises(FamilyError):
+            parse_patterns([bad])
+    assert family_of(FAMILIES, "devices.A.events") == "devices.*.events"
+    assert family_of(["devices.*.cfg"], "devices.A.events") is None
+
+
+async def test_channels_of_one_family_share_a_stream_and_number_their_own_messages(stan_server):
+    c = await connect(stan_server)
+    for i in range(1, 4):
+        for dev in ("A", "B"):
+            ack = await c.publish(f"devices.{dev}.events", b"%s%d" % (dev.encode(), i))
+            assert ack.error == ""
+    channels = stan_server.server.channels.channels
+    assert channels["devices.A.events"].stream == channels["devices.B.events"].stream
+    info = await c.nc.jsm().stream_info(channels["devices.A.events"].stream)
+    assert info.state.messages == 6
+    sub = await c.subscribe("devices.B.events", "in.b", start_position=pb.First)
+    got = [await sub.next() for _ in range(3)]
+    assert [(m.sequence, m.data, m.subject) for m in got] == \
+        [(1, b"B1", "devices.B.events"), (2, b"B2", "devices.B.events"),
+         (3, b"B3", "devices.B.events")]
+    # A start sequence is the channel's, not the shared stream's.
+    from2 = await c.subscribe("devices.A.events", "in.a2", start_position=pb.SequenceStart,
+                              start_sequence=2)
+    assert [(await from2.next()).data for _ in range(2)] == [b"A2", b"A3"]
+
+
+async def test_a_store_by_another_writer_is_never_given_the_same_sequence(stan_server):
+    c = await connect(stan_server)
+    assert (await c.publish("devices.W.events", b"1")).error == ""
+    ch = stan_server.server.channels.channels["devices.W.events"]
+    # A second writer (a stale FT active) stores sequence 2 behind our back.
+    await c.nc.jetstream().publish(ch.store_subject, b"intruder", headers={"Stan-Seq": "2"})
+    refused = await c.publish("devices.W.events", b"2")
+    assert "another server" in refused.error
+    assert (await c.publish("devices.W.events", b"3")).error == ""  # counter read again
+    sub = await c.subscribe("devices.W.events", "in.w", start_position=pb.First)
+    got = [await sub.next() for _ in range(3)]
+    assert [(m.sequence, m.data) for m in got] == [(1, b"1"), (2, b"intruder"), (3, b"3")]
+
+
+async def test_a_restarted_server_continues_each_channels_sequence(make_stan_server):
+    stan = await make_stan_server()
+    c = await connect(stan)
+    for i in range(3):
+        assert (await c.publish("devices.R.events", b"%d" % i)).error == ""
+    assert (await c.publish("devices.S.events", b"s")).error == ""
+    dur = await c.subscribe("devices.S.events", "in.s", durable_name="d", start_position=pb.First)
+    await dur.ack(await dur.next())
+    await c.end(dur, unsubscribe=False, durable_name="d")
+    await stan.server.stop()
+    again = await make_stan_server()
+    assert {"devices.R.events", "devices.S.events"} <= set(again.server.channels.channels)
+    c2 = await connect(again, "c2")
+    assert (await c2.publish("devices.R.events", b"next")).error == ""
+    assert (await c2.publish("devices.S.events", b"s2")).error == ""
+    sub = await c2.subscribe("devices.R.events", "in.r", start_position=pb.LastReceived)
+    m = await sub.next()
+    assert (m.sequence, m.data) == (4, b"next")
+    # The session outlived the restart, and its durable resumes after message 1.
+    resumed = await c.subscribe("devices.S.events", "in.s2", durable_name="d")
+    assert resumed.error == ""
+    m = await resumed.next()
+    assert (m.sequence, m.data) == (2, b"s2")
+
+
+async def test_max_msgs_is_per_channel_and_inactivity_purges_only_its_channel(make_stan_server):
+    limits = StoreLimits(per_channel={
+        "devices.*.events": ChannelLimits(max_msgs=2, max_inactivity=0.5)})
+    stan = await make_stan_server(limits=limits)
+    c = await connect(stan)
+    for i in range(1, 4):
+        assert (await c.publish("devices.Q.events", b"q%d" % i)).error == ""
+    held = await c.subscribe("devices.H.events", "in.h", start_position=pb.First)
+    assert (await c.publish("devices.H.events", b"h1")).error == ""
+    sub = await c.subscribe("devices.Q.events", "in.q", start_position=pb.First)
+    assert [(await sub.next()).sequence for _ in range(2)] == [2, 3]
+    await c.end(sub, unsubscribe=True)
+    channels = stan.server.channels.channels
+
+    async def q_gone():
+        return "devices.Q.events" not in channels
+    await eventually(q_gone)
+    assert "devices.H.events" in channels
+    await held.ack(await held.next())
+    # Deleted: a new channel of that name starts again at 1.
+    assert (await c.publish("devices.Q.events", b"new")).error == ""
+    fresh = await c.subscribe("devices.Q.events", "in.q2", start_position=pb.First)
+    m = await fresh.next()
+    assert (m.sequence, m.data) == (1, b"new")
+
+
+def test_families_come_from_the_flag_or_the_streaming_block_and_default_to_none(tmp_path):
+    from .test_go_flags import opts
+    assert opts().channel_families == []
+    assert opts("--channel_families", "devices.*.events, devices.*.cfg").channel_families == \
+        ["devices.*.events", "devices.*.cfg"]
+    conf = tmp_path / "stan.conf"
+    conf.write_text('streaming {\n  channel_families: "logs.>,devices.*.status"\n}\n')
+    assert opts("-sc", str(conf)).channel_families == ["logs.>", "devices.*.status"]
+    with pytest.raises(ValueError, match="no wildcard"):
+        opts("--channel_families", "devices.A.events")
+    site = tmp_path / "site.toml"
+    site.write_text('[streaming]\nchannel_families = ["devices.*.events", "devices.*.cfg"]\n')
+    assert opts("--site", str(site)).channel_families == ["devices.*.events", "devices.*.cfg"]
+    # The shipped deployment config turns the device families on.
+    from pathlib import Path
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "stanfleet.toml"
+    from stanfleet.streaming import site as site_settings
+    assert site_settings.settings(str(shipped))[0]["channel_families"] == \
+        ["devices.*.events", "devices.*.cfg", "devices.*.status"]
+
+
+async def test_channelsz_gives_a_family_channel_its_own_figures_and_durables(make_stan_server):
+    import aiohttp
+    stan = await make_stan_server(monitor_port=0)
+    c = await connect(stan)
+    for i in range(3):
+        assert (await c.publish("devices.M.events", b"m%d" % i)).error == ""
+    assert (await c.publish("devices.N.events", b"n")).error == ""
+    dur = await c.subscribe("devices.N.events", "in.n", durable_name="dn",
+                            start_position=pb.First)
+    await dur.ack(await dur.next())
+    await c.end(dur, unsubscribe=False, durable_name="dn")
+    url = f"http://127.0.0.1:{stan.server.monitor_port}/streaming/channelsz?subs=1&channel="
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "devices.M.events") as r:
+            m = await r.json()
+        async with http.get(url + "devices.N.events") as r:
+            n = await r.json()
+    assert (m["msgs"], m["first_seq"], m["last_seq"], m["subscriptions"]) == (3, 1, 3, [])
+    assert (n["msgs"], n["first_seq"], n["last_seq"]) == (1, 1, 1)
+    assert [(s["durable_name"], s["is_offline"]) for s in n["subscriptions"]] == [("dn", True)]
