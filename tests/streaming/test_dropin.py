@@ -56,6 +56,20 @@ def test_version_help_and_refusals_are_one_line():
         assert out.stderr.startswith("stanfleet: ") and why in out.stderr
 
 
+def test_nothing_heavy_is_imported_on_the_way_to_spawning_nats_server():
+    # Start time (issue 13): nats-py, asyncio and protobuf (~100 ms of CPU
+    # together) load in startup's importer thread while nats-server starts;
+    # a module on the main thread's way that imports one of them at the top
+    # (families.py once did, through options.py) puts them back in series.
+    code = ("import sys; import stanfleet.cli, stanfleet.streaming.main, "
+            "stanfleet.streaming.startup, stanfleet.streaming.embedded, stanfleet.streaming.early; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'nats', 'aiohttp', 'asyncio', 'google', 'uvloop'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 async def test_log_file_pid_file_signal_and_explained_flags(tmp_path):
     log, pid = tmp_path / "server.log", tmp_path / "server.pid"
     port = free_port()

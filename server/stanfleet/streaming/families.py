@@ -19,8 +19,6 @@ subscriptions.py call them for a channel whose `family` is set.
 
 from __future__ import annotations
 
-from nats.js.errors import NotFoundError
-
 from .naming import check_channel
 
 SEQ_HEADER = "Stan-Seq"
@@ -78,8 +76,18 @@ def seq_of(headers) -> int | None:
     return int(value) if value else None
 
 
+def _not_found():
+    # Imported here, not at the top: options.py reads the patterns on the way
+    # to spawning nats-server, where nats-py (with aiohttp) would cost ~180 ms
+    # in series; startup.py imports it in a thread meanwhile.
+    from nats.js.errors import NotFoundError
+
+    return NotFoundError
+
+
 async def last_of(jsm, stream: str, subject: str) -> tuple[int, int]:
     """(channel seq, stream seq) of the channel's last message; (0, 0) if none."""
+    NotFoundError = _not_found()
     try:
         msg = await jsm.get_last_msg(stream, subject, direct=True)
     except NotFoundError:
@@ -90,6 +98,7 @@ async def last_of(jsm, stream: str, subject: str) -> tuple[int, int]:
 async def first_at_or_after(jsm, stream: str, subject: str, sseq: int):
     """The channel's first message at stream seq >= sseq: (channel seq, stream
     seq), or None when it has none there."""
+    NotFoundError = _not_found()
     try:
         msg = await jsm.get_msg(stream, seq=max(sseq, 1), subject=subject, direct=True, next=True)
     except NotFoundError:
