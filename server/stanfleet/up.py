@@ -37,7 +37,7 @@ from .services.artifacts import ArtifactServer
 from .services.connection import open_session, secure_options
 from .services.listener import Listener, ListenerConfig
 from .services.readings_db import ReadingsDB
-from .services.registry import channel_of
+from .services.registry import follow_channels
 from .services.rejections import RejectLog, rejection
 from .signals import stop_event
 from .streaming import ServerOptions, StreamingServer
@@ -337,15 +337,19 @@ class Fleet:
                 refused.record(rejection(device, m.seq, m.data, f"status: {st.rejected}"))
             self.status[device] = st
 
-        async def on_channel(msg):
-            channel = channel_of(msg.data) or ""
+        async def follow(channel: str) -> None:
             device = device_status.device_of(channel)
-            if device is not None and channel not in followed:
-                followed.add(channel)
+            if device is None or channel in followed:
+                return
+            followed.add(channel)
+            try:
                 await sc.subscribe(channel, cb=lambda m, d=device: on_status(m, d),
                                    start_at="last_received")
+            except BaseException:
+                followed.discard(channel)  # tried again with the registry entry
+                raise
         try:
-            await sc.subscribe("stanfleet.channels", cb=on_channel, deliver_all_available=True)
+            await follow_channels(sc, follow)
             await self._stopping.wait()
         finally:
             await sc.close()

@@ -13,18 +13,17 @@ them in the fleet database; one thread polls it every POLL seconds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..services import device_status
 from ..services.connection import open_session
+from ..services.registry import follow_channels
 from .fleetstate import FleetState
 from .store import FleetDB
 
 log = logging.getLogger("stanfleet.dashboard")
-REGISTRY = "stanfleet.channels"
 POLL = 1.0  # seconds between database reads
 
 
@@ -62,13 +61,9 @@ class StatusFollower:
     async def _subscribe(self, sc) -> None:
         followed: set[str] = set()
 
-        async def on_channel(msg) -> None:
-            try:
-                channel = json.loads(msg.data)["channel"]
-                _, device, kind = channel.split(".")
-            except (ValueError, KeyError, TypeError):
-                return
-            if not channel.startswith("devices.") or kind != "status" or channel in followed:
+        async def follow(channel: str) -> None:
+            device = device_status.device_of(channel)
+            if device is None or channel in followed:
                 return
             followed.add(channel)
 
@@ -81,9 +76,13 @@ class StatusFollower:
                     return
                 self.state.on_status(device, status, time.time())
 
-            await sc.subscribe(channel, cb=on_status, deliver_all_available=True)
+            try:
+                await sc.subscribe(channel, cb=on_status, deliver_all_available=True)
+            except BaseException:
+                followed.discard(channel)  # tried again with the registry entry
+                raise
 
-        await sc.subscribe(REGISTRY, cb=on_channel, deliver_all_available=True)
+        await follow_channels(sc, follow)
         self.ready.set()
 
 

@@ -39,7 +39,7 @@ from .connection import open_session
 from .listener_metrics import ListenerMetrics
 from .readings import InvalidReading, device_of, parse
 from .readings_store import describe, open_store, retention_cutoff
-from .registry import REGISTRY_CHANNEL, channel_of
+from .registry import follow_channels
 from .rejections import RejectLog, rejection
 
 log = logging.getLogger("stanfleet.listener")
@@ -213,9 +213,8 @@ class Listener:
             conn_lost_cb=lambda e: self._lost.set(), **(self.config.nats_options or {}))
         for device in await self._db(self.db.devices):
             await self._follow(device)
-        await self._sc.subscribe(REGISTRY_CHANNEL, cb=self._on_channel,
-                                 durable_name=f"registry-{self.client_id}",
-                                 deliver_all_available=True, manual_acks=True)
+        await follow_channels(self._sc, self._on_channel,
+                              durable_name=f"registry-{self.client_id}")
         log.info("listener %s serving (%d known devices) into %s", self.client_id,
                  len(self._subscribed), describe(self.config.db_path))
         self.ready.set()
@@ -234,15 +233,11 @@ class Listener:
         if nc is not None and not nc.is_closed:
             await nc.close()
 
-    async def _on_channel(self, msg: Msg) -> None:
-        channel = channel_of(msg.data)
-        device = device_of(channel) if channel else None
-        if device is None:
-            log.debug("registry entry seq=%d is no device's events channel", msg.seq)
-        else:
+    async def _on_channel(self, channel: str) -> None:
+        device = device_of(channel)
+        if device is not None:  # else not a device's events channel
             await self._db(self.db.add_device, device)
             await self._follow(device)
-        await self._sc.ack(msg)
 
     async def _follow(self, device: str) -> None:
         if device in self._subscribed:
@@ -260,9 +255,10 @@ class Listener:
                                      deliver_all_available=True, manual_acks=True,
                                      ack_wait=ACK_WAIT, max_inflight=MAX_INFLIGHT)
         except Exception:
-            # Not followed: the registry entry is not acked either, and its
-            # redelivery must find the device still to do (e.g. the subscribe
-            # fell into a streaming-server failover).
+            # Not followed: the registry entry is not acked either
+            # (registry.follow_channels), and its redelivery must find the
+            # device still to do (the subscribe timed out on a loaded server,
+            # or fell into a streaming-server failover).
             self._subscribed.discard(device)
             raise
         self.metrics.devices.set(len(self._subscribed))
