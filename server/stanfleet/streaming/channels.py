@@ -677,10 +677,11 @@ class ChannelStore:
         """Does a consumer (an offline durable) filter on this family channel?
         A listing of the family's consumers: only for a channel due to be reaped."""
         return any(c.config.filter_subject == ch.store_subject
-                   for c in await _consumers_of(self.jsm, ch.stream))
+                   for c in await consumers_of(self.jsm, ch.stream))
 
 
-async def _consumers_of(jsm, stream: str) -> list:
+async def consumers_of(jsm, stream: str) -> list:
+    """Every consumer of a stream (JetStream lists them a page at a time)."""
     found = []
     while True:
         batch = await jsm.consumers_info(stream, offset=len(found))

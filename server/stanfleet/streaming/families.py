@@ -19,6 +19,7 @@ subscriptions.py call them for a channel whose `family` is set.
 
 from __future__ import annotations
 
+from .limits import pattern_matches
 from .naming import check_channel
 
 SEQ_HEADER = "Stan-Seq"
@@ -50,20 +51,10 @@ def parse_patterns(patterns: list[str]) -> list[str]:
     return out
 
 
-def matches(pattern: str, channel: str) -> bool:
-    p, c = pattern.split("."), channel.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(c) > i
-        if i >= len(c) or (tok != "*" and tok != c[i]):
-            return False
-    return len(p) == len(c)
-
-
 def family_of(patterns: list[str], channel: str) -> str | None:
     """The first pattern the channel matches (patterns in their configured order)."""
     for p in patterns:
-        if matches(p, channel):
+        if pattern_matches(p, channel):
             return p
     return None
 

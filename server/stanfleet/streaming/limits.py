@@ -58,14 +58,16 @@ class StoreLimits:
             return self.per_channel[channel]
         best, best_score = None, -1
         for pattern, lim in self.per_channel.items():
-            if _matches(pattern, channel):
+            if pattern_matches(pattern, channel):
                 score = sum(1 for t in pattern.split(".") if t not in ("*", ">"))
                 if score > best_score:
                     best, best_score = lim, score
         return best or self.defaults
 
 
-def _matches(pattern: str, channel: str) -> bool:
+def pattern_matches(pattern: str, channel: str) -> bool:
+    """Whether a channel falls under a pattern with NATS wildcards ('*' one token,
+    '>' the rest): per-channel limits and channel families both use it."""
     p, c = pattern.split("."), channel.split(".")
     for i, tok in enumerate(p):
         if tok == ">":

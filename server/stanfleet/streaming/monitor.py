@@ -39,6 +39,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from . import families
+from .channels import consumers_of
 from .nats_monitor import NatsMonitorForwarder
 
 log = logging.getLogger("stanfleet.streaming.monitor")
@@ -211,7 +212,7 @@ class Monitor:
                 if subs:
                     # A durable consumer no online group uses is an offline durable;
                     # on a family's stream, only those filtered on this channel.
-                    offline = [c for c in await self._consumers(ch.stream)
+                    offline = [c for c in await consumers_of(self.server.channels.jsm, ch.stream)
                                if c.config.durable_name and c.name not in active
                                and (ch.family is None
                                     or c.config.filter_subject == ch.store_subject)]
@@ -220,15 +221,6 @@ class Monitor:
         if subs:
             out["subscriptions"] = [_member(m) for m in online] + [_offline(c) for c in offline]
         return out
-
-    async def _consumers(self, stream: str) -> list:
-        jsm = self.server.channels.jsm
-        found = []
-        while True:
-            batch = await jsm.consumers_info(stream, offset=len(found))
-            if not batch:
-                return found
-            found += batch
 
     async def _stored_totals(self) -> tuple[int, int]:
         """Messages and bytes JetStream holds for all channels, from one stream listing."""
