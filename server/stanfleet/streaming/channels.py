@@ -336,19 +336,41 @@ class ChannelStore:
             raise ch.ready.exception()
         return ch
 
-    async def _create_stream(self, ch: Channel) -> None:
-        cfg = api.StreamConfig(
-            name=ch.stream,
-            description=f"STAN channel {ch.name}"[:1024],
-            subjects=[ch.store_subject],
+    def _stream_config(self, name: str, description: str, subject: str, limits: dict,
+                       metadata: dict) -> api.StreamConfig:
+        """A channel's stream, or a family's: the same settings but for their limits."""
+        return api.StreamConfig(
+            name=name,
+            description=description[:1024],
+            subjects=[subject],
             retention=api.RetentionPolicy.LIMITS,
-            **self._stream_limits(self.limits.for_channel(ch.name)),
+            **limits,
             discard=api.DiscardPolicy.OLD,
             storage=self.storage,
             num_replicas=self.replicas,
             allow_direct=True,
-            metadata={"stan_channel": ch.name, "stan_cluster": self.subjects.cluster_id},
+            metadata={**metadata, "stan_cluster": self.subjects.cluster_id},
         )
+
+    def _refuse_waiting(self, ch: Channel, err: ChannelError) -> None:
+        """PubAck with `err` every publish held until the channel's stream existed."""
+        while ch.waiting:
+            reply, guid, _, owner = ch.waiting.popleft()
+            self._waiting -= 1
+            self.answered(owner)
+            self._pub_ack(reply, guid, str(err))
+
+    def _store_waiting(self, ch: Channel) -> None:
+        """Store, in order, every publish held until the channel's stream existed."""
+        while ch.waiting:
+            reply, guid, data, owner = ch.waiting.popleft()
+            self._waiting -= 1
+            self._store(ch, reply, guid, data, owner)
+
+    async def _create_stream(self, ch: Channel) -> None:
+        cfg = self._stream_config(ch.stream, f"STAN channel {ch.name}", ch.store_subject,
+                                  self._stream_limits(self.limits.for_channel(ch.name)),
+                                  {"stan_channel": ch.name})
         try:
             await self.jsm.add_stream(cfg)
         except Exception as e:  # JetStream refused: tell every waiting publisher
@@ -357,35 +379,20 @@ class ChannelStore:
             err = ChannelError(f"cannot create channel {ch.name!r}: {_api_text(e)}")
             ch.ready.set_exception(err)
             ch.ready.exception()  # mark retrieved: waiters may be none
-            while ch.waiting:
-                reply, guid, _, owner = ch.waiting.popleft()
-                self._waiting -= 1
-                self.answered(owner)
-                self._pub_ack(reply, guid, str(err))
+            self._refuse_waiting(ch, err)
             self._maybe_resume()
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
         ch.ready.set_result(True)
         if ch.name != REGISTRY_CHANNEL:
             await self._announce(ch.name)
-        while ch.waiting:
-            reply, guid, data, owner = ch.waiting.popleft()
-            self._waiting -= 1
-            self._store(ch, reply, guid, data, owner)
+        self._store_waiting(ch)
 
     async def _create_family_stream(self, fam: Family) -> None:
-        cfg = api.StreamConfig(
-            name=fam.stream,
-            description=f"STAN channel family {fam.pattern}"[:1024],
-            subjects=[fam.store_subject],
-            retention=api.RetentionPolicy.LIMITS,
-            **self._stream_limits(self.limits.for_channel(fam.pattern), family=True),
-            discard=api.DiscardPolicy.OLD,
-            storage=self.storage,
-            num_replicas=self.replicas,
-            allow_direct=True,
-            metadata={"stan_family": fam.pattern, "stan_cluster": self.subjects.cluster_id},
-        )
+        cfg = self._stream_config(
+            fam.stream, f"STAN channel family {fam.pattern}", fam.store_subject,
+            self._stream_limits(self.limits.for_channel(fam.pattern), family=True),
+            {"stan_family": fam.pattern})
         members = lambda: [c for c in self.channels.values() if c.family == fam.pattern]  # noqa: E731
         try:
             await self.jsm.add_stream(cfg)
@@ -397,20 +404,13 @@ class ChannelStore:
             fam.ready.exception()
             for ch in members():
                 self.channels.pop(ch.name, None)
-                while ch.waiting:
-                    reply, guid, _, owner = ch.waiting.popleft()
-                    self._waiting -= 1
-                    self.answered(owner)
-                    self._pub_ack(reply, guid, str(err))
+                self._refuse_waiting(ch, err)
             self._maybe_resume()
             return
         log.info("family=%s created (stream %s)", fam.pattern, fam.stream)
         fam.ready.set_result(True)
         for ch in members():
-            while ch.waiting:
-                reply, guid, data, owner = ch.waiting.popleft()
-                self._waiting -= 1
-                self._store(ch, reply, guid, data, owner)
+            self._store_waiting(ch)
 
     async def _announce(self, name: str) -> None:
         try:
