@@ -69,10 +69,7 @@ def _from_site(cfg: siteconfig.SiteConfig) -> dict:
     values: dict = {}
     if "nats.urls" in cfg.given:
         values["nats"] = ",".join(cfg.nats.urls)
-    for key, name in _SHARED.items():
-        if key in cfg.given:
-            section, attr = key.split(".")
-            values[name] = getattr(getattr(cfg, section), attr)
+    values.update(cfg.written(_SHARED))
     names = {f.name for f in dataclasses.fields(DashboardConfig)}
     unknown = sorted(set(cfg.dashboard) - names)
     if unknown:

@@ -104,6 +104,16 @@ class SiteConfig:
     dashboard: dict = field(default_factory=dict)  # [dashboard], as written: the dashboard checks it
     given: set[str] = field(default_factory=set)  # "section.key" written in the file
 
+    def written(self, keys: dict[str, str]) -> dict:
+        """{name: value} for each "section.key" in `keys` that the file wrote
+        (a default the file left alone does not override a command's own)."""
+        out = {}
+        for key, name in keys.items():
+            if key in self.given:
+                section, attr = key.split(".")
+                out[name] = getattr(getattr(self, section), attr)
+        return out
+
     def files(self) -> list[tuple[str, str]]:
         """(key, path) of every file the config names: each must exist."""
         out = [("nats.ca", self.nats.ca)] if self.nats.ca else []

@@ -36,12 +36,9 @@ def settings(path: str) -> tuple[dict, dict]:
     out: dict = {}
     if "nats.urls" in cfg.given:
         out["nats_url"] = ",".join(cfg.nats.urls)
-    for key, option in _KEYS.items():
-        if key in cfg.given:
-            section, name = key.split(".")
-            value = getattr(getattr(cfg, section), name)
-            if value not in ("", 0) or option == "replicas":
-                out[option] = value
+    for option, value in cfg.written(_KEYS).items():
+        if value not in ("", 0) or option == "replicas":
+            out[option] = value
     creds = cfg.nats.creds.get(CREDS_ROLE)
     if creds:
         out["user"], out["password"] = load_credentials(creds)
