@@ -31,13 +31,18 @@ class ServerProcess:
         self._ready = asyncio.Event()
         self._line = asyncio.Event()  # set at every new line
 
-    async def start(self, timeout: float = 30) -> "ServerProcess":
+    async def launch(self) -> "ServerProcess":
+        """Exec the server and read its output; not waiting for it to be ready."""
         exe = os.path.join(os.path.dirname(sys.executable), "stanfleet")
         self._ready = asyncio.Event()
         self.proc = await asyncio.create_subprocess_exec(
             exe, "streaming-server", *self.args, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, cwd=self.cwd)
         self._reader = asyncio.create_task(self._read(self.proc))
+        return self
+
+    async def start(self, timeout: float = 30) -> "ServerProcess":
+        await self.launch()
         done = asyncio.create_task(self.proc.wait())
         ready = asyncio.create_task(self._ready.wait())
         await asyncio.wait({done, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

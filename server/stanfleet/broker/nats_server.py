@@ -88,7 +88,9 @@ class Broker:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::") else "127.0.0.1"
         return f"{'tls' if self.config.tls else 'nats'}://{host}:{self.port}"
 
-    def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> "Broker":
+    def start(self, timeout: float = DEFAULT_START_TIMEOUT, while_starting=None) -> "Broker":
+        """Spawn nats-server and return once its port is open; while_starting()
+        runs once in between (work of ours that need not wait for the port)."""
         cfg = self.config
         self._tmp = tempfile.TemporaryDirectory(prefix="stanfleet-broker-")
         self._ports_dir = self._tmp.name
@@ -116,6 +118,9 @@ class Broker:
                 self.proc = subprocess.Popen(args, stdout=log, stderr=log,
                                              stdin=subprocess.DEVNULL, start_new_session=True,
                                              preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+            if while_starting is not None:
+                while_starting, run = None, while_starting
+                run()
             try:
                 self._wait_ready(max(deadline - time.monotonic(), 0.5))
                 return self

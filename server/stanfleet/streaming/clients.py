@@ -33,6 +33,13 @@ class ClientInfo:
     hb_failures: int = 0
     last_seen: float = field(default_factory=time.monotonic)
 
+    def record(self, owner: str | None) -> dict:
+        """What state.py keeps of the session (server._restore reads it back)."""
+        return {"client_id": self.client_id, "conn_id": self.conn_id.hex(),
+                "hb_inbox": self.hb_inbox, "protocol": self.protocol,
+                "ping_interval": self.ping_interval, "ping_max_out": self.ping_max_out,
+                "created": self.created, "owner": owner}
+
 
 class ClientRegistry:
     def __init__(self, nc: NATS, *, hb_interval: float, hb_timeout: float, hb_fail_count: int,

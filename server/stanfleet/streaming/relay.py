@@ -36,10 +36,11 @@ class RelayError(ConnectionError):
 
 
 class _Wire(asyncio.Protocol):
-    def __init__(self, relay: Relay):
+    def __init__(self, relay: Relay, preface: bytes = b""):
         self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
+        self.preface = preface  # an adopted connection's bytes read but not parsed
         loop = asyncio.get_running_loop()
         self.info = loop.create_future()
         self.pong = loop.create_future()
@@ -48,6 +49,9 @@ class _Wire(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self.preface:  # before anything read from now on
+            preface, self.preface = self.preface, b""
+            self.data_received(preface)
 
     def connection_lost(self, exc) -> None:
         self.closed.set()
@@ -64,6 +68,7 @@ class _Wire(asyncio.Protocol):
             data = bytes(self.buf)
         relay = self.relay
         handlers = relay._handlers
+        holding = relay._holding
         pos = 0
         end = len(data)
         try:
@@ -88,6 +93,9 @@ class _Wire(asyncio.Protocol):
                         payload = data[start:start + size]
                         reply = args[2].decode() if len(args) == 4 else ""
                     pos = start + size + 2
+                    if holding is not None:  # adopted, not released yet: in order, later
+                        holding.append((args[1], args[0].decode(), reply, headers, payload))
+                        continue
                     handler = handlers.get(args[1])
                     if handler is not None:
                         try:
@@ -132,6 +140,10 @@ class Relay:
         self._reconnecting: asyncio.Task | None = None
         self._flush_scheduled = False
         self._paused = False
+        # An adopted connection (adopt): its subscriptions not yet claimed by
+        # subscribe(), and the messages held until release().
+        self._adopted: dict[str, bytes] = {}
+        self._holding: list[tuple] | None = None
 
     # -- connection ----------------------------------------------------------------
 
@@ -181,10 +193,47 @@ class Relay:
             transport.pause_reading()
         self.flush()
 
+    async def adopt(self, handover) -> None:
+        """Take over early.py's connection instead of dialling: its subscriptions
+        go to whoever subscribe()s their subjects, and everything it held, and
+        everything read from now on, waits for release(), in arrival order."""
+        self._adopted = dict(handover.sids)
+        self._holding = list(handover.held)
+        self.max_payload = handover.max_payload
+        loop = asyncio.get_running_loop()
+        _, wire = await loop.create_connection(lambda: _Wire(self, handover.rest),
+                                               sock=handover.sock)
+        wire.info.set_result({})
+        self._wire = wire
+        if self._paused:
+            wire.transport.pause_reading()
+        self.flush()
+
+    def release(self) -> int:
+        """Hand what adopt() held to the handlers, in order; then serve as usual.
+        The adopted subscriptions nobody claimed end here. Returns how many."""
+        held, self._holding = self._holding or [], None
+        for sid in self._adopted.values():
+            self._out.append(b"UNSUB " + sid + b"\r\n")
+        self._adopted = {}
+        handlers = self._handlers
+        for sid, subject, reply, headers, payload in held:
+            handler = handlers.get(sid)
+            if handler is None:
+                log.warning("relay: a message on %s held at start-up had no taker", subject)
+                continue
+            try:
+                handler(subject, reply, headers, payload)
+            except Exception:
+                log.exception("relay handler for %s failed", subject)
+        self.flush()
+        return len(held)
+
     def _lost(self, wire: _Wire) -> None:
         if wire is not self._wire or self._closing:
             return
         self._wire = None
+        self._adopted = {}  # gone with the connection: subscribe() subscribes anew
         log.warning("relay connection lost (%s); reconnecting", wire.error or "closed")
         self._reconnecting = asyncio.ensure_future(self._reconnect())
 
@@ -215,6 +264,11 @@ class Relay:
     # -- protocol --------------------------------------------------------------------
 
     def subscribe(self, subject: str, handler) -> bytes:
+        sid = self._adopted.pop(subject, None)
+        if sid is not None:  # subscribed already, by the adopted connection
+            self._subs[sid] = (subject, handler)
+            self._handlers[sid] = handler
+            return sid
         sid = str(len(self._subs) + 1).encode()
         while sid in self._subs:
             sid = str(int(sid) + 1).encode()

@@ -31,10 +31,11 @@ from . import errors as E
 from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
 from .embedded import nats_tls, start_broker
+from .handshake import accepted, ping_settings
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .quotas import QuotaExceeded, Quotas
-from .relay import Relay
+from .relay import Relay, parse_headers
 from .revocation import RevocationWatch
 from .state import StateStore
 from .subscriptions import SubscriptionManager
@@ -42,14 +43,20 @@ from .subscriptions import _group_key as group_key
 
 log = logging.getLogger("stanfleet.streaming")
 
-PROTOCOL_VERSION = 1
-DEFAULT_PING_INTERVAL = 5
-DEFAULT_PING_MAX_OUT = 3
 REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 1024 * 1024}
 # Subscription requests handled at once. Each waits on JetStream (consumer,
 # registration), so one at a time made a fleet resubscribing after a restart
 # queue behind itself; subscriptions.py locks per durable, not globally.
 DEFAULT_SUB_CONCURRENCY = 256
+
+
+class _Request:
+    """A request read on the relay, shaped as the handlers read a nats-py Msg."""
+    __slots__ = ("subject", "reply", "data", "headers")
+
+    def __init__(self, subject: str, reply: str, headers: bytes | None, data: bytes):
+        self.subject, self.reply, self.data = subject, reply, data
+        self.headers = parse_headers(headers)
 
 
 class ChannelsUnlisted(Exception):
@@ -61,7 +68,8 @@ class StreamingServer:
         self.opts = options
         self.subjects = Subjects(options.cluster_id)
         self.broker: Broker | None = broker  # an embedded nats-server started for us
-        self.early = early  # early.EarlyDiscover: connects that came before we were ready
+        self.early = early  # early.EarlyLayer: requests that came before we were ready
+        self._workers: list[tuple[bytes, asyncio.Task, asyncio.Queue]] = []  # relay requests
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
         self.relay: Relay | None = None
@@ -148,7 +156,15 @@ class StreamingServer:
         self.relay = Relay(servers, user=self.opts.user, password=self.opts.password,
                            token=self.opts.token, tls=nats_tls(self.opts).get("tls"),
                            name=f"_STAN-{self.opts.cluster_id}-relay")
-        await self.relay.connect()
+        # The early layer's connection becomes the relay's (early.py): the STAN
+        # subjects stay subscribed through the handover, and what came
+        # meanwhile waits, in order, for the release below.
+        handover = self.early.handover() if self.early else None
+        self.early = None
+        if handover is not None:
+            await self.relay.adopt(handover)
+        else:
+            await self.relay.connect()
         self.clients = ClientRegistry(nc, hb_interval=self.opts.hb_interval,
                                       hb_timeout=self.opts.hb_timeout,
                                       hb_fail_count=self.opts.hb_fail_count,
@@ -178,6 +194,8 @@ class StreamingServer:
         # Together: start-up time is mostly round trips to JetStream.
         await asyncio.gather(self.state.open(), self.channels.start())
         await self._restore()
+        if handover is not None:
+            await self._register_early(handover.answered)
         await self.channels.serve()
         await self.subs.start()
         s = self.subjects
@@ -188,17 +206,16 @@ class StreamingServer:
                                  (s.unsub, self._concurrent(self._on_unsubscribe, sub_slots)),
                                  (s.subclose, self._concurrent(self._on_subclose, sub_slots)),
                                  (s.close, self._on_close)):
-            self._nats_subs.append(
-                await nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
+            if handover is not None:  # on the adopted subscriptions, one worker each
+                self._workers.append(self._relay_worker(subject, self._guarded(handler)))
+            else:
+                self._nats_subs.append(
+                    await nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
-        # Closed only now, so no connect meets "no responders". One that reached
-        # both subscriptions is answered twice; the client takes the first answer
-        # (ours, which the server delivered before the copy below).
-        held = self.early.close() if self.early else []
-        for r in held:  # connects that came early, in their order, to our own handler
-            await self.nc.publish(r.subject, r.data, reply=r.reply)
-        if held:
-            log.info("answering %d connect requests that came before we were ready", len(held))
+        if handover is not None:
+            held = self.relay.release()
+            log.info("answered %d connect requests before we were ready; taking over %d "
+                     "requests that came before we were ready", len(handover.answered), held)
         self.clients.start()
         if self.revocations:
             self.revocations.start()
@@ -207,6 +224,60 @@ class StreamingServer:
             await self._start_monitor()
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
+
+    async def _register_early(self, answered: list) -> None:
+        """The sessions early.py accepted, registered and written (as _register
+        does) before any other request is handled: the first of their
+        publishes must find them."""
+        for req in answered:
+            if req.client_id in self.clients.clients:  # cannot be: early answers only new ones
+                log.error("client=%s accepted early but registered already", req.client_id)
+                continue
+            ping_interval, ping_max_out = ping_settings(req)
+            info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
+                              hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
+                              ping_interval=ping_interval, ping_max_out=ping_max_out)
+            self.clients.add(info)
+            await self.state.save_client(info.client_id, info.record(None))
+            log.info("client=%s connected (protocol %d, before we were ready)", req.client_id,
+                     req.protocol)
+
+    def _relay_worker(self, subject: str, handler) -> tuple:
+        """Requests of one subject read on the relay, handled one at a time in
+        their order, as a nats-py subscription's callback is."""
+        queue: asyncio.Queue = asyncio.Queue()
+        limit = REQUEST_LIMITS["pending_msgs_limit"]
+
+        def take(subj: str, reply: str, headers: bytes | None, payload: bytes) -> None:
+            if queue.qsize() >= limit:  # nats-py drops a slow consumer's messages too
+                log.warning("request on %s dropped: %d waiting", subj, limit)
+                return
+            queue.put_nowait(_Request(subj, reply, headers, payload))
+
+        async def work() -> None:
+            while True:
+                msg = await queue.get()
+                try:
+                    await handler(msg)
+                finally:
+                    queue.task_done()
+        sid = self.relay.subscribe(subject, take)
+        return sid, asyncio.create_task(work()), queue
+
+    async def _stop_relay_workers(self) -> None:
+        """As a drain: no new requests, those received are still handled."""
+        if not self._workers:
+            return
+        for sid, _, _ in self._workers:
+            self.relay.unsubscribe(sid)
+        try:
+            await self.relay.ping()
+            await asyncio.wait_for(asyncio.gather(*(q.join() for _, _, q in self._workers)), 5)
+        except Exception as e:
+            log.warning("requests did not drain: %s", e)
+        for _, task, _ in self._workers:
+            task.cancel()
+        self._workers.clear()
 
     async def _deactivate(self) -> None:
         """Undo an activation that failed halfway, so it can be tried again."""
@@ -347,6 +418,7 @@ class StreamingServer:
                 except Exception:
                     pass
             self._nats_subs.clear()
+            await self._stop_relay_workers()
             if self._tasks:  # requests being handled: let them finish, briefly
                 await asyncio.wait(set(self._tasks), timeout=5)
             for task in list(self._tasks):
@@ -590,8 +662,7 @@ class StreamingServer:
             # Pings name the session by conn_id alone: it must stay unique.
             log.warning("connect client=%s refused: conn_id already in use", req.client_id)
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
-        ping_interval = req.ping_interval if req.ping_interval > 0 else DEFAULT_PING_INTERVAL
-        ping_max_out = req.ping_max_out if req.ping_max_out > 0 else DEFAULT_PING_MAX_OUT
+        ping_interval, ping_max_out = ping_settings(req)
         info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
                           hb_inbox=hb_inbox, protocol=req.protocol,
                           ping_interval=ping_interval, ping_max_out=ping_max_out)
@@ -599,24 +670,16 @@ class StreamingServer:
         if who is not None:
             self.authz.claim(info.client_id, who)
         try:
-            await self.state.save_client(info.client_id, {
-                "client_id": info.client_id, "conn_id": info.conn_id.hex(),
-                "hb_inbox": info.hb_inbox, "protocol": info.protocol,
-                "ping_interval": ping_interval, "ping_max_out": ping_max_out,
-                "created": info.created, "owner": who.user if who else None})
+            await self.state.save_client(info.client_id, info.record(who.user if who else None))
         except Exception as e:
             self.clients.remove(info.client_id)
             if who is not None:
                 self.authz.release(info.client_id)
             log.error("client=%s cannot be registered: %s", info.client_id, e)
             return await self._respond(msg, pb.ConnectResponse(error=f"stan: store error: {e}"))
-        s = self.subjects
         log.info("client=%s connected (protocol %d)%s", req.client_id, req.protocol,
                  f" user={who.user}" if who else "")
-        await self._respond(msg, pb.ConnectResponse(
-            pub_prefix=s.pub_prefix, sub_requests=s.sub, unsub_requests=s.unsub,
-            close_requests=s.close, sub_close_requests=s.subclose, ping_requests=s.pings,
-            ping_interval=ping_interval, ping_max_out=ping_max_out, protocol=PROTOCOL_VERSION))
+        await self._respond(msg, accepted(self.subjects, req))
 
     async def _on_close(self, msg: Msg) -> None:
         req = self._decode(msg, pb.CloseRequest)

@@ -9,6 +9,12 @@ that spawned it, so the spawning thread must live as long as we do.) So
 nats-server is up well before the imports are done, and what is left to
 wait for is our own CPU time: what is not needed before serving is not
 imported, and the garbage collector stays off while importing (collect_from_now).
+
+Where the early layer may answer connects itself (early.may_answer: the
+memory store of our own nats-server), being ready does not wait for the
+imports at all: nats-server up, protobuf imported meanwhile, the early layer
+subscribed. There the importer starts only after that, so that it does not
+take the GIL from the way to the first answer.
 """
 
 from __future__ import annotations
@@ -167,6 +173,10 @@ def _lease_lost(e: Exception) -> bool:
     return isinstance(e, LeaseLost)
 
 
+def _import_handshake() -> None:
+    importlib.import_module("stanfleet.streaming.handshake")
+
+
 def run_server(opts: ServerOptions) -> int:
     from .embedded import plain_nats_only
 
@@ -175,25 +185,36 @@ def run_server(opts: ServerOptions) -> int:
     modules = HEAVY_MODULES
     if opts.monitor_port is not None or opts.https_port is not None:
         modules += MONITOR_MODULES
-    from .early import start_early
+    from .early import may_answer, start_early
     from .embedded import start_broker  # before the thread starts: no wait for the GIL
 
     importer = _Importer(modules)
+    # Where the early layer answers connects (early.may_answer), being ready
+    # is nats-server up, protobuf imported and the early layer subscribed: the
+    # importer starts after, not to take the GIL from that path. Elsewhere
+    # being ready waits for the imports, so they start first, beside nats-server.
+    answer = not opts.nats_url and may_answer(opts)
     # Short GIL slices while the importer runs: the main thread must subscribe
-    # the moment nats-server is up, not when the importer lets go.
+    # the moment nats-server is up, and the early layer answer at once, not
+    # when the importer lets go.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(DEFAULT_STARTUP_SWITCH_INTERVAL)
-    importer.start()
+    if not answer:
+        importer.start()
     broker = None
     if not opts.nats_url:
-        broker = start_broker(opts)
-    # A standby (--ft_group) must take no connect: they are the active one's.
-    early = None if opts.ft_group else start_early(opts, broker)  # holds connects until answered
-    sys.setswitchinterval(switch)
+        # protobuf (~15 ms) for the early layer's answers, while nats-server starts.
+        broker = start_broker(opts, while_starting=_import_handshake if answer else None)
+    # A standby (--ft_group) must take no request: they are the active one's.
+    early = None if opts.ft_group else start_early(opts, broker)  # serves until we take over
+    if answer:
+        importer.start()
     if broker is not None:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
     try:
         importer.done()
+        # Not before: the early layer's thread answers connects meanwhile.
+        sys.setswitchinterval(switch)
         collect_from_now()
         from ..signals import stop_event
         from .server import StreamingServer
