@@ -7,7 +7,6 @@ A JSON line carries ts, level, logger and msg; our log messages are already
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 
@@ -20,6 +19,8 @@ class JsonLines(logging.Formatter):
     """One JSON object per record, on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import datetime as dt  # here: not on the streaming server's way to ready
+
         doc = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
             .strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",

@@ -9,7 +9,6 @@ readable enough for an operator.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 # JetStream keeps names as file names; stay well under common limits.
@@ -48,6 +47,8 @@ def js_name(*parts: str) -> str:
     """A JetStream-safe name from parts; long names are shortened with a hash."""
     name = "_".join(parts)
     if len(name) > _MAX_JS_NAME:
+        import hashlib  # here: hashlib is ~2.5 ms of a start that must be fast (issue 13)
+
         digest = hashlib.sha256(name.encode()).hexdigest()[:24]
         name = name[: _MAX_JS_NAME - 25] + "-" + digest
     return name
