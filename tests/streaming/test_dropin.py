@@ -168,13 +168,13 @@ async def test_nats_monitoring_endpoints_on_the_streaming_monitor_port():
         subsz = await get_json(m, "/subsz")
         assert subsz["num_subscriptions"] >= 7  # what harnesses wait for
         connz = await get_json(m, "/connz?subs=1")
-        # The request subjects are on the relay connection when the early
-        # layer's became it (early.py), on the nats-py one otherwise.
+        # The request subjects are on a connection of their own when the
+        # early layer's became it (early.py), on the nats-py one otherwise.
         ours = [c for c in connz["connections"] if c.get("name") == "_STAN-test-cluster"]
-        relay = [c for c in connz["connections"] if c.get("name") == "_STAN-test-cluster-relay"]
-        assert ours and relay
-        assert "_STAN.discover.test-cluster" in ours[0]["subscriptions_list"] + \
-            relay[0]["subscriptions_list"]
+        requests = [c for c in connz["connections"]
+                    if c.get("name") == "_STAN-test-cluster-requests"]
+        assert ours and requests
+        assert "_STAN.discover.test-cluster" in requests[0]["subscriptions_list"]
         # nats-py loads without importlib.metadata at start (startup.py) and
         # still names its own version in CONNECT.
         assert ours[0]["lang"] == "python3"

@@ -5,7 +5,8 @@ imported nats-py and restored the server's state. A client that connects the
 moment the port accepts (test harnesses do) would get "no responders" and
 fail at once. So right after nats-server is up, a bare socket speaking the
 NATS text protocol (nothing heavy to import) subscribes to every subject a
-STAN client sends to (discover, pub, sub, unsub, subclose, close, pings):
+STAN client sends to (discover, pub, sub, unsub, subclose, close, pings;
+publishes on a socket of their own, as the server has them):
 
 - A ConnectRequest it can prove the server would accept, it answers itself,
   with the server's own answer (handshake.py). Provable only where nothing
@@ -16,8 +17,8 @@ STAN client sends to (discover, pub, sub, unsub, subclose, close, pings):
   server's name checks, it holds: the server decides those.
 - Everything else it holds, in arrival order.
 
-Handover without gap, duplicate or reordering: the socket is not closed but
-becomes the server's relay connection (relay.Relay.adopt), subscriptions and
+Handover without gap, duplicate or reordering: the sockets are not closed but
+become the server's relay connections (relay.Relay.adopt), subscriptions and
 all, with the requests held and the bytes not yet parsed; the server
 registers the sessions answered here first, then takes the held requests in
 order. Nothing is unsubscribed and subscribed again, so no request meets
@@ -43,7 +44,7 @@ import os
 import select
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .naming import Subjects, check_client_id, check_subject
 
@@ -55,12 +56,11 @@ MAX_HELD = 100_000  # requests held at most; later ones are dropped (their clien
 
 @dataclass
 class Handover:
-    """What the relay adopts: the socket, its subscriptions, what it held, in order."""
+    """What a relay adopts: a socket, its subscriptions, what it held, in order."""
     sock: socket.socket
     sids: dict[str, bytes]  # subject -> sid
     held: list[tuple]  # (sid, subject, reply, raw headers | None, payload), arrival order
     rest: bytes  # read but not yet parsed
-    answered: list = field(default_factory=list)  # ConnectRequests answered here
     max_payload: int = 1024 * 1024
 
 
@@ -71,43 +71,18 @@ def may_answer(opts) -> bool:
             and not (opts.authz or opts.security_dir or opts.tls_cert or opts.accounts_file))
 
 
-class EarlyLayer:
-    def __init__(self, host: str, port: int, cluster_id: str, *, answer: bool,
-                 user: str | None = None, password: str | None = None,
-                 token: str | None = None, name: str = "_STAN-early"):
-        self.addr = ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
-        self.subjects = Subjects(cluster_id)
-        s = self.subjects
-        # The relay's name: the connection becomes the relay's.
-        self.name = name
-        self.auth = {"user": user, "pass": password} if user else \
-            {"auth_token": token} if token else {}
-        self.answer = answer
-        self.sids = {subject: f"e{i}".encode() for i, subject in enumerate(
-            (s.discover, s.pings, s.pub_prefix + ".>", s.sub, s.unsub, s.subclose, s.close), 1)}
-        self._discover_sid = self.sids[s.discover]
-        self.held: list[tuple] = []
-        self.answered: list = []
-        self._client_ids: set[str] = set()
-        self._conn_ids: set[bytes] = set()
-        self.max_payload = 1024 * 1024
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = -1, -1
-        self._rest = b""
-        self._pb = None  # handshake's protocol_pb2, loaded before the first answer
+class _Conn:
+    """One bare NATS connection of the early layer, to become one relay's."""
 
-    def start(self) -> "EarlyLayer":
-        """Subscribe, and return once nats-server has confirmed it (PING/PONG)."""
-        if self.answer:
-            from . import handshake  # protobuf: startup imported it while nats-server started
-            self._handshake = handshake
-        sock = socket.create_connection(self.addr, timeout=DEFAULT_CONNECT_TIMEOUT)
+    def __init__(self, addr, name: str, auth: dict, subjects: list[str], prefix: str):
+        self.sids = {subject: f"{prefix}{i}".encode() for i, subject in enumerate(subjects, 1)}
+        self.held: list[tuple] = []
+        self.max_payload = 1024 * 1024
+        sock = socket.create_connection(addr, timeout=DEFAULT_CONNECT_TIMEOUT)
         # As the relay logs in (relay._dial): headers, since the relay stores
         # with HPUB and reads HMSG.
         connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
-                   "protocol": 1, "name": self.name, "lang": "python-raw", "version": "1",
-                   **self.auth}
+                   "protocol": 1, "name": name, "lang": "python-raw", "version": "1", **auth}
         subs = "".join(f"SUB {subject} {sid.decode()}\r\n" for subject, sid in self.sids.items())
         sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" + subs.encode() +
                      b"PING\r\n")
@@ -122,30 +97,78 @@ class EarlyLayer:
         if info.startswith(b"INFO "):
             self.max_payload = json.loads(info[5:]).get("max_payload", self.max_payload)
         sock.settimeout(None)
-        self._sock = sock
+        self.sock: socket.socket | None = sock
+        self.buf = buf.split(b"PONG\r\n", 1)[1]  # read, not parsed yet
+
+    def handover(self) -> Handover:
+        h = Handover(self.sock, dict(self.sids), self.held, self.buf, self.max_payload)
+        self.sock, self.held, self.buf = None, [], b""
+        return h
+
+
+class EarlyLayer:
+    """Two connections, as the server has: publishes (the relay's, paused when
+    JetStream falls behind) and the other requests (not paused by that)."""
+
+    def __init__(self, host: str, port: int, cluster_id: str, *, answer: bool,
+                 user: str | None = None, password: str | None = None,
+                 token: str | None = None):
+        self.addr = ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
+        self.cluster_id = cluster_id
+        self.subjects = Subjects(cluster_id)
+        self.auth = {"user": user, "pass": password} if user else \
+            {"auth_token": token} if token else {}
+        self.answer = answer
+        self.answered: list = []  # ConnectRequests answered here, in order
+        self._client_ids: set[str] = set()
+        self._conn_ids: set[bytes] = set()
+        self.pubs: _Conn | None = None
+        self.requests: _Conn | None = None
+        self._discover_sid = b""
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+
+    def start(self) -> "EarlyLayer":
+        """Subscribe, and return once nats-server has confirmed it (PING/PONG)."""
+        if self.answer:
+            from . import handshake  # protobuf: startup imported it while nats-server started
+            self._handshake = handshake
+        s, cid = self.subjects, self.cluster_id
+        # Named as the connections they become (server.py).
+        self.pubs = _Conn(self.addr, f"_STAN-{cid}-relay", self.auth, [s.pub_prefix + ".>"], "p")
+        try:
+            self.requests = _Conn(self.addr, f"_STAN-{cid}-requests", self.auth,
+                                  [s.discover, s.pings, s.sub, s.unsub, s.subclose, s.close],
+                                  "r")
+        except OSError:
+            self.pubs.sock.close()
+            raise
+        self._discover_sid = self.requests.sids[s.discover]
         self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._read, args=(buf.split(b"PONG\r\n", 1)[1],),
-                                        name="early-requests", daemon=True)
+        self._thread = threading.Thread(target=self._read, name="early-requests", daemon=True)
         self._thread.start()
         return self
 
-    def _read(self, buf: bytes) -> None:
-        sock = self._sock
+    def _read(self) -> None:
+        conns = {c.sock: c for c in (self.pubs, self.requests)}
         try:
+            for c in conns.values():
+                c.buf = self._parse(c, c.buf)
             while True:
-                buf = self._parse(buf)
-                ready, _, _ = select.select([sock, self._wake_r], [], [])
+                ready, _, _ = select.select([*conns, self._wake_r], [], [])
                 if self._wake_r in ready:
-                    break  # handover: what is still in the socket is the relay's
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
+                    return  # handover: what is still in the sockets is the relays'
+                for sock in ready:
+                    c = conns[sock]
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    c.buf = self._parse(c, c.buf + chunk)
         except OSError as e:
             log.debug("early requests: %s", e)
-        self._rest = buf
 
-    def _parse(self, buf: bytes) -> bytes:
+    def _parse(self, c: _Conn, buf: bytes) -> bytes:
+        """Hold each message (or answer it); returns what is left unparsed."""
         pos = 0
         while True:
             end = buf.find(b"\r\n", pos)
@@ -166,11 +189,11 @@ class EarlyLayer:
                 sid = args[1]
                 if sid == self._discover_sid and self.answer and self._answered(reply, payload):
                     continue
-                if len(self.held) < MAX_HELD:
-                    self.held.append((sid, args[0].decode(), reply, headers, payload))
+                if len(c.held) < MAX_HELD:
+                    c.held.append((sid, args[0].decode(), reply, headers, payload))
                 continue
             if buf[pos:end] == b"PING":
-                self._sock.sendall(b"PONG\r\n")
+                c.sock.sendall(b"PONG\r\n")
             pos = end + 2
 
     def _answered(self, reply: str, data: bytes) -> bool:
@@ -187,7 +210,7 @@ class EarlyLayer:
                                                                 self._conn_ids):
             return False  # registered now: the server's duplicate check decides
         out = handshake.accepted(self.subjects, req).SerializeToString()
-        self._sock.sendall(f"PUB {reply} {len(out)}\r\n".encode() + out + b"\r\n")
+        self.requests.sock.sendall(f"PUB {reply} {len(out)}\r\n".encode() + out + b"\r\n")
         self._client_ids.add(req.client_id)
         if conn_id:
             self._conn_ids.add(conn_id)
@@ -202,20 +225,20 @@ class EarlyLayer:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def handover(self) -> Handover:
-        """Stop reading and give the connection, with what it held, to the relay."""
+    def handover(self) -> tuple[Handover, Handover, list]:
+        """Stop reading; (the publish connection, the requests connection, the
+        ConnectRequests answered here) for the relays to adopt."""
         self._stop()
-        h = Handover(self._sock, dict(self.sids), self.held, self._rest, self.answered,
-                     self.max_payload)
-        self._sock, self.held, self.answered = None, [], []
-        return h
+        answered, self.answered = self.answered, []
+        return self.pubs.handover(), self.requests.handover(), answered
 
     def close(self) -> None:
-        """Give up (the server did not start): drop the connection."""
+        """Give up (the server did not start): drop the connections."""
         self._stop()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for c in (self.pubs, self.requests):
+            if c is not None and c.sock is not None:
+                c.sock.close()
+                c.sock = None
 
 
 def start_early(opts, broker) -> EarlyLayer | None:
@@ -224,8 +247,7 @@ def start_early(opts, broker) -> EarlyLayer | None:
         return None
     try:
         return EarlyLayer(opts.host, broker.port, opts.cluster_id, answer=may_answer(opts),
-                          user=opts.user, password=opts.password, token=opts.token,
-                          name=f"_STAN-{opts.cluster_id}-relay").start()
+                          user=opts.user, password=opts.password, token=opts.token).start()
     except OSError as e:
         log.debug("no early subscriptions: %s", e)
         return None

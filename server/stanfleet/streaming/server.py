@@ -73,6 +73,9 @@ class StreamingServer:
         self.nc: NATS | None = None
         self.channels: ChannelStore | None = None
         self.relay: Relay | None = None
+        # STAN requests other than publishes, when the early layer's connection
+        # for them was adopted (early.py); on self.nc otherwise.
+        self.requests: Relay | None = None
         self.subs: SubscriptionManager | None = None
         self.clients: ClientRegistry | None = None
         self.monitor = None  # Monitor, when opts.monitor_port is set
@@ -156,13 +159,20 @@ class StreamingServer:
         self.relay = Relay(servers, user=self.opts.user, password=self.opts.password,
                            token=self.opts.token, tls=nats_tls(self.opts).get("tls"),
                            name=f"_STAN-{self.opts.cluster_id}-relay")
-        # The early layer's connection becomes the relay's (early.py): the STAN
-        # subjects stay subscribed through the handover, and what came
-        # meanwhile waits, in order, for the release below.
+        # The early layer's connections become the relay's and the requests'
+        # (early.py): the STAN subjects stay subscribed through the handover,
+        # and what came meanwhile waits, in order, for the release below. The
+        # requests have a connection of their own, not the relay's: that one
+        # stops reading while JetStream falls behind (channels.py), and a
+        # connect or ping must not wait for that.
         handover = self.early.handover() if self.early else None
         self.early = None
         if handover is not None:
-            await self.relay.adopt(handover)
+            pubs, requests, answered = handover
+            self.requests = Relay(servers, user=self.opts.user, password=self.opts.password,
+                                  token=self.opts.token,
+                                  name=f"_STAN-{self.opts.cluster_id}-requests")
+            await asyncio.gather(self.relay.adopt(pubs), self.requests.adopt(requests))
         else:
             await self.relay.connect()
         self.clients = ClientRegistry(nc, hb_interval=self.opts.hb_interval,
@@ -195,7 +205,7 @@ class StreamingServer:
         await asyncio.gather(self.state.open(), self.channels.start())
         await self._restore()
         if handover is not None:
-            await self._register_early(handover.answered)
+            await self._register_early(answered)
         await self.channels.serve()
         await self.subs.start()
         s = self.subjects
@@ -213,9 +223,10 @@ class StreamingServer:
                     await nc.subscribe(subject, cb=self._guarded(handler), **REQUEST_LIMITS))
         await self.nc.flush()
         if handover is not None:
-            held = self.relay.release()
+            # Publishes first: what a client sent before its close, say, came first.
+            held = self.relay.release() + self.requests.release()
             log.info("answered %d connect requests before we were ready; taking over %d "
-                     "requests that came before we were ready", len(handover.answered), held)
+                     "requests that came before we were ready", len(answered), held)
         self.clients.start()
         if self.revocations:
             self.revocations.start()
@@ -261,7 +272,7 @@ class StreamingServer:
                     await handler(msg)
                 finally:
                     queue.task_done()
-        sid = self.relay.subscribe(subject, take)
+        sid = self.requests.subscribe(subject, take)
         return sid, asyncio.create_task(work()), queue
 
     async def _stop_relay_workers(self) -> None:
@@ -269,9 +280,9 @@ class StreamingServer:
         if not self._workers:
             return
         for sid, _, _ in self._workers:
-            self.relay.unsubscribe(sid)
+            self.requests.unsubscribe(sid)
         try:
-            await self.relay.ping()
+            await self.requests.ping()
             await asyncio.wait_for(asyncio.gather(*(q.join() for _, _, q in self._workers)), 5)
         except Exception as e:
             log.warning("requests did not drain: %s", e)
@@ -431,6 +442,8 @@ class StreamingServer:
                 await self.channels.stop()
             if self.relay:
                 await self.relay.close()
+            if self.requests:
+                await self.requests.close()
             if self.subs:
                 await self.subs.stop()
             if self.ft:
