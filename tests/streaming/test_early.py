@@ -9,8 +9,10 @@ import asyncio
 import os
 import re
 
+import nats
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.streaming import errors as E
+from stanfleet.streaming.relay import Relay
 
 from .rawstan import RawStan
 from .serverproc import ServerProcess, free_port
@@ -100,3 +102,63 @@ async def test_a_registered_client_id_after_a_kill_is_left_to_the_server(tmp_pat
     finally:
         await server.stop()
     assert os.path.isdir(tmp_path / "data")
+
+
+async def test_the_early_layer_answers_what_came_before_protobuf_and_holds_the_rest():
+    """Subscribed first (no "no responders" while protobuf loads), answering
+    from answer_from_now on; a second connect of a clientID, or one it cannot
+    decode, is held for the server, in order, with the publishes."""
+    from stanfleet.broker import Broker, BrokerConfig
+    from stanfleet.streaming import handshake
+    from stanfleet.streaming.early import EarlyLayer
+
+    with Broker(BrokerConfig()) as b:
+        early = EarlyLayer("127.0.0.1", b.port, CLUSTER, answer=True).start()
+        nc = await nats.connect(b.url)
+        try:
+            req = pb.ConnectRequest(client_id="first", heartbeat_inbox="hb.first", protocol=1,
+                                    conn_id=b"c1", ping_interval=7)
+            first = asyncio.ensure_future(nc.request(f"_STAN.discover.{CLUSTER}",
+                                                     req.SerializeToString(), timeout=10))
+            await nc.flush()  # at nats-server, so at the early layer's subscription
+            early.answer_from_now(handshake)
+            resp = pb.ConnectResponse.FromString((await first).data)
+            assert resp.error == "" and resp.pub_prefix == f"_STAN.pub.{CLUSTER}"
+            assert (resp.ping_interval, resp.ping_max_out) == (7, 3)
+
+            again = pb.ConnectRequest(client_id="first", heartbeat_inbox="hb.x", protocol=1,
+                                      conn_id=b"c2")
+            sent = [(f"_STAN.discover.{CLUSTER}", again.SerializeToString()),
+                    (f"_STAN.discover.{CLUSTER}", b"\xff garbage"),
+                    (f"_STAN.sub.{CLUSTER}", b"sub 1"),
+                    (f"_STAN.close.{CLUSTER}", b"close 1")]
+            for i, (subject, data) in enumerate(sent):
+                await nc.publish(subject, data, reply=f"r.{i}")
+            await nc.publish(f"_STAN.pub.{CLUSTER}.ch", b"pub 1", reply="r.pub")
+            await nc.flush()
+
+            # Adopted as the server adopts them; what was held comes out in order.
+            pubs, requests, answered = early.handover()
+            assert [r.client_id for r in answered] == ["first"]
+            relays = Relay([b.url]), Relay([b.url])
+            await relays[0].adopt(pubs)
+            await relays[1].adopt(requests)
+            got: list = []
+            all_in = asyncio.Event()
+
+            def take(subject, reply, headers, payload):
+                got.append((subject, payload))
+                if len(got) == len(sent) + 1:
+                    all_in.set()
+            relays[0].subscribe(f"_STAN.pub.{CLUSTER}.>", take)
+            for subject in {subject for subject, _ in sent}:
+                relays[1].subscribe(subject, take)
+            relays[0].release()
+            relays[1].release()
+            await asyncio.wait_for(all_in.wait(), 10)
+            pub = (f"_STAN.pub.{CLUSTER}.ch", b"pub 1")
+            assert pub in got and [g for g in got if g != pub] == sent
+            for r in relays:
+                await r.close()
+        finally:
+            await nc.close()

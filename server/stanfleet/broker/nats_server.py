@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from ..signals import die_with_parent
 
 DEFAULT_START_TIMEOUT = 15.0
-DEFAULT_READY_POLL = 0.005  # the ports file has no event; start-up time is what we poll for
+# The ports file has no event. Polled often: until the streaming server has
+# subscribed (streaming/early.py) a client that connects gets "no responders".
+DEFAULT_READY_POLL = 0.001
 
 
 class BrokerError(RuntimeError):
@@ -112,9 +114,7 @@ class Broker:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::") else "127.0.0.1"
         return f"{'tls' if self.config.tls else 'nats'}://{host}:{self.port}"
 
-    def start(self, timeout: float = DEFAULT_START_TIMEOUT, while_starting=None) -> "Broker":
-        """Spawn nats-server and return once its port is open; while_starting()
-        runs once in between (work of ours that need not wait for the port)."""
+    def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> "Broker":
         cfg = self.config
         self._ports_dir = _private_dir("stanfleet-broker-")
         self._tmp = weakref.finalize(self, _remove_tree, self._ports_dir)
@@ -142,9 +142,6 @@ class Broker:
                 self.proc = subprocess.Popen(args, stdout=log, stderr=log,
                                              stdin=subprocess.DEVNULL, start_new_session=True,
                                              preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-            if while_starting is not None:
-                while_starting, run = None, while_starting
-                run()
             try:
                 self._wait_ready(max(deadline - time.monotonic(), 0.5))
                 return self

@@ -119,6 +119,9 @@ class EarlyLayer:
         self.auth = {"user": user, "pass": password} if user else \
             {"auth_token": token} if token else {}
         self.answer = answer
+        # handshake.py once imported (protobuf): until then connects are held,
+        # and answered when it comes (answer_from_now).
+        self._handshake = None
         self.answered: list = []  # ConnectRequests answered here, in order
         self._client_ids: set[str] = set()
         self._conn_ids: set[bytes] = set()
@@ -129,10 +132,9 @@ class EarlyLayer:
         self._wake_r, self._wake_w = -1, -1
 
     def start(self) -> "EarlyLayer":
-        """Subscribe, and return once nats-server has confirmed it (PING/PONG)."""
-        if self.answer:
-            from . import handshake  # protobuf: startup imported it while nats-server started
-            self._handshake = handshake
+        """Subscribe, and return once nats-server has confirmed it (PING/PONG).
+        First thing once the port is open: a connect that finds no subscriber
+        gets "no responders", and a harness gives up on the first."""
         s, cid = self.subjects, self.cluster_id
         # Named as the connections they become (server.py).
         self.pubs = _Conn(self.addr, f"_STAN-{cid}-relay", self.auth, [s.pub_prefix + ".>"], "p")
@@ -157,7 +159,10 @@ class EarlyLayer:
             while True:
                 ready, _, _ = select.select([*conns, self._wake_r], [], [])
                 if self._wake_r in ready:
-                    return  # handover: what is still in the sockets is the relays'
+                    if os.read(self._wake_r, 1) == b"x":
+                        return  # handover: what is still in the sockets is the relays'
+                    self._answer_held()
+                    continue
                 for sock in ready:
                     c = conns[sock]
                     chunk = sock.recv(65536)
@@ -187,7 +192,8 @@ class EarlyLayer:
                 reply = args[2].decode() if len(args) == (5 if hmsg else 4) else ""
                 pos = start + size + 2
                 sid = args[1]
-                if sid == self._discover_sid and self.answer and self._answered(reply, payload):
+                if sid == self._discover_sid and self._handshake and \
+                        self._answered(reply, payload):
                     continue
                 if len(c.held) < MAX_HELD:
                     c.held.append((sid, args[0].decode(), reply, headers, payload))
@@ -216,6 +222,20 @@ class EarlyLayer:
             self._conn_ids.add(conn_id)
         self.answered.append(req)
         return True
+
+    def answer_from_now(self, handshake) -> None:
+        """Answer connects from now on, those held meanwhile first (in the reader
+        thread, which alone writes to the sockets)."""
+        if not self.answer or self._thread is None:
+            return
+        self._handshake = handshake
+        os.write(self._wake_w, b"a")
+
+    def _answer_held(self) -> None:
+        held, self.requests.held = self.requests.held, []
+        for m in held:  # (sid, subject, reply, headers, payload)
+            if not (m[0] == self._discover_sid and self._answered(m[2], m[4])):
+                self.requests.held.append(m)
 
     def _stop(self) -> None:
         if self._thread is not None:

@@ -88,9 +88,8 @@ def plain_nats_only(opts: ServerOptions) -> bool:
     return not opts.nats_url and bool(opts.cluster_url) and not opts.clustered
 
 
-def start_broker(opts: ServerOptions, while_starting=None) -> Broker:
-    return Broker(broker_config(opts)).start(timeout=DEFAULT_BROKER_START_TIMEOUT,
-                                             while_starting=while_starting)
+def start_broker(opts: ServerOptions) -> Broker:
+    return Broker(broker_config(opts)).start(timeout=DEFAULT_BROKER_START_TIMEOUT)
 
 
 def nats_tls(opts: ServerOptions) -> dict:

@@ -12,8 +12,8 @@ imported, and the garbage collector stays off while importing (collect_from_now)
 
 Where the early layer may answer connects itself (early.may_answer: the
 memory store of our own nats-server), being ready does not wait for the
-imports at all: nats-server up, protobuf imported meanwhile, the early layer
-subscribed. There the importer starts only after that, so that it does not
+imports at all: nats-server up, the early layer subscribed, protobuf
+imported. There the importer starts only after that, so that it does not
 take the GIL from the way to the first answer.
 """
 
@@ -173,10 +173,6 @@ def _lease_lost(e: Exception) -> bool:
     return isinstance(e, LeaseLost)
 
 
-def _import_handshake() -> None:
-    importlib.import_module("stanfleet.streaming.handshake")
-
-
 def run_server(opts: ServerOptions) -> int:
     from .embedded import plain_nats_only
 
@@ -203,11 +199,17 @@ def run_server(opts: ServerOptions) -> int:
         importer.start()
     broker = None
     if not opts.nats_url:
-        # protobuf (~15 ms) for the early layer's answers, while nats-server starts.
-        broker = start_broker(opts, while_starting=_import_handshake if answer else None)
+        broker = start_broker(opts)
     # A standby (--ft_group) must take no request: they are the active one's.
     early = None if opts.ft_group else start_early(opts, broker)  # serves until we take over
     if answer:
+        if early is not None:
+            # protobuf (~15 ms) for its answers: only now, so that no connect
+            # meets "no responders" for longer than nats-server takes to open
+            # its port (those that come meanwhile are held, then answered).
+            # Measured, not in a thread beside nats-server's start: that one
+            # took the GIL from the spawn, and the port opened later.
+            early.answer_from_now(importlib.import_module("stanfleet.streaming.handshake"))
         importer.start()
     if broker is not None:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
