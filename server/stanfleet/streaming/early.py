@@ -120,8 +120,10 @@ class EarlyLayer:
             {"auth_token": token} if token else {}
         self.answer = answer
         # handshake.py once imported (protobuf): until then connects are held,
-        # and answered when it comes (answer_from_now).
+        # and answered when it comes (answer_from_now). Set by the reader
+        # thread alone, after it answered the held ones: in arrival order.
         self._handshake = None
+        self._loaded = None
         self.answered: list = []  # ConnectRequests answered here, in order
         self._client_ids: set[str] = set()
         self._conn_ids: set[bytes] = set()
@@ -228,10 +230,11 @@ class EarlyLayer:
         thread, which alone writes to the sockets)."""
         if not self.answer or self._thread is None:
             return
-        self._handshake = handshake
+        self._loaded = handshake
         os.write(self._wake_w, b"a")
 
     def _answer_held(self) -> None:
+        self._handshake = self._loaded
         held, self.requests.held = self.requests.held, []
         for m in held:  # (sid, subject, reply, headers, payload)
             if not (m[0] == self._discover_sid and self._answered(m[2], m[4])):
