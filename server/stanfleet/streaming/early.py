@@ -51,7 +51,11 @@ from .naming import Subjects, check_client_id, check_subject
 log = logging.getLogger("stanfleet.streaming")
 
 DEFAULT_CONNECT_TIMEOUT = 2.0
-MAX_HELD = 100_000  # requests held at most; later ones are dropped (their clients retry)
+# Held at most, per connection; later requests are dropped, unanswered, as a
+# slow consumer's are: their clients time out and retry, and a publish not
+# acknowledged was not stored.
+MAX_HELD = 100_000
+MAX_HELD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -77,6 +81,7 @@ class _Conn:
     def __init__(self, addr, name: str, auth: dict, subjects: list[str], prefix: str):
         self.sids = {subject: f"{prefix}{i}".encode() for i, subject in enumerate(subjects, 1)}
         self.held: list[tuple] = []
+        self.held_bytes = 0
         self.max_payload = 1024 * 1024
         sock = socket.create_connection(addr, timeout=DEFAULT_CONNECT_TIMEOUT)
         # As the relay logs in (relay._dial): headers, since the relay stores
@@ -197,8 +202,9 @@ class EarlyLayer:
                 if sid == self._discover_sid and self._handshake and \
                         self._answered(reply, payload):
                     continue
-                if len(c.held) < MAX_HELD:
+                if len(c.held) < MAX_HELD and c.held_bytes < MAX_HELD_BYTES:
                     c.held.append((sid, args[0].decode(), reply, headers, payload))
+                    c.held_bytes += size
                 continue
             if buf[pos:end] == b"PING":
                 c.sock.sendall(b"PONG\r\n")
