@@ -162,3 +162,46 @@ async def test_the_early_layer_answers_what_came_before_protobuf_and_holds_the_r
                 await r.close()
         finally:
             await nc.close()
+
+
+async def test_file_store_a_new_client_id_is_answered_early_and_its_registration_survives(
+        tmp_path):
+    """File store: the clients bucket says the clientID is new, the early layer
+    writes the registration and then answers; a crash right after loses
+    nothing (the next server restores the session). A fresh directory (no
+    bucket yet) leaves the connect to the server."""
+    port = free_port()
+    args = ("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"))
+    url = f"nats://127.0.0.1:{port}"
+    server = await ServerProcess(*args).launch()
+    try:
+        await server.wait_line(PORT_UP)
+        first = await RawStan.open(url, CLUSTER, "first")
+        assert (await first.connect()).error == ""  # no bucket yet: the server answered
+        line = await server.wait_line("requests that came before we were ready")
+        assert "answered 0 connect" in line
+    finally:
+        await server.kill()
+    await first.vanish()
+
+    server = await ServerProcess(*args).launch()
+    try:
+        await server.wait_line(PORT_UP)
+        c = await RawStan.open(url, CLUSTER, "newcomer")
+        assert (await c.connect()).error == ""
+        answered_before_ready = not any("streaming server ready" in x for x in server.lines)
+        await server.wait_line("streaming server ready")
+        assert answered_before_ready
+        assert "answered 1 connect" in (await server.wait_line("before we were ready;"))
+        assert (await c.publish("kept", b"1")).error == ""
+    finally:
+        await server.kill()
+
+    server = await ServerProcess(*args).start()
+    try:
+        await server.wait_line("restored 2 clients")
+        # Same session, no new connect: the server knows it from the bucket.
+        assert (await c.publish("kept", b"2")).error == ""
+        assert await c.close() == ""
+    finally:
+        await server.stop()

@@ -16,6 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from .handshake import client_record
+
 log = logging.getLogger("stanfleet.streaming.clients")
 
 DEFAULT_HB_SLICES = 30  # a heartbeat round is sent in this many slices over the interval
@@ -35,10 +37,8 @@ class ClientInfo:
 
     def record(self, owner: str | None) -> dict:
         """What state.py keeps of the session (server._restore reads it back)."""
-        return {"client_id": self.client_id, "conn_id": self.conn_id.hex(),
-                "hb_inbox": self.hb_inbox, "protocol": self.protocol,
-                "ping_interval": self.ping_interval, "ping_max_out": self.ping_max_out,
-                "created": self.created, "owner": owner}
+        return client_record(self.client_id, self.conn_id, self.hb_inbox, self.protocol,
+                             self.ping_interval, self.ping_max_out, self.created, owner)
 
 
 class ClientRegistry:

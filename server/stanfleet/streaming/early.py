@@ -44,6 +44,7 @@ import os
 import select
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from .naming import Subjects, check_client_id, check_subject
@@ -55,6 +56,9 @@ DEFAULT_CONNECT_TIMEOUT = 2.0
 # slow consumer's are: their clients time out and retry, and a publish not
 # acknowledged was not stored.
 MAX_HELD = 100_000
+# At handover, the clients bucket's answers still awaited are awaited this
+# long (seconds); then their connects are the server's.
+DEFAULT_STORE_PATIENCE = 2.0
 MAX_HELD_BYTES = 64 * 1024 * 1024
 
 
@@ -69,8 +73,10 @@ class Handover:
 
 
 def may_answer(opts) -> bool:
-    """Whether a connect can be proven new: nothing registered can exist yet."""
-    return (opts.store == "memory" and not opts.nats_url and not opts.ft_group
+    """Whether a connect can be proven new: only our own nats-server holds
+    registrations (none yet with the memory store; the clients bucket tells
+    with the file store), and nothing but the clientID decides the answer."""
+    return (not opts.nats_url and not opts.ft_group
             and not (opts.routes or opts.cluster_url or opts.clustered or opts.nats_config)
             and not (opts.authz or opts.security_dir or opts.tls_cert or opts.accounts_file))
 
@@ -116,7 +122,7 @@ class EarlyLayer:
     JetStream falls behind) and the other requests (not paused by that)."""
 
     def __init__(self, host: str, port: int, cluster_id: str, *, answer: bool,
-                 user: str | None = None, password: str | None = None,
+                 lookup: bool = False, user: str | None = None, password: str | None = None,
                  token: str | None = None):
         self.addr = ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
         self.cluster_id = cluster_id
@@ -124,6 +130,16 @@ class EarlyLayer:
         self.auth = {"user": user, "pass": password} if user else \
             {"auth_token": token} if token else {}
         self.answer = answer
+        # File store: a connect is answered once the clients bucket says the
+        # clientID is not registered and has the new registration (early_store).
+        self.bucket = None
+        if lookup:
+            from .early_store import ClientsBucket
+
+            self.bucket = ClientsBucket(cluster_id)
+        self._inbox = f"_STAN.early.{os.urandom(6).hex()}"
+        self._pending: dict[str, list] = {}  # token -> [stage, held entry, request]
+        self._token = 0
         # handshake.py once imported (protobuf): until then connects are held,
         # and answered when it comes (answer_from_now). Set by the reader
         # thread alone, after it answered the held ones: in arrival order.
@@ -147,12 +163,13 @@ class EarlyLayer:
         self.pubs = _Conn(self.addr, f"_STAN-{cid}-relay", self.auth, [s.pub_prefix + ".>"], "p")
         try:
             self.requests = _Conn(self.addr, f"_STAN-{cid}-requests", self.auth,
-                                  [s.discover, s.pings, s.sub, s.unsub, s.subclose, s.close],
-                                  "r")
+                                  [s.discover, s.pings, s.sub, s.unsub, s.subclose, s.close] +
+                                  ([self._inbox + ".*"] if self.bucket else []), "r")
         except OSError:
             self.pubs.sock.close()
             raise
         self._discover_sid = self.requests.sids[s.discover]
+        self._inbox_sid = self.requests.sids.get(self._inbox + ".*", b"")
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._read, name="early-requests", daemon=True)
         self._thread.start()
@@ -160,15 +177,25 @@ class EarlyLayer:
 
     def _read(self) -> None:
         conns = {c.sock: c for c in (self.pubs, self.requests)}
+        stop_by = None  # once asked to stop: the bucket's answers are awaited until then
         try:
             for c in conns.values():
                 c.buf = self._parse(c, c.buf)
             while True:
-                ready, _, _ = select.select([*conns, self._wake_r], [], [])
+                wait = None
+                if stop_by is not None:
+                    wait = stop_by - time.monotonic()
+                    if not self._pending or wait <= 0:
+                        if self._pending:  # left to the server (they are held)
+                            log.warning("early: %d connects' registrations unconfirmed",
+                                        len(self._pending))
+                        return  # handover: what is still in the sockets is the relays'
+                ready, _, _ = select.select([*conns, self._wake_r], [], [], wait)
                 if self._wake_r in ready:
                     if os.read(self._wake_r, 1) == b"x":
-                        return  # handover: what is still in the sockets is the relays'
-                    self._answer_held()
+                        stop_by = time.monotonic() + DEFAULT_STORE_PATIENCE
+                    else:
+                        self._answer_held()
                     continue
                 for sock in ready:
                     c = conns[sock]
@@ -199,22 +226,26 @@ class EarlyLayer:
                 reply = args[2].decode() if len(args) == (5 if hmsg else 4) else ""
                 pos = start + size + 2
                 sid = args[1]
-                if sid == self._discover_sid and self._handshake and \
-                        self._answered(reply, payload):
+                if sid == self._inbox_sid:
+                    self._on_bucket(args[0].decode(), payload)
+                    continue
+                entry = (sid, args[0].decode(), reply, headers, payload)
+                if sid == self._discover_sid and self._handshake and self._connect(entry):
                     continue
                 if len(c.held) < MAX_HELD and c.held_bytes < MAX_HELD_BYTES:
-                    c.held.append((sid, args[0].decode(), reply, headers, payload))
+                    c.held.append(entry)
                     c.held_bytes += size
                 continue
             if buf[pos:end] == b"PING":
                 c.sock.sendall(b"PONG\r\n")
             pos = end + 2
 
-    def _answered(self, reply: str, data: bytes) -> bool:
-        """Answer a connect the server would accept; False: hold it for the server."""
-        handshake = self._handshake
+    def _connect(self, entry: tuple) -> bool:
+        """True: answered, as the server would. False: held for the server, or,
+        with the file store, held until the clients bucket has spoken (_on_bucket)."""
+        reply, data = entry[2], entry[4]
         try:
-            req = handshake.pb.ConnectRequest.FromString(data)
+            req = self._handshake.pb.ConnectRequest.FromString(data)
             check_client_id(req.client_id)
             check_subject(req.heartbeat_inbox, "heartbeat inbox")
         except Exception:  # undecodable or an invalid name: the server answers its error
@@ -223,13 +254,52 @@ class EarlyLayer:
         if not reply or req.client_id in self._client_ids or (conn_id and conn_id in
                                                                 self._conn_ids):
             return False  # registered now: the server's duplicate check decides
-        out = handshake.accepted(self.subjects, req).SerializeToString()
-        self.requests.sock.sendall(f"PUB {reply} {len(out)}\r\n".encode() + out + b"\r\n")
         self._client_ids.add(req.client_id)
         if conn_id:
             self._conn_ids.add(conn_id)
+        if self.bucket is None:  # memory store: nothing registered before us
+            self._accept(req, reply)
+            return True
+        self._request("get", entry, req, *self.bucket.lookup(req.client_id))
+        return False
+
+    def _request(self, stage: str, entry: tuple, req, subject: str, payload: bytes) -> None:
+        self._token += 1
+        token = str(self._token)
+        self._pending[token] = [stage, entry, req]
+        self.requests.sock.sendall(f"PUB {subject} {self._inbox}.{token} {len(payload)}\r\n"
+                                   .encode() + payload + b"\r\n")
+
+    def _on_bucket(self, subject: str, payload: bytes) -> None:
+        """The clients bucket's answer: not registered, then written; else the
+        connect stays held for the server."""
+        from . import early_store
+
+        p = self._pending.pop(subject.rsplit(".", 1)[-1], None)
+        if p is None:
+            return
+        stage, entry, req = p
+        if stage == "get" and early_store.registered(payload) is False:
+            ping_interval, ping_max_out = self._handshake.ping_settings(req)
+            record = self._handshake.client_record(
+                req.client_id, bytes(req.conn_id), req.heartbeat_inbox, req.protocol,
+                ping_interval, ping_max_out, time.time(), None)
+            self._request("put", entry, req, self.bucket.key_subject(req.client_id),
+                          json.dumps(record).encode())
+        elif stage == "put" and early_store.stored(payload):
+            try:
+                self.requests.held.remove(entry)
+            except ValueError:
+                pass  # not held (the limit): answered all the same
+            self._accept(req, entry[2])
+        else:  # registered, or the bucket could not tell: the server decides
+            self._client_ids.discard(req.client_id)
+            self._conn_ids.discard(bytes(req.conn_id))
+
+    def _accept(self, req, reply: str) -> None:
+        out = self._handshake.accepted(self.subjects, req).SerializeToString()
+        self.requests.sock.sendall(f"PUB {reply} {len(out)}\r\n".encode() + out + b"\r\n")
         self.answered.append(req)
-        return True
 
     def answer_from_now(self, handshake) -> None:
         """Answer connects from now on, those held meanwhile first (in the reader
@@ -243,7 +313,7 @@ class EarlyLayer:
         self._handshake = self._loaded
         held, self.requests.held = self.requests.held, []
         for m in held:  # (sid, subject, reply, headers, payload)
-            if not (m[0] == self._discover_sid and self._answered(m[2], m[4])):
+            if not (m[0] == self._discover_sid and self._connect(m)):
                 self.requests.held.append(m)
 
     def _stop(self) -> None:
@@ -276,7 +346,7 @@ def start_early(opts, broker) -> EarlyLayer | None:
         return None
     try:
         return EarlyLayer(opts.host, broker.port, opts.cluster_id, answer=may_answer(opts),
-                          user=opts.user, password=opts.password, token=opts.token).start()
+                          lookup=opts.store == "file", user=opts.user, password=opts.password, token=opts.token).start()
     except OSError as e:
         log.debug("no early subscriptions: %s", e)
         return None

@@ -21,6 +21,16 @@ def ping_settings(req: pb.ConnectRequest) -> tuple[int, int]:
             req.ping_max_out if req.ping_max_out > 0 else DEFAULT_PING_MAX_OUT)
 
 
+def client_record(client_id: str, conn_id: bytes, hb_inbox: str, protocol: int,
+                  ping_interval: int, ping_max_out: int, created: float,
+                  owner: str | None) -> dict:
+    """A session's registration as the clients bucket keeps it (state.py;
+    server._restore reads it back). Written by the server, and by early.py."""
+    return {"client_id": client_id, "conn_id": conn_id.hex(), "hb_inbox": hb_inbox,
+            "protocol": protocol, "ping_interval": ping_interval,
+            "ping_max_out": ping_max_out, "created": created, "owner": owner}
+
+
 def accepted(subjects: Subjects, req: pb.ConnectRequest) -> pb.ConnectResponse:
     ping_interval, ping_max_out = ping_settings(req)
     s = subjects

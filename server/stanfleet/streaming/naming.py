@@ -87,6 +87,12 @@ def check_client_id(client_id: str) -> None:
         raise InvalidName(f"invalid clientID {client_id!r}: only a-z, A-Z, 0-9, '-' and '_'")
 
 
+def state_buckets(cluster_id: str) -> tuple[str, str]:
+    """The KV buckets of client and subscription registrations (state.py)."""
+    base = f"STAN_{escape(cluster_id)}"
+    return f"{base}_clients", f"{base}_subs"
+
+
 class Subjects:
     """The subjects one streaming cluster uses on the NATS side."""
 

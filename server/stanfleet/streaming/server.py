@@ -239,19 +239,19 @@ class StreamingServer:
     async def _register_early(self, answered: list) -> None:
         """The sessions early.py accepted, registered and written (as _register
         does) before any other request is handled: the first of their
-        publishes must find them."""
+        publishes must find them. With the file store early.py wrote them
+        before answering (the handover awaited that), and _restore read them."""
         for req in answered:
-            if req.client_id in self.clients.clients:  # cannot be: early answers only new ones
-                log.error("client=%s accepted early but registered already", req.client_id)
-                continue
+            log.info("client=%s connected (protocol %d, before we were ready)", req.client_id,
+                     req.protocol)
+            if req.client_id in self.clients.clients:
+                continue  # file store: early.py wrote it, _restore read it back
             ping_interval, ping_max_out = ping_settings(req)
             info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
                               hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
                               ping_interval=ping_interval, ping_max_out=ping_max_out)
             self.clients.add(info)
             await self.state.save_client(info.client_id, info.record(None))
-            log.info("client=%s connected (protocol %d, before we were ready)", req.client_id,
-                     req.protocol)
 
     def _relay_worker(self, subject: str, handler) -> tuple:
         """Requests of one subject read on the relay, handled one at a time in

@@ -10,11 +10,13 @@ nats-server is up well before the imports are done, and what is left to
 wait for is our own CPU time: what is not needed before serving is not
 imported, and the garbage collector stays off while importing (collect_from_now).
 
-Where the early layer may answer connects itself (early.may_answer: the
-memory store of our own nats-server), being ready does not wait for the
-imports at all: nats-server up, the early layer subscribed, protobuf
-imported. There the importer starts only after that, so that it does not
-take the GIL from the way to the first answer.
+Where the early layer may answer connects itself (early.may_answer: our
+own nats-server), being ready does not wait for the imports at all:
+nats-server up, the early layer subscribed, protobuf imported (and with the
+file store the clients bucket asked). With the memory store the importer
+starts only after that, so that it does not take the GIL from the way to
+the first answer; with the file store, where a restart mostly finds its
+clients registered and leaves their connects to the server, before.
 """
 
 from __future__ import annotations
@@ -186,16 +188,19 @@ def run_server(opts: ServerOptions) -> int:
 
     importer = _Importer(modules)
     # Where the early layer answers connects (early.may_answer), being ready
-    # is nats-server up, protobuf imported and the early layer subscribed: the
+    # is nats-server up, the early layer subscribed and protobuf imported: the
     # importer starts after, not to take the GIL from that path. Elsewhere
-    # being ready waits for the imports, so they start first, beside nats-server.
+    # being ready waits for the imports, so they start first, beside
+    # nats-server; so with the file store too, where most restarts find their
+    # clients registered (those connects are the server's).
     answer = not opts.nats_url and may_answer(opts)
+    answer_first = answer and opts.store == "memory"
     # Short GIL slices while the importer runs: the main thread must subscribe
     # the moment nats-server is up, and the early layer answer at once, not
     # when the importer lets go.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(DEFAULT_STARTUP_SWITCH_INTERVAL)
-    if not answer:
+    if not answer_first:
         importer.start()
     broker = None
     if not opts.nats_url:
@@ -210,7 +215,8 @@ def run_server(opts: ServerOptions) -> int:
             # Measured, not in a thread beside nats-server's start: that one
             # took the GIL from the spawn, and the port opened later.
             early.answer_from_now(importlib.import_module("stanfleet.streaming.handshake"))
-        importer.start()
+        if answer_first:
+            importer.start()
     if broker is not None:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
     try:

@@ -27,7 +27,7 @@ from nats.js.errors import (
 )
 
 from .jsapi import RetryingJSM
-from .naming import escape
+from .naming import state_buckets
 
 log = logging.getLogger("stanfleet.streaming.state")
 
@@ -40,9 +40,7 @@ class StateStore:
     def __init__(self, nc: NATS, cluster_id: str, *, storage: str, replicas: int):
         self.js = nc.jetstream()
         self.jsm = RetryingJSM(nc.jsm())
-        base = f"STAN_{escape(cluster_id)}"
-        self.clients_bucket = f"{base}_clients"
-        self.subs_bucket = f"{base}_subs"
+        self.clients_bucket, self.subs_bucket = state_buckets(cluster_id)
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
         self.replicas = replicas
         self.clients = None
