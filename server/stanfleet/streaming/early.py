@@ -9,12 +9,17 @@ STAN client sends to (discover, pub, sub, unsub, subclose, close, pings;
 publishes on a socket of their own, as the server has them):
 
 - A ConnectRequest it can prove the server would accept, it answers itself,
-  with the server's own answer (handshake.py). Provable only where nothing
-  can be registered yet: the memory store in an embedded nats-server that
-  we just started, alone (no cluster, no config file that could make one),
-  no authorization or quotas (see may_answer). A clientID or conn_id it
-  answered already, and anything it cannot decode or that fails the
-  server's name checks, it holds: the server decides those.
+  with the server's own answer (handshake.py). Provable only where our own
+  nats-server, just started, alone (no cluster, no config file that could
+  make one), holds every registration, and nothing but the clientID decides
+  (no authorization or quotas: may_answer). With the memory store nothing
+  is registered yet. With the file store the clients bucket tells
+  (early_store.py); a registered clientID, or no bucket yet, leaves the
+  connect to the server. A clientID or conn_id it answered already, and
+  anything it cannot decode or that fails the server's name checks, it
+  holds: the server decides those. Not checked here: a conn_id equal to
+  that of a session restored from the file store (the server refuses it);
+  clients draw a random one per connection.
 - Everything else it holds, in arrival order.
 
 Handover without gap, duplicate or reordering: the sockets are not closed but
@@ -25,12 +30,12 @@ order. Nothing is unsubscribed and subscribed again, so no request meets
 "no responders" and none reaches two subscribers.
 
 Durability (state.py: a registration is written before the connect is
-answered): a session answered here is written to the clients bucket by the
-server before any of its other requests is handled. Until then it exists
-only in this process, which is no loss: answering is limited to the memory
-store of an embedded nats-server, whose buckets live in a child that dies
-with us (die_with_parent), so no crash keeps a record the answer could
-contradict, and none loses one that would have survived.
+answered): with the file store the early layer writes it, and answers once
+JetStream has acknowledged the write. With the memory store the server
+writes it, before any other request of the session is handled; until then
+it exists only in this process, which is no loss: the bucket lives in the
+nats-server child that dies with us (die_with_parent), so no crash keeps a
+record the answer could contradict, or loses one that would have survived.
 
 Only for the embedded nats-server without TLS or an accounts file: the cases
 where a plain socket may log in.
