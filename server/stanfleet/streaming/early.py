@@ -151,7 +151,11 @@ class EarlyLayer:
         self._handshake = None
         self._loaded = None
         self.answered: list = []  # ConnectRequests answered here, in order
-        self._client_ids: set[str] = set()
+        self._client_ids: set[str] = set()  # answered, or being registered
+        # clientIDs the bucket found registered (or could not tell about): the
+        # server's, as are all connects once the bucket is found missing.
+        self._left: set[str] = set()
+        self._no_bucket = False
         self._conn_ids: set[bytes] = set()
         self.pubs: _Conn | None = None
         self.requests: _Conn | None = None
@@ -259,6 +263,8 @@ class EarlyLayer:
         if not reply or req.client_id in self._client_ids or (conn_id and conn_id in
                                                                 self._conn_ids):
             return False  # registered now: the server's duplicate check decides
+        if req.client_id in self._left or self._no_bucket:
+            return False  # not asked again (a client retrying its connect would be)
         self._client_ids.add(req.client_id)
         if conn_id:
             self._conn_ids.add(conn_id)
@@ -298,6 +304,9 @@ class EarlyLayer:
                 pass  # not held (the limit): answered all the same
             self._accept(req, entry[2])
         else:  # registered, or the bucket could not tell: the server decides
+            if stage == "get" and early_store.no_bucket(payload):
+                self._no_bucket = True
+            self._left.add(req.client_id)
             self._client_ids.discard(req.client_id)
             self._conn_ids.discard(bytes(req.conn_id))
 

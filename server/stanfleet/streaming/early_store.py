@@ -19,6 +19,7 @@ import json
 from .naming import state_buckets
 
 ERR_NO_MESSAGE = 10037  # JetStream: no message found (on that subject)
+ERR_NO_STREAM = 10059  # JetStream: stream not found
 DELETED = (b"KV-Operation: DEL", b"KV-Operation: PURGE")
 
 
@@ -49,6 +50,15 @@ def registered(reply: bytes) -> bool | None:
     if doc.get("error", {}).get("err_code") == ERR_NO_MESSAGE:
         return False
     return None
+
+
+def no_bucket(reply: bytes) -> bool:
+    """From the lookup's reply: the bucket does not exist (a first start in
+    this directory; only the server creates it, so not before the handover)."""
+    try:
+        return json.loads(reply).get("error", {}).get("err_code") == ERR_NO_STREAM
+    except ValueError:
+        return False
 
 
 def stored(reply: bytes) -> bool:
