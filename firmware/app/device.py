@@ -365,6 +365,28 @@ class Device:
                 delay = await _backoff(delay)
 
     async def _connect_stan(self, nc):
+        delay = RETRY_MIN_MS
+        while True:
+            sc = await self._open_stan(nc)
+            self.sc = sc  # before subscribing: a callback acks through it
+            try:
+                await self._subscribe(sc)
+                break
+            except stan.StanError as e:
+                # The server registered an earlier attempt whose reply never
+                # came (timed out here): that subscription holds the durable
+                # and every retry in this session is refused. Closing the
+                # session drops it; the durable stays and the next session
+                # resumes it.
+                log("stanfleet: %s, opening a new session" % e)
+                try:
+                    await asyncio.wait_for(sc.close(), 10)
+                except Exception:  # noqa: BLE001 - the next session replaces it anyway
+                    pass
+                delay = await _backoff(delay)  # should another process hold it
+        self._on_session(False)
+
+    async def _open_stan(self, nc):
         sc = stan.Stan(nc, {
             "cluster_id": self.cfg.get("cluster_id", "test-cluster"),
             "client_id": self.client_id,
@@ -375,11 +397,14 @@ class Device:
         while True:
             try:
                 await sc.connect()
-                break
+                return sc
             except Exception as e:  # noqa: BLE001 - streaming server not there yet
                 log("stanfleet: stan connect failed error=%r" % (e,))
                 delay = await _backoff(delay)
-        self.sc = sc
+
+    async def _subscribe(self, sc):
+        """The cfg and releases durables. Raises StanError for a duplicate
+        durable (see _connect_stan); anything else is retried."""
         cfg = self.cfg
         # Releases: more than one in flight, so a release that keeps failing
         # (and stays unacked) does not hold back a newer one that fixes it.
@@ -398,8 +423,9 @@ class Device:
                     break
                 except Exception as e:  # noqa: BLE001 - retry until the server answers
                     log("stanfleet: subscribe %s failed error=%r" % (channel, e))
+                    if isinstance(e, stan.StanError) and "duplicate durable" in str(e):
+                        raise
                     delay = await _backoff(delay)
-        self._on_session(False)
 
     def _on_link_down(self, reason):
         self.online = False

@@ -101,6 +101,7 @@ class Stan:
         # PubAcks come to an inbox under our prefix (official clients use
         # _STAN.acks.<random>): with per-identity inboxes nobody else can read them.
         self._ack_subject = nc.new_inbox()
+        self._ack_sub = None
         self._ping_sub = None
         self._ping_data = None
         self._pings_out = 0
@@ -113,7 +114,8 @@ class Stan:
         """Open the first session. Raises StanError (e.g. clientID already
         registered) or asyncio.TimeoutError (no streaming server)."""
         nc = self.nc
-        nc.subscribe(self._ack_subject, self._on_puback)
+        if self._ack_sub is None:  # once: connect() may be retried on the same object
+            self._ack_sub = nc.subscribe(self._ack_subject, self._on_puback)
         await self._session()
         self._tasks = (asyncio.create_task(self._keep()), asyncio.create_task(self._pinger()))
 
@@ -224,7 +226,9 @@ class Stan:
                 pass
 
     async def close(self):
-        """Close the session (durables are kept) and drop all subscriptions."""
+        """Close the session (durables are kept) and drop all subscriptions,
+        the session's NATS inboxes included: a closed Stan leaves nothing
+        subscribed on the NATS client, which may carry a new session."""
         if self._closed:
             return
         self._closed = True
@@ -239,15 +243,17 @@ class Stan:
         r = self._resp
         self._up.clear()
         try:
-            req = pb.encode(pb.CloseRequest, {"client_id": self.cfg["client_id"]})
-            m = await nc.request(r["close_requests"], req, self.cfg["connect_timeout"])
-            err = pb.decode(pb.CloseResponse, m.data)["error"]
-            if err:
-                raise StanError(err)
+            if r is not None:  # a session was opened: the server holds it
+                req = pb.encode(pb.CloseRequest, {"client_id": self.cfg["client_id"]})
+                m = await nc.request(r["close_requests"], req, self.cfg["connect_timeout"])
+                err = pb.decode(pb.CloseResponse, m.data)["error"]
+                if err:
+                    raise StanError(err)
         finally:
-            if self._hb is not None:
-                nc.unsubscribe(self._hb)
-                nc.unsubscribe(self._ping_sub)
+            for sub in (self._hb, self._ping_sub, self._ack_sub):
+                if sub is not None:
+                    nc.unsubscribe(sub)
+            self._hb = self._ping_sub = self._ack_sub = None
 
     # ---- publish -----------------------------------------------------------------
 
