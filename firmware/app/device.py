@@ -46,6 +46,12 @@ MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 # for the next boot (app/buffer.py).
 _LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "hal.net")
 _DECISION_MODULES = ("app.release", "rollout")
+# Bytes allocated between two automatic collections, as a fraction of the
+# heap (config.json "gc_threshold" overrides it; docs/device.md "Memory").
+# Without a threshold MicroPython collects only when the heap is full, so
+# garbage fills every free byte and a large buffer finds the heap in pieces.
+GC_THRESHOLD_DIV = 32
+GC_THRESHOLD_MIN = 512
 # ota.json key: seqs of releases whose install failed in the last boot. The
 # redelivery right after the reboot is skipped (not acked) so that a release
 # that keeps failing is tried once per ack_wait, not at every boot in a loop.
@@ -513,6 +519,7 @@ class Device:
         cfg = self.cfg
         log("stanfleet: start device=%s version=%s frequency=%d"
             % (self.id, otaboot.current["version"], self.settings["sending_frequency"]))
+        _gc_threshold(cfg)
         wdt = system.Watchdog(cfg.get("watchdog_ms", 60000))
         tasks = [asyncio.create_task(wdt.run())]
         if otaboot.current["trial"]:
@@ -534,6 +541,16 @@ class Device:
         self.buf.save(self._guid_pfx, self._guid_n)
         log("stanfleet: rebooting buffered=%d" % len(self.buf))
         system.reset()
+
+
+def _gc_threshold(cfg):
+    gc.collect()
+    n = cfg.get("gc_threshold")
+    if not isinstance(n, int) or n <= 0:
+        n = (gc.mem_free() + gc.mem_alloc()) // GC_THRESHOLD_DIV
+    n = max(GC_THRESHOLD_MIN, n)
+    gc.threshold(n)
+    log("stanfleet: gc threshold=%d" % n)
 
 
 def _unload(names):
