@@ -26,7 +26,7 @@ otaboot.select()
 part("boot: otaboot, slot choice")
 from app import device  # noqa: E402
 
-part("app imports (device, nats, stan, pb, hal, cfgrules, settings, buffer)")
+part("app imports (device, nats, stan, pb, hal, buffer)")
 d = device.Device()
 part("Device(): config.json, settings, offline buffer (%d readings)" % d.buf.size)
 if d.cfg.get("ca"):
@@ -41,8 +41,12 @@ async def online():
     # which is garbage once it returns.
     nc = await d._connect_nats()
     part("NATS link (TLS socket, reader/writer/pinger tasks, buffers)")
-    await d._connect_stan(nc)
-    part("STAN session and its 2 durable subscriptions")
+    # As Device._connect_stan(), in two steps.
+    d.sc = await d._open_stan(nc)
+    part("STAN session (its tasks, heartbeat, ping and PubAck inboxes)")
+    await d._subscribe(d.sc)
+    d._on_session(False)
+    part("its 2 durable subscriptions (cfg, releases)")
     for _ in range(3):
         d.buf.push(1764583200, 2137)
     t = asyncio.create_task(d._sender())

@@ -14,7 +14,6 @@ import gc
 import json
 import time
 
-import cfgrules
 import nats
 import otaboot
 import pb
@@ -22,7 +21,6 @@ import stan
 from hal import net, system
 from hal.sensor import Sensor
 
-from app import settings as settings_mod
 from app.buffer import Buffer
 
 RETRY_MIN_MS = 500
@@ -46,6 +44,11 @@ MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 # for the next boot (app/buffer.py).
 _LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "hal.net")
 _DECISION_MODULES = ("app.release", "rollout")
+# config.json and settings.json are read at boot and settings.json written
+# when a cfg arrives: their code (app.settings, cfgrules) is loaded then and
+# dropped after, not kept on the heap of a connected device (frozen: about
+# 450 bytes of module and function objects; as .mpy files about 2.5 KB).
+_SETTINGS_MODULES = ("app.settings", "cfgrules")
 # Bytes allocated between two automatic collections, as a fraction of the
 # heap (config.json "gc_threshold" overrides it; docs/device.md "Memory").
 # Without a threshold MicroPython collects only when the heap is full, so
@@ -90,11 +93,15 @@ async def _backoff(delay):
 
 class Device:
     def __init__(self):
-        cfg = settings_mod.load_config()
+        from app import settings as sm
+
+        cfg = sm.load_config()
         self.cfg = cfg
         self.id = cfg.get("device_id") or system.unique_hex()
         self.client_id = "device-" + self.id
-        self.settings = settings_mod.load_settings(cfg, log)
+        self.settings = sm.load_settings(cfg, log)
+        sm = None
+        _unload(_SETTINGS_MODULES)
         self.buf = Buffer(max(2, int(cfg.get("buffer_size", 120))))
         # Readings' guids: this boot's prefix and a number kept in the buffer.
         from random import getrandbits
@@ -245,13 +252,23 @@ class Device:
             data = json.loads(msg.data)
         except ValueError:
             data = None
+        import cfgrules
+
         accepted, errors = cfgrules.validate(data)
+        cfgrules = None
+        _unload(_SETTINGS_MODULES)
         for e in errors:
             log("stanfleet: cfg rejected seq=%d %s" % (msg.sequence, e))
         new = dict(self.settings)
         new.update(accepted)
         if new != self.settings:
-            settings_mod.save_settings(new)  # OSError: not acked, comes again
+            from app import settings as sm
+
+            try:
+                sm.save_settings(new)  # OSError: not acked, comes again
+            finally:
+                sm = None
+                _unload(_SETTINGS_MODULES)
             self.settings = new
             self.freq_ev.set()
         if accepted:
@@ -564,7 +581,7 @@ def _unload(names):
         m = sys.modules.pop(name, None)
         if m is None:
             continue
-        for k in [k for k, v in g.items() if v is m]:  # e.g. settings_mod
+        for k in [k for k, v in g.items() if v is m]:  # a module imported at the top
             del g[k]
         pkg, _, short = name.rpartition(".")
         if pkg and pkg in sys.modules:  # "from hal import net" set hal.net
