@@ -23,7 +23,9 @@ shadows the frozen app, so its code is on the heap again (docs/device.md).
 Per variant it prints, beside the targets of issue 16:
   * the smallest -X heapsize (--step KiB) in which the whole run passes
     --runs times out of --runs (bisection, then confirmation),
-  * the peak gc.mem_alloc() (a sampling thread with a collection every 4 KB),
+  * the peak gc.mem_alloc() (a sampling thread) in the first run, made in
+    --high KiB: the firmware collects every gc_threshold bytes (1/32 of the
+    heap unless --gc-threshold), so the peak includes up to that much garbage,
   * the live heap after gc at idle (from the device's last status).
 
 Run: .venv/bin/python bench/firmware_heap.py [--bits 32] [--frozen] [--no-tls] [--all]

@@ -39,14 +39,20 @@ if d.cfg.get("ca"):
 async def online():
     # As Device._online(): everything that holds the link lives in this frame,
     # which is garbage once it returns.
-    nc = await d._connect_nats()
-    part("NATS link (TLS socket, reader/writer/pinger tasks, buffers)")
-    # As Device._connect_stan(), in two steps.
-    d.sc = await d._open_stan(nc)
+    from app import link
+
+    part("connect code (app.link)")
+    nc = await link.connect_nats(d)
+    part("NATS link (TLS socket, reader and writer tasks, buffers)")
+    # As link.connect_stan(), in two steps.
+    d.sc = await link.open_stan(d, nc)
     part("STAN session (its tasks, heartbeat, ping and PubAck inboxes)")
-    await d._subscribe(d.sc)
-    d._on_session(False)
+    await link.subscribe(d, d.sc)
     part("its 2 durable subscriptions (cfg, releases)")
+    link = None
+    device._unload(device._CONNECT_MODULES)
+    d.on_session(False)
+    part("connected: connect code unloaded")
     for _ in range(3):
         d.buf.push(1764583200, 2137)
     t = asyncio.create_task(d._sender())
@@ -91,9 +97,9 @@ async def main():
     part("link closed (STAN session, NATS link, sender and status tasks)")
     device._unload(device._LINK_MODULES)
     part("link code unloaded (%s)" % ", ".join(device._LINK_MODULES))
-    from app import ota  # noqa: F401
+    from app import install, ota  # noqa: F401
 
-    part("OTA install code (app.ota, bundle, http_get)")
+    part("OTA install code (app.install, app.ota, bundle, http_get)")
     import ed25519  # noqa: F401
 
     part("ed25519 + sha512")
