@@ -313,6 +313,7 @@ class Client:
         # the next write drives the handshake. The context (CA, verification
         # required) is made once and shared with HTTPS downloads: tlsctx.py.
         import tlsctx
+
         if not self._c("ca_der"):
             raise NatsError("TLS required but no ca_der configured")
         name = self._c("server_hostname") or self._c("host")
