@@ -23,7 +23,9 @@ shadows the frozen app, so its code is on the heap again (docs/device.md).
 Per variant it prints, beside the targets of issue 16:
   * the smallest -X heapsize (--step KiB) in which the whole run passes
     --runs times out of --runs (bisection, then confirmation),
-  * the peak gc.mem_alloc() (a sampling thread with a collection every 4 KB),
+  * the peak gc.mem_alloc() (a sampling thread) in the first run, made in
+    --high KiB: the firmware collects every gc_threshold bytes (1/32 of the
+    heap unless --gc-threshold), so the peak includes up to that much garbage,
   * the live heap after gc at idle (from the device's last status).
 
 Run: .venv/bin/python bench/firmware_heap.py [--bits 32] [--frozen] [--no-tls] [--all]
@@ -90,8 +92,9 @@ class Fixture:
     """What every run shares: the releases and, with TLS, the fleet's security
     directory (CA, device password, signing key), as `stanfleet up` makes it."""
 
-    def __init__(self, tmp: Path, tls: bool):
+    def __init__(self, tmp: Path, tls: bool, extra: dict | None = None):
         self.tmp, self.tls = tmp, tls
+        self.extra = dict(extra or {})  # more config.json keys (gc_threshold)
         self.releases = tmp / "releases"
         self.releases.mkdir()
         self.security = None
@@ -170,10 +173,11 @@ class Env:
 
     def fleet(self, binary: Path, heap_kb: int, on_line) -> FleetRunner:
         fx = self.fx
-        kw = {}
+        cfg = dict(fx.extra)
+        kw = {"credentials": lambda _id: dict(cfg)}
         if fx.tls:
-            cfg = {**fx.security.device_config(DEV), "sending_frequency": 1}
-            kw = {"credentials": lambda _id: dict(cfg), "ca_der": fx.security.ca_der()}
+            cfg.update(fx.security.device_config(DEV), sending_frequency=1)
+            kw["ca_der"] = fx.security.ca_der()
         return FleetRunner(self.url, CLUSTER, self.dir / "fleet", ids=[DEV], heap=f"{heap_kb}k",
                            releases_dir=fx.releases, factory_version=FACTORY, board=fx.board,
                            micropython=str(binary), on_line=on_line, crash_pause_max=1, **kw)
@@ -305,7 +309,8 @@ async def main(args) -> None:
     os.environ["SIM_HEAP_TRACE"] = "1"
     results = []
     with tempfile.TemporaryDirectory(prefix="heap-bench-") as tmp:
-        fx = Fixture(Path(tmp), tls=not args.no_tls)
+        extra = {} if args.gc_threshold is None else {"gc_threshold": args.gc_threshold}
+        fx = Fixture(Path(tmp), tls=not args.no_tls, extra=extra)
         for bits, frozen in variants:
             ota = args.ota or ("image" if frozen else "bundle")
             v = Variant(bits, frozen, ota)
@@ -323,6 +328,8 @@ if __name__ == "__main__":
     p.add_argument("--frozen", action="store_true", help="the firmware frozen into the binary")
     p.add_argument("--all", action="store_true", help="32 and 64 bits, frozen and not")
     p.add_argument("--no-tls", action="store_true", help="plaintext NATS and HTTP, no credentials")
+    p.add_argument("--gc-threshold", type=int,
+                   help="config.json gc_threshold in bytes (default: the firmware's, 1/32 of the heap)")
     p.add_argument("--ota", choices=("bundle", "image"),
                    help="the update in the run (default: image when frozen, else bundle)")
     p.add_argument("--low", type=int, default=32, help="KiB, assumed too small")

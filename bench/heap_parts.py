@@ -51,6 +51,10 @@ async def main(args) -> None:
         if line.startswith("PART "):
             _, n, what = line.split(" ", 2)
             print(f"  {int(n):7,d}  {what}")
+        elif line.startswith("ALLOC "):
+            _, per, us = line.split()
+            print(f"  (a reading sent allocates {int(per):,d} bytes; one gc.collect() of this "
+                  f"heap took {int(us)} us here)")
         elif line.startswith("TOTAL "):
             print(f"  {int(line.split()[1]):7,d}  total")
         elif not line.startswith(("stanfleet:", "nats ", "stan ")):

@@ -26,8 +26,9 @@ sys.path.append(".frozen")
 def _trace_heap():
     # SIM_HEAP_TRACE=1 (bench/firmware_heap.py): sample the heap in a thread
     # and print each new high-water mark of gc.mem_alloc(). A collection every
-    # 4 KB of allocation keeps mem_alloc() close to the live data; without it
-    # the heap simply fills up before the first collection.
+    # 4 KB of allocation keeps mem_alloc() close to the live data until the
+    # firmware sets its own threshold at boot (app/device.py, gc_threshold);
+    # without one the heap simply fills up before the first collection.
     import _thread
     import gc
     import time

@@ -7,22 +7,24 @@
 #   status    devices.<ID>.status at boot and after each change
 #
 # Lines starting with "stanfleet: " are the device's log; the simulator, the
-# tests and flash.sh watch them.
+# tests and flash.sh watch them. Code for one moment of a boot lives apart
+# and is loaded only then: app.link (connecting), app.release (a release
+# message), app.install (an install; the check after an image update),
+# app.settings and cfgrules (boot, a cfg).
+#
+# Long because the device's whole life (readings, cfg, releases, status,
+# the link and its closing before an install) shares this one object's state.
 
 import asyncio
 import gc
 import json
 import time
 
-import cfgrules
-import nats
 import otaboot
-import pb
 import stan
 from hal import net, system
 from hal.sensor import Sensor
 
-from app import settings as settings_mod
 from app.buffer import Buffer
 
 RETRY_MIN_MS = 500
@@ -46,25 +48,29 @@ MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 # for the next boot (app/buffer.py).
 _LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "hal.net")
 _DECISION_MODULES = ("app.release", "rollout")
+# Code for one moment of a boot: opening the link (app.link, dropped once
+# connected) and installing or checking an installed image (app.install).
+_CONNECT_MODULES = ("app.link",)
+_INSTALL_MODULES = ("app.install",)
+# config.json and settings.json are read at boot and settings.json written
+# when a cfg arrives: their code (app.settings, cfgrules) is loaded then and
+# dropped after, not kept on the heap of a connected device (frozen: about
+# 450 bytes of module and function objects; as .mpy files about 2.5 KB).
+_SETTINGS_MODULES = ("app.settings", "cfgrules")
+# Bytes allocated between two automatic collections, as a fraction of the
+# heap (config.json "gc_threshold" overrides it; docs/device.md "Memory").
+# Without a threshold MicroPython collects only when the heap is full, so
+# garbage fills every free byte and a large buffer finds the heap in pieces.
+GC_THRESHOLD_DIV = 32
+GC_THRESHOLD_MIN = 512
 # ota.json key: seqs of releases whose install failed in the last boot. The
 # redelivery right after the reboot is skipped (not acked) so that a release
 # that keeps failing is tried once per ack_wait, not at every boot in a loop.
-_FAILED = "install_failed"
+FAILED_KEY = "install_failed"
 
 
 def log(msg):
     print(msg)
-
-
-def parse_nats_url(url):
-    """(tls, host, port) of nats://, tls:// or host:port."""
-    tls = url.startswith("tls://")
-    if "://" in url:
-        url = url.split("://", 1)[1]
-    host, _, port = url.rpartition(":")
-    if not host:
-        host, port = port, "4222"
-    return tls, host, int(port)
 
 
 def _reading(secs, centi):
@@ -75,7 +81,7 @@ def _reading(secs, centi):
             % (system.iso(secs), sign, centi // 100, centi % 100)).encode()
 
 
-async def _backoff(delay):
+async def backoff(delay):
     from random import getrandbits
 
     await asyncio.sleep_ms(delay // 2 + getrandbits(16) % (delay // 2 + 1))
@@ -84,11 +90,15 @@ async def _backoff(delay):
 
 class Device:
     def __init__(self):
-        cfg = settings_mod.load_config()
+        from app import settings as sm
+
+        cfg = sm.load_config()
         self.cfg = cfg
         self.id = cfg.get("device_id") or system.unique_hex()
         self.client_id = "device-" + self.id
-        self.settings = settings_mod.load_settings(cfg, log)
+        self.settings = sm.load_settings(cfg, log)
+        sm = None
+        _unload(_SETTINGS_MODULES)
         self.buf = Buffer(max(2, int(cfg.get("buffer_size", 120))))
         # Readings' guids: this boot's prefix and a number kept in the buffer.
         from random import getrandbits
@@ -157,7 +167,7 @@ class Device:
                     break
                 except Exception as e:  # noqa: BLE001 - offline or refused: try again later
                     log("stanfleet: status not sent error=%r" % (e,))
-                    delay = await _backoff(delay)
+                    delay = await backoff(delay)
 
     # ---- readings ----------------------------------------------------------------
 
@@ -218,12 +228,12 @@ class Device:
                         buf.sent()
                         buf.dropped += 1
                         errors = 0
-                delay = await _backoff(delay)
+                delay = await backoff(delay)
                 continue
             except Exception as e:  # noqa: BLE001 - timeout or link down: keep it, retry
                 buf.sending = False
                 log("stanfleet: reading not acked yet buffered=%d error=%r" % (len(buf), e))
-                delay = await _backoff(delay)
+                delay = await backoff(delay)
                 continue
             buf.sent()
             errors = 0
@@ -234,18 +244,28 @@ class Device:
 
     # ---- cfg -----------------------------------------------------------------------
 
-    async def _on_cfg(self, msg):
+    async def on_cfg(self, msg):
         try:
             data = json.loads(msg.data)
         except ValueError:
             data = None
+        import cfgrules
+
         accepted, errors = cfgrules.validate(data)
+        cfgrules = None
+        _unload(_SETTINGS_MODULES)
         for e in errors:
             log("stanfleet: cfg rejected seq=%d %s" % (msg.sequence, e))
         new = dict(self.settings)
         new.update(accepted)
         if new != self.settings:
-            settings_mod.save_settings(new)  # OSError: not acked, comes again
+            from app import settings as sm
+
+            try:
+                sm.save_settings(new)  # OSError: not acked, comes again
+            finally:
+                sm = None
+                _unload(_SETTINGS_MODULES)
             self.settings = new
             self.freq_ev.set()
         if accepted:
@@ -256,7 +276,7 @@ class Device:
 
     # ---- releases ------------------------------------------------------------------
 
-    async def _on_release(self, msg):
+    async def on_release(self, msg):
         from app import release
 
         rel, why = release.decide(self.id, msg.data)
@@ -277,10 +297,10 @@ class Device:
             log("stanfleet: release seq=%d %s waits for the reboot"
                 % (msg.sequence, rel["version"]))
             return
-        failed = otaboot.state().get(_FAILED) or []
+        failed = otaboot.state().get(FAILED_KEY) or []
         if msg.sequence in failed:
             failed.remove(msg.sequence)
-            otaboot.put(_FAILED, failed or None)
+            otaboot.put(FAILED_KEY, failed or None)
             log("stanfleet: release seq=%d %s failed in the last boot, retried when "
                 "redelivered" % (msg.sequence, rel["version"]))
             return
@@ -313,134 +333,30 @@ class Device:
         await asyncio.sleep_ms(0)
         await asyncio.sleep_ms(0)
 
-    async def _install(self, seq, rel):
-        v = rel["version"]  # "downloading" was reported before the link closed
-        try:
-            from app import ota
-
-            o = ota.Ota(self.id, self.cfg)
-            if rel.get("kind") == "image":
-                await o.install_image(rel)  # the bootloader switches partitions
-            else:
-                otaboot.begin_trial(await o.install(rel), v)
-        except Exception as e:  # noqa: BLE001 - not acked: the server redelivers it
-            import sys
-
-            sys.print_exception(e)
-            self.set_ota("failed", v, _reason(e))
-            failed = otaboot.state().get(_FAILED) or []
-            if seq not in failed:
-                otaboot.put(_FAILED, (failed + [seq])[-4:])  # max_inflight releases
-            return
-        self.set_ota("rebooting", v)
-
-    # ---- connection ----------------------------------------------------------------
-
-    async def _connect_nats(self):
-        urls = self.cfg["nats"]
-        if isinstance(urls, str):
-            urls = [urls]
-        cfg = self.cfg
-        user = cfg.get("user")
-        # Under the server's authorization a user's inboxes are _INBOX.<user>.*
-        inbox = cfg.get("inbox_prefix") or ("_INBOX." + user if user else "_INBOX")
-        i = 0
-        delay = RETRY_MIN_MS
-        while True:
-            tls, host, port = parse_nats_url(urls[i % len(urls)])
-            nc = nats.Client({
-                "host": host, "port": port, "tls": tls, "ca_der": cfg.get("ca"),
-                "server_hostname": cfg.get("server_hostname"),
-                "user": user, "password": cfg.get("password"),
-                "token": cfg.get("token"), "name": self.client_id, "inbox_prefix": inbox,
-                "on_disconnected": self._on_link_down,
-                "on_connected": self._on_link_up,
-            })
-            try:
-                await nc.connect()
-                return nc
-            except Exception as e:  # noqa: BLE001 - no server yet, bad credentials: retry
-                log("stanfleet: nats connect failed host=%s error=%r" % (host, e))
-                i += 1
-                delay = await _backoff(delay)
-
-    async def _connect_stan(self, nc):
-        sc = stan.Stan(nc, {
-            "cluster_id": self.cfg.get("cluster_id", "test-cluster"),
-            "client_id": self.client_id,
-            "on_session": self._on_session,
-            "on_session_lost": self._on_session_lost,
-        })
-        delay = RETRY_MIN_MS
-        while True:
-            try:
-                await sc.connect()
-                break
-            except Exception as e:  # noqa: BLE001 - streaming server not there yet
-                log("stanfleet: stan connect failed error=%r" % (e,))
-                delay = await _backoff(delay)
-        self.sc = sc
-        cfg = self.cfg
-        # Releases: more than one in flight, so a release that keeps failing
-        # (and stays unacked) does not hold back a newer one that fixes it.
-        for channel, cb, durable, ack_wait, inflight in (
-            ("devices.%s.cfg" % self.id, self._on_cfg, "cfg", 30, 1),
-            ("devices.releases", self._on_release, "releases", cfg.get("release_ack_wait", 90), 4),
-        ):
-            delay = RETRY_MIN_MS
-            while True:
-                try:
-                    # A new durable starts at the channel's last message: a device
-                    # provisioned after a cfg or release was sent still gets it.
-                    await sc.subscribe(channel, cb, durable=durable, manual_acks=True,
-                                       ack_wait=ack_wait, max_inflight=inflight,
-                                       start=pb.LAST_RECEIVED)
-                    break
-                except Exception as e:  # noqa: BLE001 - retry until the server answers
-                    log("stanfleet: subscribe %s failed error=%r" % (channel, e))
-                    delay = await _backoff(delay)
-        self._on_session(False)
-
-    def _on_link_down(self, reason):
+    def on_link_down(self, reason):
         self.online = False
         log("stanfleet: disconnected reason=%s" % reason)
 
-    def _on_link_up(self, reconnected):
+    def on_link_up(self, reconnected):
         # The STAN session usually outlives a short outage (the server's
         # heartbeats are slow to give up), so this is "connected again".
         if reconnected and self.sc is not None:
             self.online = True
             log("stanfleet: reconnected buffered=%d" % len(self.buf))
 
-    def _on_session_lost(self, reason):
+    def on_session_lost(self, reason):
         self.online = False
         log("stanfleet: session lost reason=%s" % reason)
 
-    def _check_image(self):
-        # A MicroPython image installed before the last reset: did it boot?
-        trial = otaboot.state().get("image_trial")
-        if not trial:
-            return
-        from hal import image
-
-        if image.running_label() == trial["label"]:
-            image.mark_valid()
-            otaboot.put("image", trial["version"])
-            if otaboot.current["frozen"]:
-                # The new image's frozen app runs instead of an older slot's bundle.
-                otaboot.put("app", "frozen")
-            self.image = trial["version"]
-            self.ota_state = {"state": "installed", "version": trial["version"], "reason": ""}
-            log("stanfleet: image healthy version=%s" % trial["version"])
-        else:  # the bootloader went back to the old partition
-            self.ota_state = {"state": "rolled_back", "version": trial["version"],
-                              "reason": "image did not boot"}
-            otaboot.record("rolled_back", trial["version"], "image did not boot")
-        otaboot.put("image_trial", None)
-
-    def _on_session(self, renewed):
+    def on_session(self, renewed):
         self.online = True
-        self._check_image()
+        trial = otaboot.state().get("image_trial")
+        if trial:  # the first session after an image update
+            from app import install
+
+            install.check_image(self, trial)
+            install = None
+            _unload(_INSTALL_MODULES)
         if otaboot.mark_good():
             log("stanfleet: ota healthy version=%s" % otaboot.current["version"])
             self.ota_state = {"state": "installed", "version": otaboot.current["version"],
@@ -462,11 +378,16 @@ class Device:
         A coroutine of its own: once it returns, its frame (and the stale
         pointers to the link that MicroPython's conservative gc would follow
         in it) is garbage, so the link can be freed."""
-        nc = await self._connect_nats()
-        await self._connect_stan(nc)
-        link = (asyncio.create_task(self._sender()), asyncio.create_task(self._status_loop()))
+        from app import link
+
+        nc = await link.connect_nats(self)
+        await link.connect_stan(self, nc)
+        link = None
+        _unload(_CONNECT_MODULES)
+        self.on_session(False)
+        work = (asyncio.create_task(self._sender()), asyncio.create_task(self._status_loop()))
         await self.reboot_ev.wait()  # a release to install, or a trial out of time
-        for t in link:
+        for t in work:
             t.cancel()
         if self.to_install:
             # The last status before the link closes: the fleet sees the
@@ -487,6 +408,7 @@ class Device:
         cfg = self.cfg
         log("stanfleet: start device=%s version=%s frequency=%d"
             % (self.id, otaboot.current["version"], self.settings["sending_frequency"]))
+        _gc_threshold(cfg)
         wdt = system.Watchdog(cfg.get("watchdog_ms", 60000))
         tasks = [asyncio.create_task(wdt.run())]
         if otaboot.current["trial"]:
@@ -499,7 +421,9 @@ class Device:
         if self.to_install:
             _unload(_LINK_MODULES)
             gc.collect()
-            await self._install(*self.to_install)
+            from app import install
+
+            await install.install(self, *self.to_install)
         # Into the new version, or back into this one after a failed install
         # (the failed release comes again after ack_wait). The sampler and the
         # watchdog ran until now; the buffered readings go to the next boot.
@@ -508,6 +432,16 @@ class Device:
         self.buf.save(self._guid_pfx, self._guid_n)
         log("stanfleet: rebooting buffered=%d" % len(self.buf))
         system.reset()
+
+
+def _gc_threshold(cfg):
+    gc.collect()
+    n = cfg.get("gc_threshold")
+    if not isinstance(n, int) or n <= 0:
+        n = (gc.mem_free() + gc.mem_alloc()) // GC_THRESHOLD_DIV
+    n = max(GC_THRESHOLD_MIN, n)
+    gc.threshold(n)
+    log("stanfleet: gc threshold=%d" % n)
 
 
 def _unload(names):
@@ -521,7 +455,7 @@ def _unload(names):
         m = sys.modules.pop(name, None)
         if m is None:
             continue
-        for k in [k for k, v in g.items() if v is m]:  # e.g. settings_mod
+        for k in [k for k, v in g.items() if v is m]:  # a module imported at the top
             del g[k]
         pkg, _, short = name.rpartition(".")
         if pkg and pkg in sys.modules:  # "from hal import net" set hal.net
@@ -537,15 +471,6 @@ def _permanent(error):
         if text in error:
             return True
     return False
-
-
-def _reason(e):
-    """What went wrong, for a person: OSError alone says just "20"."""
-    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
-        import errno
-
-        return "I/O error %s" % errno.errorcode.get(e.args[0], e.args[0])
-    return str(e) or repr(e)
 
 
 def main():

@@ -105,13 +105,13 @@ def new_inbox(prefix="_INBOX"):
 
 class Client:
     def __init__(self, cfg):
-        c = dict(DEFAULTS)
-        c.update(cfg)
-        self.cfg = c
-        self._log = c["log"] or print
+        # The caller's dict, DEFAULTS looked up (_c): a copy with every
+        # default is 200 bytes of heap for as long as the client lives.
+        self.cfg = cfg
+        self._log = self._c("log") or print
         self._state = _ST_DOWN
         self._stream = None
-        self._tasks = ()  # reader, writer, pinger of the current link
+        self._tasks = ()  # reader and writer of the current link (_keep pings)
         self._keeper = None
         self._out = bytearray()
         self._wev = asyncio.Event()  # writer has something to send
@@ -128,6 +128,9 @@ class Client:
         self.last_error = None
         self.reconnects = 0
 
+    def _c(self, key):
+        return self.cfg.get(key, DEFAULTS[key])
+
     # ---- public API ----------------------------------------------------------
 
     @property
@@ -135,7 +138,7 @@ class Client:
         return self._state == _ST_UP
 
     def new_inbox(self):
-        return new_inbox(self.cfg["inbox_prefix"])
+        return new_inbox(self._c("inbox_prefix"))
 
     async def connect(self):
         """First connection. Raises OSError, AuthError or asyncio.TimeoutError."""
@@ -148,7 +151,7 @@ class Client:
             raise NatsError("closed")
         n = len(data)
         o = self._out
-        if len(o) + n + len(subject) + 40 > self.cfg["max_pending"] and o:
+        if len(o) + n + len(subject) + 40 > self._c("max_pending") and o:
             raise NatsError("pending buffer full")
         o += b"PUB "
         o += subject
@@ -232,10 +235,9 @@ class Client:
 
     async def _open(self):
         # One attempt: TCP, INFO, optional TLS, CONNECT + PING, wait for PONG or -ERR.
-        c = self.cfg
-        t = c["connect_timeout"]
+        t = self._c("connect_timeout")
         # MicroPython's open_connection returns the same Stream as reader and writer
-        s = (await asyncio.wait_for(asyncio.open_connection(c["host"], c["port"]), t))[0]
+        s = (await asyncio.wait_for(asyncio.open_connection(self._c("host"), self._c("port")), t))[0]
         try:
             await asyncio.wait_for(self._handshake(s), t)
         except BaseException:  # close the socket on any failure, timeouts included
@@ -254,13 +256,12 @@ class Client:
         self._tasks = (
             asyncio.create_task(self._reader(s)),
             asyncio.create_task(self._writer(s)),
-            asyncio.create_task(self._pinger()),
         )
         self._wev.set()
         self._up.set()
         self._log("nats event=connected host=%s port=%d reconnects=%d"
-                  % (c["host"], c["port"], self.reconnects))
-        cb = c["on_connected"]
+                  % (self._c("host"), self._c("port"), self.reconnects))
+        cb = self._c("on_connected")
         if cb:
             cb(self._keeper is not None)  # True: a reconnect
 
@@ -275,21 +276,20 @@ class Client:
         # Not kept: only tls_required is read, and the whole INFO (server id,
         # version, connect URLs, ...) is most of a kilobyte of heap.
         info = json.loads(line[5:])
-        c = self.cfg
-        tls = c["tls"] or info.get("tls_required", False)
+        tls = self._c("tls") or info.get("tls_required", False)
         if tls:
             self._tls_upgrade(s)
         opts = {"verbose": False, "pedantic": False, "headers": False, "protocol": 1}
         opts["lang"] = "micropython"
         opts["version"] = "0.1"
         opts["tls_required"] = bool(tls)
-        if c["name"]:
-            opts["name"] = c["name"]
-        if c["user"] is not None:
-            opts["user"] = c["user"]
-            opts["pass"] = c["password"] or ""
-        if c["token"] is not None:
-            opts["auth_token"] = c["token"]
+        if self._c("name"):
+            opts["name"] = self._c("name")
+        if self._c("user") is not None:
+            opts["user"] = self._c("user")
+            opts["pass"] = self._c("password") or ""
+        if self._c("token") is not None:
+            opts["auth_token"] = self._c("token")
         s.write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
         await s.drain()
         while True:
@@ -314,11 +314,10 @@ class Client:
         # required) is made once and shared with HTTPS downloads: tlsctx.py.
         import tlsctx
 
-        c = self.cfg
-        if not c["ca_der"]:
+        if not self._c("ca_der"):
             raise NatsError("TLS required but no ca_der configured")
-        name = c["server_hostname"] or c["host"]
-        ctx = tlsctx.context(c["ca_der"])
+        name = self._c("server_hostname") or self._c("host")
+        ctx = tlsctx.context(self._c("ca_der"))
         s.s = ctx.wrap_socket(s.s, server_hostname=name, do_handshake_on_connect=False)
         s.s.setblocking(False)
 
@@ -341,17 +340,22 @@ class Client:
             self._stream = None
 
     async def _keep(self):
-        c = self.cfg
         from random import getrandbits
 
         while True:
-            await self._lost_ev.wait()
+            # One task pings the link while it is up and reconnects it once
+            # lost: a task less per link than a pinger of its own.
+            try:
+                await asyncio.wait_for(self._lost_ev.wait(), self._c("ping_interval"))
+            except asyncio.TimeoutError:
+                self._ping()
+                continue
             self._teardown()
             self._log("nats event=disconnected reason=%s" % self._lost_reason)
-            cb = c["on_disconnected"]
+            cb = self._c("on_disconnected")
             if cb:
                 cb(self._lost_reason)
-            delay = c["reconnect_min_ms"]
+            delay = self._c("reconnect_min_ms")
             while True:
                 # full jitter on top of half the delay avoids a herd of devices in step
                 await asyncio.sleep_ms(delay // 2 + getrandbits(16) % (delay // 2 + 1))
@@ -362,9 +366,9 @@ class Client:
                 except (OSError, EOFError, asyncio.TimeoutError, NatsError, ValueError) as e:
                     self.last_error = e
                     self._log("nats event=reconnect_failed error=%r delay_ms=%d" % (e, delay))
-                    if isinstance(e, NatsError) and c["on_error"]:
-                        c["on_error"](e)
-                delay = min(delay * 2, c["reconnect_max_ms"])
+                    if isinstance(e, NatsError) and self._c("on_error"):
+                        self._c("on_error")(e)
+                delay = min(delay * 2, self._c("reconnect_max_ms"))
 
     # ---- link tasks --------------------------------------------------------------
 
@@ -433,17 +437,16 @@ class Client:
         e = AuthError(text) if ("uthoriz" in text or "uthentic" in text) else NatsError(text)
         self.last_error = e
         self._log("nats event=server_error error=%s" % text)
-        cb = self.cfg["on_error"]
+        cb = self._c("on_error")
         if cb:
             cb(e)
 
-    async def _pinger(self):
-        c = self.cfg
-        while True:
-            await asyncio.sleep(c["ping_interval"])
-            if self._pings_out >= c["max_pings_out"]:
-                self._lost("stale")
-                return
+    def _ping(self):
+        if self._state != _ST_UP:
+            return
+        if self._pings_out >= self._c("max_pings_out"):
+            self._lost("stale")
+        else:
             self._pings_out += 1
             self._pongs.append(None)
             self._out += b"PING\r\n"

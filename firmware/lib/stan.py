@@ -13,6 +13,16 @@
 # subscription request. Durables resume after their last acked message and
 # get their unacked messages redelivered; other subscriptions start again
 # from their original start position.
+#
+# Lean by design (issue 16: a connected device's heap): a subscription is one
+# list (the _S_* slots), not an object with a dict of attributes; one task
+# delivers for every subscription, and one (_keep) both pings and renews, so
+# a session costs two tasks whatever it subscribes; the ConnectResponse is
+# kept as a tuple of the subjects used; cfg is the caller's dict, with
+# DEFAULTS looked up, not copied.
+#
+# Long because the session, publish with PubAcks, and subscriptions with
+# their redelivery rules share one session's state and its renewal.
 
 import asyncio
 import gc
@@ -55,41 +65,43 @@ class StanMsg:
         self.sub = sub
 
 
-class Subscription:
-    def __init__(self, inbox, channel, cb, durable, queue, manual_acks, ack_wait, max_inflight,
-                 start, start_seq):
-        self.channel = channel
-        self.cb = cb
-        self.durable = durable
-        self.queue = queue
-        self.manual_acks = manual_acks
-        self.ack_wait = ack_wait
-        self.max_inflight = max_inflight
-        self.start = start
-        self.start_seq = start_seq
-        self.inbox = inbox
-        self.ack_inbox = None
-        self.nsub = None
-        self.task = None
-        self.pending = []
-        self.ev = asyncio.Event()
-        self.dropped = 0
+# A subscription: a list of these slots (what subscribe() returns).
+_S_INBOX = const(0)
+_S_CHANNEL = const(1)
+_S_CB = const(2)
+_S_REQ = const(3)  # the SubscriptionRequest's fields: durable, queue, ack_wait, max_inflight, start, start_seq
+_S_MANUAL = const(4)
+_S_ACK_INBOX = const(5)  # None until the server accepted it
+_S_NSUB = const(6)
+_S_PENDING = const(7)
+
+# The ConnectResponse fields kept, in this order (_R_* indexes).
+_R_FIELDS = ("pub_prefix", "sub_requests", "unsub_requests", "close_requests",
+             "sub_close_requests", "ping_requests", "ping_interval", "ping_max_out")
+_R_PUB = const(0)
+_R_SUB = const(1)
+_R_UNSUB = const(2)
+_R_CLOSE = const(3)
+_R_SUBCLOSE = const(4)
+_R_PING = const(5)
+_R_PING_INTERVAL = const(6)
+_R_PING_MAX_OUT = const(7)
 
 
 class Stan:
     def __init__(self, nc, cfg):
-        c = dict(DEFAULTS)
-        c.update(cfg)
-        if not c["client_id"]:
+        if not cfg.get("client_id"):
             raise ValueError("client_id required")
-        self.cfg = c
+        self._cfg = cfg
         self.nc = nc
-        self._log = c["log"] or print
-        self._resp = None  # ConnectResponse dict of the current session
+        self._id = cfg["client_id"]
+        self._log = self._c("log") or print
+        self._resp = None  # the current session's ConnectResponse: _R_FIELDS
         self._conn_id = b""
         self._hb = None
         self._up = asyncio.Event()
         self._lost_ev = asyncio.Event()
+        self._dev = asyncio.Event()  # a subscription has messages to hand over
         self._lost_reason = None
         self._closed = False
         self._subs = []
@@ -101,11 +113,16 @@ class Stan:
         # PubAcks come to an inbox under our prefix (official clients use
         # _STAN.acks.<random>): with per-identity inboxes nobody else can read them.
         self._ack_subject = nc.new_inbox()
+        self._ack_sub = None
         self._ping_sub = None
         self._ping_data = None
         self._pings_out = 0
         self._tasks = ()
         self.sessions = 0
+        self.dropped = 0  # messages beyond a subscription's bound (they come again)
+
+    def _c(self, key):
+        return self._cfg.get(key, DEFAULTS[key])
 
     # ---- session -----------------------------------------------------------------
 
@@ -113,12 +130,12 @@ class Stan:
         """Open the first session. Raises StanError (e.g. clientID already
         registered) or asyncio.TimeoutError (no streaming server)."""
         nc = self.nc
-        nc.subscribe(self._ack_subject, self._on_puback)
+        if self._ack_sub is None:  # once: connect() may be retried on the same object
+            self._ack_sub = nc.subscribe(self._ack_subject, self._on_puback)
         await self._session()
-        self._tasks = (asyncio.create_task(self._keep()), asyncio.create_task(self._pinger()))
+        self._tasks = (asyncio.create_task(self._keep()), asyncio.create_task(self._deliver()))
 
     async def _session(self):
-        c = self.cfg
         nc = self.nc
         # A fresh heartbeat inbox each time: if the server still holds our old
         # session, its liveness check on the old inbox goes unanswered and the
@@ -135,27 +152,28 @@ class Stan:
         req = pb.encode(
             pb.ConnectRequest,
             {
-                "client_id": c["client_id"],
+                "client_id": self._id,
                 "heartbeat_inbox": hb,
                 "protocol": _PROTOCOL,
                 "conn_id": self._conn_id,
-                "ping_interval": c["ping_interval"],
-                "ping_max_out": c["ping_max_out"],
+                "ping_interval": self._c("ping_interval"),
+                "ping_max_out": self._c("ping_max_out"),
             },
         )
-        subject = "%s.%s" % (c["discover_prefix"], c["cluster_id"])
-        m = await nc.request(subject, req, c["connect_timeout"])
+        subject = "%s.%s" % (self._c("discover_prefix"), self._c("cluster_id"))
+        m = await nc.request(subject, req, self._c("connect_timeout"))
         r = pb.decode(pb.ConnectResponse, m.data)
         if r["error"]:
             raise StanError(r["error"])
-        self._resp = r
+        self._resp = tuple(r[k] for k in _R_FIELDS)
+        r = m = None
         self._ping_data = pb.encode(pb.Ping, {"conn_id": self._conn_id})
         self._pings_out = 0
         self.sessions += 1
         self._lost_ev.clear()
         gc.collect()  # request/response buffers of the connect are garbage now
         self._up.set()
-        self._log("stan event=session client=%s sessions=%d" % (c["client_id"], self.sessions))
+        self._log("stan event=session client=%s sessions=%d" % (self._id, self.sessions))
 
     def _lost(self, reason):
         # The one place a dead session is recorded; _keep() renews it.
@@ -165,46 +183,53 @@ class Stan:
             self._lost_ev.set()
 
     async def _keep(self):
-        c = self.cfg
+        # The session's one housekeeping task: pings while the session is up
+        # (protocol 1), renews it once lost.
         from random import getrandbits
 
         while True:
-            await self._lost_ev.wait()
+            r = self._resp
+            try:
+                await asyncio.wait_for(self._lost_ev.wait(),
+                                       r[_R_PING_INTERVAL] or self._c("ping_interval"))
+            except asyncio.TimeoutError:
+                self._ping(r)
+                continue
             self._log("stan event=session_lost client=%s reason=%s"
-                      % (c["client_id"], self._lost_reason))
-            if c["on_session_lost"]:
-                c["on_session_lost"](self._lost_reason)
-            delay = c["renew_min_ms"]
+                      % (self._id, self._lost_reason))
+            cb = self._c("on_session_lost")
+            if cb:
+                cb(self._lost_reason)
+            delay = self._c("renew_min_ms")
             while True:
                 try:
                     await self._session()
                     for s in self._subs:
-                        await self._sub_request(s)
+                        if s[_S_ACK_INBOX]:  # one still being subscribed is subscribe()'s
+                            await self._sub_request(s)
                     break
                 except (StanError, asyncio.TimeoutError, nats.NatsError, ValueError) as e:
                     self._up.clear()
                     self._log("stan event=renew_failed error=%r delay_ms=%d" % (e, delay))
                 await asyncio.sleep_ms(delay // 2 + getrandbits(16) % (delay // 2 + 1))
-                delay = min(delay * 2, c["renew_max_ms"])
-            if c["on_session"]:
-                c["on_session"](True)
+                delay = min(delay * 2, self._c("renew_max_ms"))
+            cb = self._c("on_session")
+            if cb:
+                cb(True)
 
-    async def _pinger(self):
-        # Protocol 1 pings. Counting before sending, as stan.go does: the
-        # session is lost when more than ping_max_out are unanswered.
-        while True:
-            r = self._resp
-            await asyncio.sleep(r["ping_interval"] or self.cfg["ping_interval"])
-            if not self._up.is_set():
-                continue
-            self._pings_out += 1
-            if self._pings_out > (r["ping_max_out"] or self.cfg["ping_max_out"]):
-                self._lost("ping_timeout")
-                continue
-            try:
-                self.nc.publish(r["ping_requests"], self._ping_data, self._ping_sub.subject)
-            except nats.NatsError:
-                pass  # buffer full while NATS reconnects: counts as a missed ping
+    def _ping(self, r):
+        # Counting before sending, as stan.go does: the session is lost when
+        # more than ping_max_out are unanswered.
+        if not self._up.is_set():
+            return
+        self._pings_out += 1
+        if self._pings_out > (r[_R_PING_MAX_OUT] or self._c("ping_max_out")):
+            self._lost("ping_timeout")
+            return
+        try:
+            self.nc.publish(r[_R_PING], self._ping_data, self._ping_sub.subject)
+        except nats.NatsError:
+            pass  # buffer full while NATS reconnects: counts as a missed ping
 
     def _on_ping_resp(self, m):
         try:
@@ -224,7 +249,9 @@ class Stan:
                 pass
 
     async def close(self):
-        """Close the session (durables are kept) and drop all subscriptions."""
+        """Close the session (durables are kept) and drop all subscriptions,
+        the session's NATS inboxes included: a closed Stan leaves nothing
+        subscribed on the NATS client, which may carry a new session."""
         if self._closed:
             return
         self._closed = True
@@ -232,22 +259,22 @@ class Stan:
             t.cancel()
         nc = self.nc
         for s in self._subs:
-            if s.task:
-                s.task.cancel()
-            nc.unsubscribe(s.nsub)
+            nc.unsubscribe(s[_S_NSUB])
         self._subs.clear()  # in place: see nats.Client.close()
         r = self._resp
         self._up.clear()
         try:
-            req = pb.encode(pb.CloseRequest, {"client_id": self.cfg["client_id"]})
-            m = await nc.request(r["close_requests"], req, self.cfg["connect_timeout"])
-            err = pb.decode(pb.CloseResponse, m.data)["error"]
-            if err:
-                raise StanError(err)
+            if r is not None:  # a session was opened: the server holds it
+                req = pb.encode(pb.CloseRequest, {"client_id": self._id})
+                m = await nc.request(r[_R_CLOSE], req, self._c("connect_timeout"))
+                err = pb.decode(pb.CloseResponse, m.data)["error"]
+                if err:
+                    raise StanError(err)
         finally:
-            if self._hb is not None:
-                nc.unsubscribe(self._hb)
-                nc.unsubscribe(self._ping_sub)
+            for sub in (self._hb, self._ping_sub, self._ack_sub):
+                if sub is not None:
+                    nc.unsubscribe(sub)
+            self._hb = self._ping_sub = self._ack_sub = None
 
     # ---- publish -----------------------------------------------------------------
 
@@ -257,7 +284,7 @@ class Stan:
         the guid of an attempt that timed out stores the message once: the
         server deduplicates by guid."""
         return await asyncio.wait_for(self._publish(channel, data, guid),
-                                      self.cfg["pub_ack_timeout"])
+                                      self._c("pub_ack_timeout"))
 
     def new_guid(self):
         self._guid_n += 1
@@ -265,7 +292,7 @@ class Stan:
 
     async def _publish(self, channel, data, guid):
         await self._up.wait()
-        while self._inflight >= self.cfg["max_pub_acks_inflight"]:
+        while self._inflight >= self._c("max_pub_acks_inflight"):
             self._slot.clear()
             await self._slot.wait()
         self._inflight += 1
@@ -273,13 +300,12 @@ class Stan:
         w = [asyncio.Event(), None]
         self._pubs[guid] = w
         try:
-            c = self.cfg
             m = pb.encode(
                 pb.PubMsg,
-                {"client_id": c["client_id"], "guid": guid, "subject": channel, "data": data,
+                {"client_id": self._id, "guid": guid, "subject": channel, "data": data,
                  "conn_id": self._conn_id},
             )
-            self.nc.publish(self._resp["pub_prefix"] + "." + channel, m, self._ack_subject)
+            self.nc.publish(self._resp[_R_PUB] + "." + channel, m, self._ack_subject)
             m = None
             await w[0].wait()
             if w[1]:
@@ -307,53 +333,63 @@ class Stan:
         ack_wait=30, max_inflight=1, start=pb.NEW_ONLY, start_seq=0,
     ):
         """cb(msg) may be a function or a coroutine function; messages of one
-        subscription are handed to it one at a time, in order. With
-        manual_acks the callback (or later code) must call ack(msg); without,
-        the message is acked once cb returns without raising."""
-        await asyncio.wait_for(self._up.wait(), self.cfg["connect_timeout"])
-        s = Subscription(self.nc.new_inbox(), channel, cb, durable, queue, manual_acks, ack_wait,
-                         max_inflight, start, start_seq)
-        # Subscribe to the inbox before asking: delivery may start at once.
-        s.nsub = self.nc.subscribe(s.inbox, lambda m: self._on_msg(s, m))
+        subscription are handed to it one at a time, in order (one task
+        delivers for all subscriptions: a callback that blocks holds the
+        others). With manual_acks the callback (or later code) must call
+        ack(msg); without, the message is acked once cb returns without
+        raising. Returns the subscription, for unsubscribe()."""
+        await asyncio.wait_for(self._up.wait(), self._c("connect_timeout"))
+        s = [self.nc.new_inbox(), channel, cb,
+             (durable, queue, ack_wait, max_inflight, start, start_seq), manual_acks, None,
+             None, []]
+        # Subscribe to the inbox before asking: delivery may start at once
+        # (held in pending until the server's answer gives the ack inbox).
+        s[_S_NSUB] = self.nc.subscribe(s[_S_INBOX], self._on_msg)
+        self._subs.append(s)
         try:
             await self._sub_request(s)
         except BaseException:
-            self.nc.unsubscribe(s.nsub)
+            self.nc.unsubscribe(s[_S_NSUB])
+            if s in self._subs:
+                self._subs.remove(s)
             raise
-        self._subs.append(s)
-        s.task = asyncio.create_task(self._deliver(s))
         return s
 
     async def _sub_request(self, s):
-        c = self.cfg
+        durable, queue, ack_wait, max_inflight, start, start_seq = s[_S_REQ]
         req = pb.encode(
             pb.SubscriptionRequest,
             {
-                "client_id": c["client_id"],
-                "subject": s.channel,
-                "q_group": s.queue,
-                "inbox": s.inbox,
-                "max_in_flight": s.max_inflight,
-                "ack_wait_in_secs": s.ack_wait,
-                "durable_name": s.durable,
-                "start_position": s.start,
-                "start_sequence": s.start_seq,
+                "client_id": self._id,
+                "subject": s[_S_CHANNEL],
+                "q_group": queue,
+                "inbox": s[_S_INBOX],
+                "max_in_flight": max_inflight,
+                "ack_wait_in_secs": ack_wait,
+                "durable_name": durable,
+                "start_position": start,
+                "start_sequence": start_seq,
             },
         )
-        m = await self.nc.request(self._resp["sub_requests"], req, c["connect_timeout"])
+        m = await self.nc.request(self._resp[_R_SUB], req, self._c("connect_timeout"))
         r = pb.decode(pb.SubscriptionResponse, m.data)
         if r["error"]:
             raise StanError(r["error"])
-        s.ack_inbox = r["ack_inbox"]
-        s.ev.set()  # messages that arrived before the response can go now
+        s[_S_ACK_INBOX] = r["ack_inbox"]
+        self._dev.set()  # messages that arrived before the response can go now
 
-    def _on_msg(self, s, m):
+    def _on_msg(self, m):
+        for s in self._subs:
+            if s[_S_INBOX] == m.subject:
+                break
+        else:
+            return  # unsubscribed meanwhile
         try:
             d = pb.decode(pb.MsgProto, m.data)
         except ValueError:
-            self._log("stan event=bad_msg channel=%s" % s.channel)
+            self._log("stan event=bad_msg channel=%s" % s[_S_CHANNEL])
             return
-        q = s.pending
+        q = s[_S_PENDING]
         if d["redelivered"]:
             seq = d["sequence"]
             for x in q:
@@ -361,29 +397,37 @@ class Stan:
                     return  # still waiting for the callback: one copy is enough
         # Bounded: the server limits unacked messages to max_inflight, so more
         # can only be redeliveries; a dropped one comes again after ack_wait.
-        if len(q) >= s.max_inflight + 4:
-            s.dropped += 1
+        if len(q) >= s[_S_REQ][3] + 4:
+            self.dropped += 1
             return
         q.append(StanMsg(d, s))
-        s.ev.set()
+        self._dev.set()
 
-    async def _deliver(self, s):
-        q = s.pending
+    async def _deliver(self):
+        # One task for every subscription, each one's messages in order.
+        ev = self._dev
+        subs = self._subs
         while True:
-            await s.ev.wait()
-            s.ev.clear()
-            while q and s.ack_inbox:
-                msg = q.pop(0)
-                try:
-                    r = s.cb(msg)
-                    if r is not None:
-                        await r
-                except Exception as e:  # the application's fault: no ack, so it comes again
-                    self._log("stan event=callback_error channel=%s seq=%d error=%r"
-                              % (s.channel, msg.sequence, e))
-                    continue
-                if not s.manual_acks:
-                    self._send_ack(s, msg)
+            await ev.wait()
+            ev.clear()
+            i = 0
+            while i < len(subs):
+                s = subs[i]
+                i += 1
+                q = s[_S_PENDING]
+                while q and s[_S_ACK_INBOX]:
+                    msg = q.pop(0)
+                    try:
+                        r = s[_S_CB](msg)
+                        if r is not None:
+                            await r
+                    except Exception as e:  # the application's fault: no ack, so it comes again
+                        self._log("stan event=callback_error channel=%s seq=%d error=%r"
+                                  % (s[_S_CHANNEL], msg.sequence, e))
+                        continue
+                    if not s[_S_MANUAL]:
+                        self._send_ack(s, msg)
+                    msg = r = None
 
     async def ack(self, msg):
         """Acknowledge ``msg`` on its subscription's current ack inbox."""
@@ -391,22 +435,20 @@ class Stan:
 
     def _send_ack(self, s, msg):
         a = pb.encode(pb.Ack, {"subject": msg.subject, "sequence": msg.sequence})
-        self.nc.publish(s.ack_inbox, a)
+        self.nc.publish(s[_S_ACK_INBOX], a)
 
     async def unsubscribe(self, s, close=False):
         """Remove the subscription; for a durable, close=True keeps its state on the server."""
         self._subs.remove(s)
-        if s.task:
-            s.task.cancel()
-        self.nc.unsubscribe(s.nsub)
+        self.nc.unsubscribe(s[_S_NSUB])
         r = self._resp
         req = pb.encode(
             pb.UnsubscribeRequest,
-            {"client_id": self.cfg["client_id"], "subject": s.channel, "inbox": s.ack_inbox,
-             "durable_name": s.durable},
+            {"client_id": self._id, "subject": s[_S_CHANNEL], "inbox": s[_S_ACK_INBOX],
+             "durable_name": s[_S_REQ][0]},
         )
-        subject = r["sub_close_requests" if close else "unsub_requests"]
-        m = await self.nc.request(subject, req, self.cfg["connect_timeout"])
+        m = await self.nc.request(r[_R_SUBCLOSE if close else _R_UNSUB], req,
+                                  self._c("connect_timeout"))
         err = pb.decode(pb.SubscriptionResponse, m.data)["error"]
         if err:
             raise StanError(err)

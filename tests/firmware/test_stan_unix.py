@@ -39,9 +39,11 @@ async def test_publish_durable_manual_ack_and_redelivery(stan_server):
         mp.send("ack 1")
         # m2 may arrive before the ACKED line: look at everything since the ack
         assert await mp.expect_all("SMSG", 1, since) == ["SMSG fw.ch 2 m2 False"]
-        # close the session with m2 unacked; the durable survives
+        # close the session with m2 unacked; the durable survives, and none of
+        # the session's inboxes (subscription, heartbeat, ping, PubAck) stays
+        # subscribed on the NATS client
         mp.send("close")
-        await mp.expect("SCLOSED")
+        assert await mp.expect("SCLOSED") == "SCLOSED left=0"
         mp.send("quit")
         assert await mp.finish() == 0
 

@@ -252,3 +252,16 @@ async def test_a_release_arriving_while_the_board_reboots_into_another_is_not_in
     downloads = [line for _, line in fleet.devices[DEV].recent
                  if f"ota state=downloading version={GOOD}" in line]
     assert len(downloads) == 1
+
+
+async def test_gc_threshold_from_the_heap_or_config_json(make_fleet):
+    """The firmware collects after 1/32 of the heap is allocated (192k here),
+    or after config.json's gc_threshold."""
+    fleet = await make_fleet(DEV, config={})
+    line = await fleet.expect(DEV, "stanfleet: gc threshold=")
+    # The heap MicroPython reports is a little less than -X heapsize: the
+    # collector's own tables come out of it.
+    assert 0.9 * 192 * 1024 // 32 < int(line.rsplit("=", 1)[1]) <= 192 * 1024 // 32
+    fleet2 = await make_fleet("3F47", config={"gc_threshold": 2048})
+    await fleet2.expect("3F47", "stanfleet: gc threshold=2048")
+    await fleet2.expect("3F47", "stanfleet: connected")

@@ -5,7 +5,7 @@
 #   sub <channel> <durable|-> <ack_wait> <max_inflight> <auto|manual> <new|first>
 #   ack <seq>              ack a held message (manual mode: messages are held, not acked)
 #   unsub <channel> <close|delete>   end the subscription on <channel>
-#   close | quit
+#   close | quit           close prints SCLOSED left=<NATS subscriptions the session left behind>
 # Prints SMSG <channel> <seq> <data> <redelivered> for each delivered message.
 import asyncio
 import json
@@ -70,7 +70,10 @@ async def main():
                 out("UNSUBBED")
             elif cmd == "close":
                 await sc.close()
-                out("SCLOSED")
+                # The NATS client's own request inbox is its, not the session's.
+                left = [s for s in nc._subs.values()
+                        if not (nc._resp_prefix and s.subject.startswith(nc._resp_prefix))]
+                out("SCLOSED", "left=%d" % len(left))
         except Exception as e:
             out("ERROR", cmd, type(e).__name__, e)
     await nc.close()
