@@ -37,6 +37,7 @@ from nats.js.errors import APIError
 from ..pb import protocol_pb2 as pb
 from . import errors as E
 from . import families
+from .inline import InlineSubscriptions
 from .jsapi import RetryingJSM
 from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
@@ -129,6 +130,9 @@ class ChannelStore:
         # (a second raw connection broke that order), and pausing the relay for
         # back pressure never stops the answers that end the pause.
         self.relay = relay
+        # Store-acks are parsed and answered inline on nc (inline.py): same
+        # connection and order as above, without nats-py's per-message tasks.
+        self.inline = InlineSubscriptions(nc)
         self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
@@ -153,6 +157,7 @@ class ChannelStore:
         self._pub_sid = None
         # Acks of our own stores, "<prefix>.<token>", as bytes prefix for the reply.
         self._ack_prefix = subjects.js_ack_prefix + "."
+        self._ack_prefix_len = len(self._ack_prefix.encode())
         self._sweeper: asyncio.Task | None = None
         self._reaper: asyncio.Task | None = None
         self.msgs_in = 0
@@ -168,8 +173,8 @@ class ChannelStore:
         """Take publishes: called once the clients are restored, or every PubMsg
         of a fleet reconnecting after a restart was refused as an unknown client
         and each device opened a new session (989 of 1,000 in fleet_load)."""
-        self._ack_sub = await self.nc.subscribe(
-            self.subjects.js_ack_prefix + ".*", cb=self._on_store_ack, **INGRESS_LIMITS)
+        self._ack_sub = await self.inline.subscribe(
+            self.subjects.js_ack_prefix + ".*", self._on_store_ack, **INGRESS_LIMITS)
         self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)
         await self.relay.ping()  # subscribed at nats-server before we say ready
         self._sweeper = asyncio.create_task(self._sweep_pending())
@@ -194,6 +199,7 @@ class ChannelStore:
         log.info("stopped taking publishes: %d stores were in flight, %d still unanswered",
                  waiting, len(self._pending))
         if self._ack_sub is not None:
+            self.inline.forget(self._ack_sub)
             await self._ack_sub.unsubscribe()
         if self._sweeper:
             self._sweeper.cancel()
@@ -586,15 +592,18 @@ class ChannelStore:
                 len(self._pending) + self._waiting <= DEFAULT_RESUME_STORES_IN_FLIGHT:
             self.relay.resume()
 
-    async def _on_store_ack(self, msg) -> None:
-        p = self._pending.pop(msg.subject[len(self._ack_prefix):], None)
+    def _on_store_ack(self, subject: bytes, reply: bytes, data: bytes,
+                      headers: bytes | None) -> None:
+        """JetStream's answer to one of our stores, straight from nats-py's parser."""
+        if not self.serving():
+            return  # fenced: as a FencedConnection callback would not run
+        p = self._pending.pop(subject[self._ack_prefix_len:].decode(), None)
         self._maybe_resume()
         if p is None:
             return  # already answered by the timeout sweep
         self.answered(p.owner)
         error = ""
-        data = msg.data
-        if msg.headers and msg.headers.get("Status") == "503":
+        if headers and headers.startswith(b"NATS/1.0 503"):
             error = "no JetStream stream for this channel"
         elif b'"error"' in data:
             error = _js_error_text(data)
@@ -605,7 +614,7 @@ class ChannelStore:
         elif self._on_stored is not None:
             self._on_stored(time.monotonic() - p.started)
         if p.reply:
-            await self.nc.publish(p.reply, self._pub_ack_bytes(p.guid, error))
+            self.inline.publish(p.reply, self._pub_ack_bytes(p.guid, error))
 
     def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
         """A PubAck that answers no store (a refusal): on the relay, written at once."""
