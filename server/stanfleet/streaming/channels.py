@@ -35,6 +35,7 @@ from nats.js import api
 from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
+from ..pb import pub_ack
 from . import errors as E
 from . import families
 from .inline import InlineSubscriptions
@@ -158,6 +159,7 @@ class ChannelStore:
         # Acks of our own stores, "<prefix>.<token>", as bytes prefix for the reply.
         self._ack_prefix = subjects.js_ack_prefix + "."
         self._ack_prefix_len = len(self._ack_prefix.encode())
+        self._pub_prefix_len = len(subjects.pub_prefix) + 1
         self._sweeper: asyncio.Task | None = None
         self._reaper: asyncio.Task | None = None
         self.msgs_in = 0
@@ -441,7 +443,7 @@ class ChannelStore:
                 self._pub_ack(reply, "", E.ERR_INVALID_PUB_REQ)
             return
         guid = pm.guid
-        channel = subject[len(self.subjects.pub_prefix) + 1 :]
+        channel = subject[self._pub_prefix_len:]
         if pm.subject != channel:
             self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
@@ -467,34 +469,46 @@ class ChannelStore:
             return
         # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
         # delivers it must fit in one NATS message: NATS drops a connection that
-        # publishes more than max_payload.
-        if len(pm.data) + max(len(guid.encode()), len(channel.encode())) + MSG_OVERHEAD \
-                > self.relay.max_payload:
+        # publishes more than max_payload. (Read once: each read of a upb field
+        # makes a new object. Encoded only when near the limit: 4 bytes a char at most.)
+        payload = pm.data
+        size = len(payload) + MSG_OVERHEAD
+        if size + 4 * max(len(guid), len(channel)) > self.relay.max_payload and \
+                size + max(len(guid.encode()), len(channel.encode())) > self.relay.max_payload:
             self._pub_ack(reply, guid, "stan: message too large")
             return
         owner = ""
         if self.admit is not None:
             if parsed is None:
                 parsed = parse_headers(headers)
-            err, owner = self.admit(parsed, channel, len(pm.data))
+            err, owner = self.admit(parsed, channel, len(payload))
             if err:
                 self._pub_ack(reply, guid, err)
                 return
+        ch = self.channels.get(channel)
+        if ch is None:
+            ch = self._new_channel_for_publish(channel, pm.client_id, reply, guid, owner)
+            if ch is None:
+                return
+        if ch.ready.done():
+            self._store(ch, reply, guid, payload, owner)
+            return
+        ch.waiting.append((reply, guid, payload, owner))
+        self._waiting += 1
+        if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT:
+            self.relay.pause()
+
+    def _new_channel_for_publish(self, channel: str, client_id: str, reply: str, guid: str,
+                                 owner: str) -> Channel | None:
+        """The channel a first publish creates, or None once the refusal is answered."""
         try:
-            ch = self.lookup_or_create(channel)
+            return self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
-            log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
+            log.warning("publish client=%s channel=%r rejected: %s", client_id, channel, e)
             self.answered(owner)
             self._pub_ack(reply, guid,
                           E.ERR_INVALID_PUB_REQ if isinstance(e, InvalidName) else str(e))
-            return
-        if not ch.ready.done():
-            ch.waiting.append((reply, guid, pm.data, owner))
-            self._waiting += 1
-            if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT:
-                self.relay.pause()
-            return
-        self._store(ch, reply, guid, pm.data, owner)
+            return None
 
     def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes,
                owner: str = "") -> None:
@@ -622,10 +636,10 @@ class ChannelStore:
             self.relay.publish(reply, self._pub_ack_bytes(guid, error))
 
     def _pub_ack_bytes(self, guid: str, error: str) -> bytes:
-        ack = pb.PubAck(guid=guid, error=error)
-        if ack.ByteSize() > self.relay.max_payload:
-            ack.guid = ""  # a guid this long cannot be echoed in one NATS message
-        return ack.SerializeToString()
+        ack = pub_ack.encode(guid, error)
+        if len(ack) > self.relay.max_payload:
+            ack = pub_ack.encode("", error)  # a guid this long cannot be echoed in one NATS message
+        return ack
 
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""
