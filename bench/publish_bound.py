@@ -36,6 +36,7 @@ from stanfleet.broker import Broker, BrokerConfig  # noqa: E402
 from tests.streaming.serverproc import ServerProcess, free_port  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+BENCH_FLAGS = ["-np", "1", "-ns", "0"]  # async publish; --sync adds -sync
 
 
 def cpu_seconds(pid: int, kernel_only: bool = False) -> float:
@@ -114,7 +115,7 @@ async def go_run(tmp: str, n: int, size: int) -> tuple[float, dict]:
         drain = asyncio.create_task(proc.stdout.read())
         # One process: its NATS server and the streaming layer share it.
         return await measured({"server": proc.pid}, lambda: run_stan_bench(
-            port, ["-np", "1", "-ns", "0"], n, size))
+            port, BENCH_FLAGS, n, size))
     finally:
         proc.terminate()
         await proc.wait()
@@ -138,7 +139,7 @@ async def ours_run(tmp: str, n: int, size: int, spy: str | None = None) -> tuple
             await asyncio.sleep(1)  # py-spy attaching; not a synchronisation of ours
         try:
             return await measured(pids, lambda: run_stan_bench(
-                port, ["-np", "1", "-ns", "0"], n, size))
+                port, BENCH_FLAGS, n, size))
         finally:
             if recorder:
                 recorder.send_signal(2)
@@ -233,7 +234,7 @@ def line(label: str, rates: list[float], cpus: list[dict]) -> None:
 async def main(args) -> None:
     if not os.path.exists(os.path.join(REFERENCE, "stan-bench")):
         raise SystemExit(f"no reference binaries at {os.path.abspath(REFERENCE)}")
-    print(f"async publish, {args.size} B, file store, median of {args.rounds} "
+    print(f"{'one-at-a-time' if args.sync else 'async'} publish, {args.size} B, file store, median of {args.rounds} "
           f"(range), {os.cpu_count()} cores:")
     with tempfile.TemporaryDirectory(prefix="stanfleet-bound-") as tmp:
         results = {k: ([], []) for k in args.only.split(",")}
@@ -269,5 +270,10 @@ if __name__ == "__main__":
     p.add_argument("--only", default="go,ours,ceiling",
                    help="comma-separated: go (Go STAN server), ours, ceiling (raw JetStream)")
     p.add_argument("--py-spy", metavar="FILE", help="record our server with py-spy to FILE")
+    p.add_argument("--sync", action="store_true",
+                   help="one-at-a-time publish instead (stan-bench -sync; raw window 1)")
     a = p.parse_args()
+    if a.sync:
+        BENCH_FLAGS.append("-sync")
+        a.window = 1
     asyncio.run(main(a))

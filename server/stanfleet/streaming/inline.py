@@ -10,13 +10,14 @@ of latency for a one-at-a-time publisher.
 
 Here a subscription's raw message (subject, reply, data, header bytes) goes to
 a plain function from the parser, in arrival order, and what it answers is
-appended to the connection's pending output and written at the end of the
-loop turn with everything else pending there. Since a store-ack is handled
+appended to the connection's pending output and written, with everything else
+pending there, as soon as the parser has finished the read it came in: one
+write per read however many answers, and no loop turn in between. Since a store-ack is handled
 the moment it is parsed, its PubAck is queued before any later delivery on the
 same connection is even read: the order is kept, not raced.
 
-This reaches into nats-py internals (`_process_msg`, `_pending`, the
-transport); `InlineSubscriptions` checks they are there and refuses to start
+This reaches into nats-py internals (`_process_msg`, the parser `_ps`,
+`_pending`, the transport); `InlineSubscriptions` checks they are there and refuses to start
 otherwise (InlineUnsupported), so a nats-py that changes them fails loudly at
 start-up, not silently in the hot path.
 """
@@ -29,7 +30,7 @@ from typing import Callable
 # (subject, reply, data, raw header block or None) -> None, all bytes
 Handler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
 
-_NEEDED = ("_process_msg", "_pending", "_pending_data_size", "_subs", "subscribe")
+_NEEDED = ("_process_msg", "_ps", "_pending", "_pending_data_size", "_subs", "subscribe")
 
 
 class InlineUnsupported(RuntimeError):
@@ -55,8 +56,10 @@ class InlineSubscriptions:
         self.client = client
         self._handlers: dict[int, Handler] = {}
         self._flush_scheduled = False
+        self._parsing = False
         handlers = self._handlers
         original = client._process_msg
+        original_parse = client._ps.parse
 
         async def process_msg(sid, subject, reply, data, headers):
             handler = handlers.get(sid)
@@ -64,7 +67,16 @@ class InlineSubscriptions:
                 return await original(sid, subject, reply, data, headers)
             handler(subject, reply, data, headers)
 
+        async def parse(data: bytes = b""):
+            self._parsing = True
+            try:
+                await original_parse(data)
+            finally:
+                self._parsing = False
+                self._flush()
+
         client._process_msg = process_msg
+        client._ps.parse = parse
 
     async def subscribe(self, subject: str, handler: Handler, **kw):
         """A nats-py Subscription whose messages go to handler from the parser."""
@@ -83,7 +95,7 @@ class InlineSubscriptions:
         cmd = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
         client._pending.append(cmd)
         client._pending_data_size += len(cmd)
-        if not self._flush_scheduled:
+        if not self._parsing and not self._flush_scheduled:  # else written after the read
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 

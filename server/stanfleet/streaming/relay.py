@@ -245,6 +245,13 @@ class Relay:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
+    def send(self, raw: bytes) -> None:
+        """A protocol line (with its payload) already formatted; queued as publish()."""
+        self._out.append(raw)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
     def flush(self) -> None:
         self._flush_scheduled = False
         if self._wire is not None:
