@@ -137,7 +137,7 @@ class ChannelStore:
         self.relay = relay
         # Store-acks are parsed and answered inline on nc (inline.py): same
         # connection and order as above, without nats-py's per-message tasks.
-        self.inline = InlineSubscriptions(nc)
+        self.inline = InlineSubscriptions.of(nc)
         self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY

@@ -47,6 +47,16 @@ def raw_client(nc):
 class InlineSubscriptions:
     """Inline subscriptions and immediate publishes on one nats-py client."""
 
+    @classmethod
+    def of(cls, nc) -> "InlineSubscriptions":
+        """The client's one instance: an FT server activated again reuses it
+        instead of wrapping nats-py's methods once more."""
+        client = raw_client(nc)
+        existing = client.__dict__.get("_stanfleet_inline")
+        if existing is None:
+            existing = client._stanfleet_inline = cls(client)
+        return existing
+
     def __init__(self, nc):
         client = raw_client(nc)
         missing = [a for a in _NEEDED if not hasattr(client, a)]
