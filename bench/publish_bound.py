@@ -272,7 +272,11 @@ if __name__ == "__main__":
     p.add_argument("--py-spy", metavar="FILE", help="record our server with py-spy to FILE")
     p.add_argument("--sync", action="store_true",
                    help="one-at-a-time publish instead (stan-bench -sync; raw window 1)")
+    p.add_argument("--subscribe", action="store_true",
+                   help="publish + one subscriber (stan-bench -ns 1); no raw ceiling")
     a = p.parse_args()
+    if a.subscribe:
+        BENCH_FLAGS[BENCH_FLAGS.index("-ns") + 1] = "1"
     if a.sync:
         BENCH_FLAGS.append("-sync")
         a.window = 1

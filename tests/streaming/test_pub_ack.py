@@ -1,7 +1,6 @@
 """The hand-written PubAck encoding is the protobuf library's, byte for byte."""
 
 import pytest
-
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.pb import pub_ack
 
