@@ -225,10 +225,21 @@ def summarise(spy: str, top: int = 25) -> None:
 
 
 def line(label: str, rates: list[float], cpus: list[dict]) -> None:
-    keys = sorted({k for c in cpus for k in c})
-    share = "  ".join(f"{k} {statistics.median(c.get(k, 0) for c in cpus):.2f}" for k in keys)
-    print(f"  {label:28s} {statistics.median(rates):>9,.0f} msgs/s "
-          f"({min(rates):,.0f}-{max(rates):,.0f})  CPU cores: {share}", flush=True)
+    """Rate, then per process: cores busy, CPU per message, system calls per message."""
+    def med(key):
+        return statistics.median(c.get(key, 0) for c in cpus)
+    rate = statistics.median(rates)
+    parts = []
+    for proc in ("server", "nats-server", "client"):
+        if any(proc in c for c in cpus):
+            part = f"{proc} {med(proc):.2f} cores = {1e6 * med(proc) / rate:.1f} us/msg"
+            if any(f"{proc} w/msg" in c for c in cpus):
+                part += (f" ({med(proc + ' sys') / med(proc):.0%} kernel, reads/msg "
+                         f"{med(proc + ' r/msg'):.2f}, writes/msg {med(proc + ' w/msg'):.2f})")
+            parts.append(part)
+    parts.append(f"whole machine busy {med('machine'):.2f} of {os.cpu_count()} cores")
+    print(f"  {label:28s} {rate:>9,.0f} msgs/s ({min(rates):,.0f}-{max(rates):,.0f})\n      "
+          + "\n      ".join(parts), flush=True)
 
 
 async def main(args) -> None:
