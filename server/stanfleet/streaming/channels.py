@@ -12,8 +12,9 @@ subject of ours that carries a token; JetStream's store-ack lands on one
 wildcard subscription, which maps the token back to the client's ack inbox and
 sends the PubAck. No future per message, so publishes stay pipelined, and the
 PubAck still only goes out after JetStream has stored the message. PubMsgs
-arrive on a raw relay connection (relay.py) whose handler is a plain
-function: no coroutine, task or queue per message.
+arrive on a raw relay connection (relay.py) and store-acks on nats-py's
+connection, parsed inline (inline.py); both handlers are plain functions: no
+coroutine, task or queue per message.
 
 Long because a channel's life (load, create, limit, reap), for a stream of
 its own or in a family, and the hot path that creates channels on first
