@@ -90,3 +90,27 @@ def test_a_client_without_the_internals_is_refused():
         pass
     with pytest.raises(InlineUnsupported, match="lacks"):
         InlineSubscriptions(Bare())
+
+
+async def test_a_failing_handler_leaves_the_connection_reading(broker):
+    nc, sender = await nats.connect(broker.url), await nats.connect(broker.url)
+    try:
+        inline = InlineSubscriptions.of(nc)
+        got = []
+
+        def handler(subject, reply, data, headers):
+            if data == b"bad":
+                raise ValueError("a bug in a handler")
+            got.append(data)
+        await inline.subscribe("h", handler)
+        after = await nc.subscribe("after")
+        await nc.flush()
+        await sender.publish("h", b"bad")
+        await sender.publish("h", b"good")
+        await sender.publish("after", b"still reading")
+        assert (await after.next_msg(timeout=5)).data == b"still reading"
+        assert got == [b"good"]
+        assert nc.is_connected
+    finally:
+        await nc.close()
+        await sender.close()

@@ -25,12 +25,15 @@ start-up, not silently in the hot path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Callable
+
+log = logging.getLogger("stanfleet.streaming.inline")
 
 # (subject, reply, data, raw header block or None) -> None, all bytes
 Handler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
 
-_NEEDED = ("_process_msg", "_ps", "_pending", "_pending_data_size", "_subs", "subscribe")
+_NEEDED = ("_process_msg", "_ps", "_pending", "_pending_data_size", "_transport", "subscribe")
 
 
 class InlineUnsupported(RuntimeError):
@@ -75,7 +78,10 @@ class InlineSubscriptions:
             handler = handlers.get(sid)
             if handler is None:
                 return await original(sid, subject, reply, data, headers)
-            handler(subject, reply, data, headers)
+            try:
+                handler(subject, reply, data, headers)
+            except Exception:  # raised into the parser, it would end nats-py's read loop
+                log.exception("inline handler for %s failed", subject)
 
         async def parse(data: bytes = b""):
             self._parsing = True
