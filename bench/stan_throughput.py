@@ -208,8 +208,16 @@ async def compare_with_go(args) -> None:
                     rates[kind].append(await one_server(kind, tmp, flags, n, args.size))
             go, ours = (statistics.median(rates[k]) for k in ("go", "ours"))
             aim = f"  [target >= {target:g}x]" if target else ""
+            # Each round's own ratio too: Go's figure swings with the machine's load.
+            ratios = sorted(o / g for o, g in zip(rates["ours"], rates["go"]))
             print(f"  {label:20s} ours {ours:>9,.0f} msgs/s  Go {go:>9,.0f} msgs/s  "
-                  f"ratio {ours / go:.2f}x{aim}", flush=True)
+                  f"ratio {ours / go:.2f}x{aim}\n  {'':20s} ours {_spread(rates['ours'])}  "
+                  f"Go {_spread(rates['go'])}  per-round ratios "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)}", flush=True)
+
+
+def _spread(rates: list[float]) -> str:
+    return f"{min(rates):,.0f}-{max(rates):,.0f}"
 
 
 async def main(args) -> None:

@@ -97,12 +97,19 @@ async def test_the_seed_story(stan_server, make_fleet, backend, releases, tmp_pa
     for _ in range(2):  # redelivered after ack_wait, failing each time
         mark = fleet.mark(FAULTY)
         await fleet.expect(FAULTY, f"ota state=failed version={GOOD}", since=mark, timeout=30)
-    rc, out = await stanfleet(stan_server, "release", "status", GOOD, "--releases",
-                              str(releases), "--db", db)
-    assert rc == 0, out
-    assert f"2/{len(DEVICES)} installed" in out, out
-    assert any(ln.startswith(FAULTY) and "failed" in ln and "I/O error" in ln
-               for ln in out.splitlines()), out
+    # The device logs the failure before its status message reaches the
+    # database (STAN, then the release manager): read until it is there.
+    last = ""
+
+    async def failure_recorded() -> bool:
+        nonlocal last
+        rc, last = await stanfleet(stan_server, "release", "status", GOOD, "--releases",
+                                   str(releases), "--db", db)
+        assert rc == 0, last
+        return any(ln.startswith(FAULTY) and "failed" in ln and "I/O error" in ln
+                   for ln in last.splitlines())
+    await eventually(failure_recorded, timeout=30)
+    assert f"2/{len(DEVICES)} installed" in last, last
 
     # The fault is fixed; the next redelivery installs.
     slot_b.unlink()

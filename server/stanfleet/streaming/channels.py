@@ -12,8 +12,9 @@ subject of ours that carries a token; JetStream's store-ack lands on one
 wildcard subscription, which maps the token back to the client's ack inbox and
 sends the PubAck. No future per message, so publishes stay pipelined, and the
 PubAck still only goes out after JetStream has stored the message. PubMsgs
-arrive on a raw relay connection (relay.py) whose handler is a plain
-function: no coroutine, task or queue per message.
+arrive on a raw relay connection (relay.py) and store-acks on nats-py's
+connection, parsed inline (inline.py); both handlers are plain functions: no
+coroutine, task or queue per message.
 
 Long because a channel's life (load, create, limit, reap), for a stream of
 its own or in a family, and the hot path that creates channels on first
@@ -35,8 +36,10 @@ from nats.js import api
 from nats.js.errors import APIError
 
 from ..pb import protocol_pb2 as pb
+from ..pb import pub_ack
 from . import errors as E
 from . import families
+from .inline import InlineSubscriptions
 from .jsapi import RetryingJSM
 from .limits import ChannelLimits
 from .naming import InvalidName, Subjects, check_channel
@@ -92,6 +95,10 @@ class Channel:
     storing: bool = False
     loading: bool = False
     queue: deque = field(default_factory=deque)
+    store_subject_b: bytes = field(init=False, repr=False)  # encoded once, for each store
+
+    def __post_init__(self):
+        self.store_subject_b = self.store_subject.encode()
 
 
 @dataclass
@@ -129,6 +136,9 @@ class ChannelStore:
         # (a second raw connection broke that order), and pausing the relay for
         # back pressure never stops the answers that end the pause.
         self.relay = relay
+        # Store-acks are parsed and answered inline on nc (inline.py): same
+        # connection and order as above, without nats-py's per-message tasks.
+        self.inline = InlineSubscriptions.of(nc)
         self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
         self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
@@ -146,13 +156,16 @@ class ChannelStore:
         self.admit = None  # quotas: (headers, channel, nbytes) -> (refusal or '', owner)
         self.answered = lambda owner: None  # quotas: owner's PubAck went out
         self.channels: dict[str, Channel] = {}
-        self._pending: dict[str, _PendingStore] = {}
+        self._pending: dict[bytes, _PendingStore] = {}  # by token, the store's reply suffix
         self._waiting = 0  # PubMsgs waiting for their channel's stream, all channels
         self._next_token = 0
         self._ack_sub = None
         self._pub_sid = None
         # Acks of our own stores, "<prefix>.<token>", as bytes prefix for the reply.
         self._ack_prefix = subjects.js_ack_prefix + "."
+        self._ack_prefix_b = self._ack_prefix.encode()
+        self._ack_prefix_len = len(self._ack_prefix_b)
+        self._pub_prefix_len = len(subjects.pub_prefix) + 1
         self._sweeper: asyncio.Task | None = None
         self._reaper: asyncio.Task | None = None
         self.msgs_in = 0
@@ -168,8 +181,8 @@ class ChannelStore:
         """Take publishes: called once the clients are restored, or every PubMsg
         of a fleet reconnecting after a restart was refused as an unknown client
         and each device opened a new session (989 of 1,000 in fleet_load)."""
-        self._ack_sub = await self.nc.subscribe(
-            self.subjects.js_ack_prefix + ".*", cb=self._on_store_ack, **INGRESS_LIMITS)
+        self._ack_sub = await self.inline.subscribe(
+            self.subjects.js_ack_prefix + ".*", self._on_store_ack, **INGRESS_LIMITS)
         self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)
         await self.relay.ping()  # subscribed at nats-server before we say ready
         self._sweeper = asyncio.create_task(self._sweep_pending())
@@ -194,6 +207,7 @@ class ChannelStore:
         log.info("stopped taking publishes: %d stores were in flight, %d still unanswered",
                  waiting, len(self._pending))
         if self._ack_sub is not None:
+            self.inline.forget(self._ack_sub)
             await self._ack_sub.unsubscribe()
         if self._sweeper:
             self._sweeper.cancel()
@@ -435,7 +449,7 @@ class ChannelStore:
                 self._pub_ack(reply, "", E.ERR_INVALID_PUB_REQ)
             return
         guid = pm.guid
-        channel = subject[len(self.subjects.pub_prefix) + 1 :]
+        channel = subject[self._pub_prefix_len:]
         if pm.subject != channel:
             self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
@@ -461,34 +475,46 @@ class ChannelStore:
             return
         # Both the stored message (data + Nats-Msg-Id header) and the MsgProto that
         # delivers it must fit in one NATS message: NATS drops a connection that
-        # publishes more than max_payload.
-        if len(pm.data) + max(len(guid.encode()), len(channel.encode())) + MSG_OVERHEAD \
-                > self.relay.max_payload:
+        # publishes more than max_payload. (Read once: each read of a upb field
+        # makes a new object. Encoded only when near the limit: 4 bytes a char at most.)
+        payload = pm.data
+        size = len(payload) + MSG_OVERHEAD
+        if size + 4 * max(len(guid), len(channel)) > self.relay.max_payload and \
+                size + max(len(guid.encode()), len(channel.encode())) > self.relay.max_payload:
             self._pub_ack(reply, guid, "stan: message too large")
             return
         owner = ""
         if self.admit is not None:
             if parsed is None:
                 parsed = parse_headers(headers)
-            err, owner = self.admit(parsed, channel, len(pm.data))
+            err, owner = self.admit(parsed, channel, len(payload))
             if err:
                 self._pub_ack(reply, guid, err)
                 return
+        ch = self.channels.get(channel)
+        if ch is None:
+            ch = self._new_channel_for_publish(channel, pm.client_id, reply, guid, owner)
+            if ch is None:
+                return
+        if ch.ready.done():
+            self._store(ch, reply, guid, payload, owner)
+            return
+        ch.waiting.append((reply, guid, payload, owner))
+        self._waiting += 1
+        if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT:
+            self.relay.pause()
+
+    def _new_channel_for_publish(self, channel: str, client_id: str, reply: str, guid: str,
+                                 owner: str) -> Channel | None:
+        """The channel a first publish creates, or None once the refusal is answered."""
         try:
-            ch = self.lookup_or_create(channel)
+            return self.lookup_or_create(channel)
         except (ChannelError, InvalidName) as e:
-            log.warning("publish client=%s channel=%r rejected: %s", pm.client_id, channel, e)
+            log.warning("publish client=%s channel=%r rejected: %s", client_id, channel, e)
             self.answered(owner)
             self._pub_ack(reply, guid,
                           E.ERR_INVALID_PUB_REQ if isinstance(e, InvalidName) else str(e))
-            return
-        if not ch.ready.done():
-            ch.waiting.append((reply, guid, pm.data, owner))
-            self._waiting += 1
-            if len(self._pending) + self._waiting >= DEFAULT_MAX_STORES_IN_FLIGHT:
-                self.relay.pause()
-            return
-        self._store(ch, reply, guid, pm.data, owner)
+            return None
 
     def _store(self, ch: Channel, reply: str | None, guid: str, data: bytes,
                owner: str = "") -> None:
@@ -501,16 +527,19 @@ class ChannelStore:
                 self.relay.pause()  # one channel's publishes queue behind its store-acks
             return
         self._next_token += 1
-        token = str(self._next_token)
+        token = b"%d" % self._next_token
         now = time.monotonic()
         self._pending[token] = _PendingStore(reply or "", guid, now, owner)
+        n = len(data)
         ch.msgs_in += 1
-        ch.bytes_in += len(data)
+        ch.bytes_in += n
         ch.last_activity = now
         self.msgs_in += 1
-        self.bytes_in += len(data)
-        self.relay.publish(ch.store_subject, data, self._ack_prefix + token,
-                           b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode() + b"\r\n\r\n")
+        self.bytes_in += n
+        # The HPUB in one formatting: this runs once per message.
+        hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % guid.encode()
+        self.relay.send(b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+            ch.store_subject_b, self._ack_prefix_b, token, len(hdr), len(hdr) + n, hdr, data))
         if len(self._pending) >= DEFAULT_MAX_STORES_IN_FLIGHT and not self.relay.paused:
             self.relay.pause()
 
@@ -527,7 +556,7 @@ class ChannelStore:
         self._waiting -= 1
         ch.storing = True
         self._next_token += 1
-        token = str(self._next_token)
+        token = b"%d" % self._next_token
         now = time.monotonic()
         seq = ch.last_seq + 1
         self._pending[token] = _PendingStore(reply or "", guid, now, owner, ch, seq)
@@ -536,7 +565,7 @@ class ChannelStore:
         ch.last_activity = now
         self.msgs_in += 1
         self.bytes_in += len(data)
-        self.relay.publish(ch.store_subject, data, self._ack_prefix + token,
+        self.relay.publish(ch.store_subject, data, self._ack_prefix + token.decode(),
                            b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode()
                            + b"\r\n" + families.SEQ_HEADER.encode() + b": %d" % seq
                            + b"\r\n" + families.EXPECT_HEADER.encode() + b": %d" % ch.last_sseq
@@ -586,15 +615,18 @@ class ChannelStore:
                 len(self._pending) + self._waiting <= DEFAULT_RESUME_STORES_IN_FLIGHT:
             self.relay.resume()
 
-    async def _on_store_ack(self, msg) -> None:
-        p = self._pending.pop(msg.subject[len(self._ack_prefix):], None)
+    def _on_store_ack(self, subject: bytes, reply: bytes, data: bytes,
+                      headers: bytes | None) -> None:
+        """JetStream's answer to one of our stores, straight from nats-py's parser."""
+        if not self.serving():
+            return  # fenced: as a FencedConnection callback would not run
+        p = self._pending.pop(subject[self._ack_prefix_len:], None)
         self._maybe_resume()
         if p is None:
             return  # already answered by the timeout sweep
         self.answered(p.owner)
         error = ""
-        data = msg.data
-        if msg.headers and msg.headers.get("Status") == "503":
+        if headers and headers.startswith(b"NATS/1.0 503"):
             error = "no JetStream stream for this channel"
         elif b'"error"' in data:
             error = _js_error_text(data)
@@ -605,7 +637,7 @@ class ChannelStore:
         elif self._on_stored is not None:
             self._on_stored(time.monotonic() - p.started)
         if p.reply:
-            await self.nc.publish(p.reply, self._pub_ack_bytes(p.guid, error))
+            self.inline.publish(p.reply, self._pub_ack_bytes(p.guid, error))
 
     def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
         """A PubAck that answers no store (a refusal): on the relay, written at once."""
@@ -613,10 +645,10 @@ class ChannelStore:
             self.relay.publish(reply, self._pub_ack_bytes(guid, error))
 
     def _pub_ack_bytes(self, guid: str, error: str) -> bytes:
-        ack = pb.PubAck(guid=guid, error=error)
-        if ack.ByteSize() > self.relay.max_payload:
-            ack.guid = ""  # a guid this long cannot be echoed in one NATS message
-        return ack.SerializeToString()
+        ack = pub_ack.encode(guid, error)
+        if len(ack) > self.relay.max_payload:
+            ack = pub_ack.encode("", error)  # a guid this long cannot be echoed in one NATS message
+        return ack
 
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""

@@ -28,7 +28,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
 from nats.nuid import NUID
@@ -39,6 +38,7 @@ from . import families
 from .channels import Channel, ChannelStore
 from .jsapi import RetryingJSM
 from .naming import Subjects, check_subject, escape, js_name
+from .relay import parse_headers
 from .state import StateStore
 
 log = logging.getLogger("stanfleet.streaming.subs")
@@ -69,6 +69,15 @@ class Member:
     created: float = field(default_factory=time.time)
 
 
+@dataclass(slots=True)
+class Delivery:
+    """A JetStream push message as the delivery path needs it (parsed inline,
+    inline.py): no nats-py Msg, header dict only for family channels."""
+    reply: str
+    data: bytes
+    headers: dict | None = None
+
+
 @dataclass(eq=False)
 class Group:
     """One JetStream consumer and the STAN subscriptions sharing it."""
@@ -96,6 +105,9 @@ class Group:
 class SubscriptionManager:
     def __init__(self, nc: NATS, subjects: Subjects, channels: ChannelStore, state: StateStore):
         self.nc = nc
+        # Deliveries and client acks are handled inline on nc, as store-acks are
+        # (channels.py): in arrival order, after the PubAck of a stored message.
+        self.inline = channels.inline
         self.state = state
         self.jsm = RetryingJSM(nc.jsm())
         self.subjects = subjects
@@ -126,15 +138,21 @@ class SubscriptionManager:
         self.redeliveries = 0
 
     async def start(self) -> None:
-        self._ack_sub = await self.nc.subscribe(self.subjects.acks_prefix + ".*", cb=self._on_ack,
-                                                **DELIVERY_LIMITS)
+        self._ack_sub = await self.inline.subscribe(self.subjects.acks_prefix + ".*",
+                                                    self._on_ack, **DELIVERY_LIMITS)
 
     async def stop(self) -> None:
         if self._ack_sub is not None:
+            self.inline.forget(self._ack_sub)
             await self._ack_sub.unsubscribe()
         for g in list(self.groups.values()):
-            if g.nats_sub is not None:
-                await g.nats_sub.unsubscribe()
+            await self._stop_delivery(g)
+
+    async def _stop_delivery(self, group: Group) -> None:
+        if group.nats_sub is not None:
+            sub, group.nats_sub = group.nats_sub, None
+            self.inline.forget(sub)
+            await sub.unsubscribe()
 
     # -- subscribe -----------------------------------------------------------
 
@@ -266,10 +284,16 @@ class SubscriptionManager:
         client never sees a message before it knows its ack inbox."""
         group = member.group
         if group.nats_sub is None:
-            async def deliver(msg: Msg) -> None:
-                await self._on_js_msg(group, msg)
-            group.nats_sub = await self.nc.subscribe(group.deliver_subject, cb=deliver,
-                                                     **DELIVERY_LIMITS)
+            serving = self.channels.serving
+            family = group.channel.family is not None
+
+            def deliver(subject: bytes, reply: bytes, data: bytes, headers) -> None:
+                if not serving() or not reply.startswith(b"$JS.ACK."):
+                    return  # fenced (FT), or a status or heartbeat: not used by our consumers
+                self._on_js_msg(group, Delivery(reply.decode(), data,
+                                                parse_headers(headers) if family else None))
+            group.nats_sub = await self.inline.subscribe(group.deliver_subject, deliver,
+                                                         **DELIVERY_LIMITS)
             await self._redeliver_stale(group)
         else:
             self._drain_backlog(group)
@@ -414,9 +438,7 @@ class SubscriptionManager:
 
     async def _close_group(self, group: Group, *, keep: bool, pending=()) -> None:
         self.groups.pop(group.key, None)
-        if group.nats_sub is not None:
-            await group.nats_sub.unsubscribe()
-            group.nats_sub = None
+        await self._stop_delivery(group)
         group.backlog.clear()
         if keep:
             # Unsubscribed first, so these wait in JetStream's redelivery
@@ -467,11 +489,8 @@ class SubscriptionManager:
 
     # -- delivery --------------------------------------------------------------
 
-    async def _on_js_msg(self, group: Group, msg: Msg) -> None:
-        reply = msg.reply
-        if not reply or not reply.startswith("$JS.ACK."):
-            return  # status or heartbeat messages: not used by our consumers
-        seq, delivered, ts = _ack_meta(reply)
+    def _on_js_msg(self, group: Group, msg: Delivery) -> None:
+        seq, delivered, ts = _ack_meta(msg.reply)
         if group.channel.family is not None:
             seq = families.seq_of(msg.headers) or seq
         member = group.owner.get(seq)
@@ -482,7 +501,7 @@ class SubscriptionManager:
             if member is None:
                 group.backlog.append(msg)
                 return
-        await self._send(group, member, msg, seq, delivered, ts)
+        self._send(group, member, msg, seq, delivered, ts)
 
     def _redelivery_member(self, group: Group, last: Member, seq: int) -> Member:
         """As the original server: a queue group's redelivery goes to the member
@@ -507,8 +526,8 @@ class SubscriptionManager:
                 return m
         return None
 
-    async def _send(self, group: Group, member: Member, msg: Msg, seq: int, delivered: int,
-                    ts: int) -> None:
+    def _send(self, group: Group, member: Member, msg: Delivery, seq: int, delivered: int,
+              ts: int) -> None:
         member.outstanding[seq] = msg.reply
         group.owner[seq] = member
         if seq > member.last_sent:
@@ -521,13 +540,13 @@ class SubscriptionManager:
         data = out.SerializeToString()
         self.msgs_out += 1
         self.bytes_out += len(msg.data)
-        await self.nc.publish(member.inbox, data)
+        self.inline.publish(member.inbox, data)
 
     def _drain_backlog(self, group: Group) -> None:
         if group.backlog:
-            asyncio.create_task(self._drain(group))
+            asyncio.get_running_loop().call_soon(self._drain, group)
 
-    async def _drain(self, group: Group) -> None:
+    def _drain(self, group: Group) -> None:
         while group.backlog:
             member = self._pick(group)
             if member is None:
@@ -536,29 +555,33 @@ class SubscriptionManager:
             seq, delivered, ts = _ack_meta(msg.reply)
             if group.channel.family is not None:
                 seq = families.seq_of(msg.headers) or seq
-            await self._send(group, member, msg, seq, delivered, ts)
+            self._send(group, member, msg, seq, delivered, ts)
 
     # -- acks --------------------------------------------------------------------
 
-    async def _on_ack(self, msg: Msg) -> None:
-        member = self.by_ack_inbox.get(msg.subject)
+    def _on_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if not self.channels.serving():
+            return  # fenced (FT): as a FencedConnection callback would not run
+        member = self.by_ack_inbox.get(subject.decode())
         if member is None:
             return  # sub gone: its messages were handed on or wait in JetStream
-        if self.ack_gate is not None and not self.ack_gate(msg.headers, member.client_id):
+        if self.ack_gate is not None and \
+                not self.ack_gate(parse_headers(headers), member.client_id):
             return  # another identity's ack: ignored (and logged by the gate)
         try:
-            ack = pb.Ack.FromString(msg.data)
+            ack = pb.Ack.FromString(data)
         except Exception:
-            log.warning("malformed Ack on %s (%d bytes) ignored", msg.subject, len(msg.data))
+            log.warning("malformed Ack on %s (%d bytes) ignored", subject.decode(errors="replace"),
+                        len(data))
             return
         reply = member.outstanding.pop(ack.sequence, None)
         if reply is None:
             return  # unknown or already acked sequence: nothing to do
         group = member.group
         group.owner.pop(ack.sequence, None)
-        await self.nc.publish(reply, b"+ACK")
+        self.inline.publish(reply, b"+ACK")
         if group.backlog:
-            await self._drain(group)
+            self._drain(group)
 
 
 class _Unfamiliar:
