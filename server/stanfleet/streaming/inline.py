@@ -28,6 +28,8 @@ import asyncio
 import logging
 from typing import Callable
 
+from ..errors import CommandError
+
 log = logging.getLogger("stanfleet.streaming.inline")
 
 # (subject, reply, data, raw header block or None) -> None, all bytes
@@ -36,8 +38,9 @@ Handler = Callable[[bytes, bytes, bytes, "bytes | None"], None]
 _NEEDED = ("_process_msg", "_ps", "_pending", "_pending_data_size", "_transport", "subscribe")
 
 
-class InlineUnsupported(RuntimeError):
-    """This nats-py lacks the internals inline handling relies on."""
+class InlineUnsupported(CommandError):
+    """This nats-py lacks the internals inline handling relies on: one line
+    at start-up (`stanfleet: ...`), not a traceback in the hot path."""
 
 
 def raw_client(nc):
