@@ -43,6 +43,8 @@ class Wire(asyncio.Protocol):
         self.buf = bytearray()
         self.info = asyncio.get_running_loop().create_future()
         self.pong = asyncio.get_running_loop().create_future()
+        for f in (self.info, self.pong):  # a late loss nobody awaits is no news
+            f.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.closed = asyncio.Event()
         self.error = ""
 
