@@ -107,7 +107,9 @@ class Workers:
         t0 = time.monotonic()
         await self.ask("start", t0, self.args.ramp / max(1, self.args.devices))
         n = self.args.devices
-        await until(lambda: self.count("ready"), n, "all devices ready")
+        # The ramp runs in the workers now: its time counts toward the deadline.
+        await until(lambda: self.count("ready"), n, "all devices ready",
+                    deadline=self.args.ramp + DEFAULT_DEADLINE)
         self.start_done = time.monotonic()
         return self.start_done - t0
 
