@@ -272,3 +272,34 @@ async def test_subscription_operations_after_client_close(stan_server):
         await sc.ack(got.msgs[0])
     with pytest.raises(ErrConnectionClosed):
         await sc.subscribe("foo", cb=got)
+
+
+async def test_a_connect_that_times_out_is_asked_again_as_the_same_session(make_stan_server):
+    """The server registers slowly (here: the liveness check of a silent old
+    session of the clientID, 3 s); the client's connect times out after 1 s
+    and asks again with the same conn_id and heartbeat inbox, which joins the
+    registration and is answered by it."""
+    from tests.streaming.rawstan import RawStan
+
+    stan = await make_stan_server(dup_check_timeout=3.0)
+    olds = []
+
+    async def silent_session(client_id):
+        old = await RawStan.open(stan.nats_url, stan.cluster_id, client_id,
+                                 answer_heartbeats=False)
+
+        async def ignore(msg):
+            pass
+        await old.nc.subscribe(old.hb_inbox, cb=ignore)
+        assert (await old.connect()).error == ""
+        olds.append(old)
+    await silent_session("once")
+    with pytest.raises(StanError, match="connect request timeout"):
+        await connect(stan, "once", connect_timeout=1)  # stan.py's single request
+    await silent_session("again")
+    sc = await connect(stan, "again", connect_timeout=1, connect_attempts=5)
+    assert stan.server.clients.clients["again"].conn_id == sc._conn_id
+    await sc.publish("after", b"1")
+    await sc.close()
+    for old in olds:
+        await old.nc.close()

@@ -171,6 +171,7 @@ ca = "{tls.ca}"
 store = "memory"
 ft_group = "site"
 replicas = 3
+channel_families = ["devices.*.events", "devices.*.cfg", "devices.*.status"]
 
 [database]
 url = "{db}"
@@ -260,10 +261,11 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
 
         # The rollout spans the faults: a canary half installs while the
         # active server dies, the rest after the promotion, sent with a NATS
-        # node down (once JetStream has new leaders: during the election a
-        # command's connect may be refused with a store error, and an
-        # operator runs it again) and installed while a listener dies and
-        # PostgreSQL restarts.
+        # node down (the devices' readings flow again before the server's
+        # clients KV has a new leader: with channel families three streams
+        # elect, not one per device channel; the command's connect is asked
+        # again and answered once the KV takes its registration) and
+        # installed while a listener dies and PostgreSQL restarts.
         rc, out = await cli("release", "publish", NEW, "--canary", "50", "--config", config)
         assert rc == 0 and "50% of devices (canary)" in out, out
 

@@ -4,6 +4,7 @@ and connected clients carry on without redoing their STAN connect."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import pytest
@@ -78,6 +79,49 @@ async def test_restart_with_embedded_nats_keeps_clients_and_durables(tmp_path):
         await proc.stop()
 
 
+async def test_restart_ends_the_predecessors_slow_nats_shutdown_and_keeps_its_state(tmp_path):
+    """The killed server's nats-server gets SIGTERM and stops its consumers
+    one by one (~10 ms each: 10 s here, minutes at 20,000); its successor
+    gives it a grace to write their state, then kills it and takes the port."""
+    import nats
+    from nats.js.api import ConsumerConfig, StreamConfig
+
+    port = free_port()
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file",
+                         "-dir", str(tmp_path / "d"), log_path=str(tmp_path / "server.log"))
+    await proc.start()
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        nc = await nats.connect(url)
+        js = nc.jsm()
+        await js.add_stream(StreamConfig(name="ballast", subjects=["ballast"],
+                                         max_consumers=5000))
+        slots = asyncio.Semaphore(64)
+
+        async def consumer(i):
+            async with slots:
+                await js.add_consumer("ballast", ConsumerConfig(durable_name=f"b{i}"))
+        await asyncio.gather(*(consumer(i) for i in range(1000)))
+        await nc.close()
+        nats_log = ""
+
+        async def kill():
+            nonlocal nats_log
+            with open(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children") as f:
+                child = f.read().split()[0]
+            nats_log = os.readlink(f"/proc/{child}/fd/1")  # its log (stdout), in a temp dir
+            await proc.kill()
+        await _exercise_restart(url, proc.start, kill)
+        with open(nats_log) as f:
+            old = f.read()
+        # It was shutting down in order, and did not get to finish.
+        assert "Initiating JetStream Shutdown" in old and "Server Exiting" not in old
+        assert any("of a killed streaming server still holds the store" in line
+                   for line in proc.lines)
+    finally:
+        await proc.stop()
+
+
 async def test_sigterm_exits_cleanly_and_stops_the_embedded_nats(tmp_path):
     port = free_port()
     proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file", "-dir", str(tmp_path / "d"),
@@ -115,7 +159,10 @@ async def test_embedded_nats_requires_the_configured_user(tmp_path):
         await proc.stop()
 
 
-async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(tmp_path):
+async def _burst_stopped_by(tmp_path, sig: int, after_stop) -> None:
+    """5,000 async publishes; `sig` reaches the server at the first PubAck.
+    Then the server comes back on the same store: every acked message is
+    there, once."""
     from stanfleet.client import Client
 
     port = free_port()
@@ -149,12 +196,12 @@ async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(t
 
         async def stop_mid_burst():
             await first_ack.wait()
-            proc.proc.send_signal(signal.SIGTERM)
+            proc.proc.send_signal(sig)
         stopper = asyncio.create_task(stop_mid_burst())
         for i in range(total):
             await sc.publish("burst", b"%d" % i, ack_handler=on_ack, ack_wait=10)
         await stopper
-        assert await proc.proc.wait() == 0
+        await after_stop(proc, port)
         await asyncio.wait_for(answered.wait(), 40)  # every publish resolved: ack or timeout
         await proc.start()  # look at what was stored
         js = nc.jsm()
@@ -170,3 +217,16 @@ async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(t
         await nc.close()
     finally:
         await proc.stop()
+
+
+async def test_sigterm_with_a_burst_in_flight_answers_and_stores_every_publish(tmp_path):
+    async def exits_cleanly(proc, port):
+        assert await proc.proc.wait() == 0
+    await _burst_stopped_by(tmp_path, signal.SIGTERM, exits_cleanly)
+
+
+async def test_sigkill_with_a_burst_in_flight_loses_no_acked_publish(tmp_path):
+    async def killed(proc, port):
+        await proc.proc.wait()
+    await _burst_stopped_by(tmp_path, signal.SIGKILL, killed)
+

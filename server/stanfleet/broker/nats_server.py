@@ -139,6 +139,9 @@ class Broker:
             with open(self._log_path, "ab") as log:
                 # Own session: a Ctrl-C meant for us must not stop the broker before
                 # we have shut down in order (we stop it last).
+                # SIGTERM when we die: JetStream keeps writing consumer state
+                # while it shuts down; a successor on the same store ends a
+                # slow shutdown itself (streaming/predecessor.py).
                 self.proc = subprocess.Popen(args, stdout=log, stderr=log,
                                              stdin=subprocess.DEVNULL, start_new_session=True,
                                              preexec_fn=lambda: die_with_parent(signal.SIGTERM))

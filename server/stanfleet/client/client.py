@@ -151,12 +151,16 @@ class Client:
         conn_lost_cb: ConnLostHandler | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         nats_kwargs: dict[str, Any] | None = None,
+        connect_attempts: int = 1,
     ) -> None:
         """Start a session with the streaming cluster ``cluster_id``.
 
         Pass a connected nats-py client as ``nats`` to borrow it (you close it),
         or ``servers`` to have the client open and own its connection. ``loop``
         is accepted for stan.py compatibility and ignored: the running loop is used.
+        ``connect_attempts`` > 1 asks again, as the same session, when a
+        server is there but did not answer within ``connect_timeout`` (its
+        store electing a leader, a connect storm); 1 is stan.py's behaviour.
         """
         del loop
         if self._state == _CONNECTED:
@@ -175,6 +179,7 @@ class Client:
         self._cluster_id = cluster_id
         self._client_id = client_id
         self._connect_timeout = connect_timeout
+        self._connect_attempts = max(1, connect_attempts)
         self._conn_lost_cb = conn_lost_cb
         if nats is None:
             self._nc = await _open_nats(servers, nats_kwargs)
@@ -222,12 +227,7 @@ class Client:
             ping_max_out=ping_max_out,
         )
         discover = f"{DEFAULT_DISCOVER_PREFIX}.{self._cluster_id}"
-        try:
-            resp = await self._request(discover, req, pb.ConnectResponse, ErrConnectReqTimeout)
-        except ErrConnectReqTimeout:
-            raise ErrConnectReqTimeout(
-                f"stan: failed connecting to '{self._cluster_id}' (connect request timeout)"
-            ) from None
+        resp = await self._connect_request(discover, req)
         if resp.error:
             if "already registered" in resp.error:
                 raise ErrDuplicateClientID(resp.error)
@@ -271,6 +271,34 @@ class Client:
         self._ping_req_subject = resp.ping_requests
 
     # --- requests -------------------------------------------------------------
+
+    async def _connect_request(self, subject: str, req) -> pb.ConnectResponse:
+        """The ConnectRequest, asked up to connect_attempts times while it times
+        out. Same conn_id and heartbeat inbox each time: a server that
+        registered an earlier attempt answers with that session, not a
+        duplicate. No responders means no server: not asked again."""
+        for attempt in range(self._connect_attempts):
+            try:
+                msg = await self._nc.request(
+                    subject, req.SerializeToString(), timeout=self._connect_timeout
+                )
+                break
+            except NatsTimeoutError:
+                if attempt + 1 < self._connect_attempts:
+                    log.info("client=%s connect request timed out; asking again (%d/%d)",
+                             self._client_id, attempt + 2, self._connect_attempts)
+                    continue
+            except NoRespondersError:
+                pass
+            except ConnectionClosedError:
+                raise ErrConnectionClosed() from None
+            raise ErrConnectReqTimeout(
+                f"stan: failed connecting to '{self._cluster_id}' (connect request timeout)"
+            ) from None
+        resp = decode(pb.ConnectResponse, msg.data, f"client={self._client_id} subject={subject}")
+        if resp is None:
+            raise ErrServerResponse("stan: malformed ConnectResponse from server")
+        return resp
 
     async def _request(self, subject: str, req, resp_cls, timeout_error: type[ErrTimeoutError]):
         """Send a protocol request; map transport failures to STAN errors."""

@@ -20,6 +20,12 @@ from ..security.credfile import load_credentials
 
 log = logging.getLogger("stanfleet.connection")
 
+# Connect requests asked (as one session) while the server is there but does
+# not answer in the client's 2 s: after a NATS node dies, the streaming
+# server's clients KV (R3) has no leader until JetStream elects one, seconds
+# later, and the server cannot register anyone before (test_e2e_failover).
+DEFAULT_CONNECT_ATTEMPTS = 8
+
 
 def secure_options(creds: str | None = None, ca: str | None = None,
                    tls_hostname: str | None = None) -> dict:
@@ -111,7 +117,8 @@ async def open_session(nats_url: str | list[str], cluster_id: str, client_id: st
         raise
     sc = Client()
     try:
-        await sc.connect(cluster_id, client_id, nats=nc, conn_lost_cb=conn_lost_cb)
+        await sc.connect(cluster_id, client_id, nats=nc, conn_lost_cb=conn_lost_cb,
+                         connect_attempts=DEFAULT_CONNECT_ATTEMPTS)
     except (StanError, asyncio.TimeoutError) as e:
         await nc.close()
         if once:

@@ -20,6 +20,7 @@ import json
 import os
 
 from ..broker import Broker, BrokerConfig
+from . import predecessor
 from .config_file import nats_conf_text
 from .options import ServerOptions
 
@@ -89,7 +90,13 @@ def plain_nats_only(opts: ServerOptions) -> bool:
 
 
 def start_broker(opts: ServerOptions) -> Broker:
-    return Broker(broker_config(opts)).start(timeout=DEFAULT_BROKER_START_TIMEOUT)
+    config = broker_config(opts)
+    if config.store_dir and config.jetstream:
+        predecessor.reclaim(opts.data_dir, config.store_dir)
+    broker = Broker(config).start(timeout=DEFAULT_BROKER_START_TIMEOUT)
+    if config.store_dir and config.jetstream and broker.proc is not None:
+        predecessor.record(opts.data_dir, broker.proc.pid)
+    return broker
 
 
 def nats_tls(opts: ServerOptions) -> dict:

@@ -32,7 +32,13 @@ def client_record(client_id: str, conn_id: bytes, hb_inbox: str, protocol: int,
 
 
 def accepted(subjects: Subjects, req: pb.ConnectRequest) -> pb.ConnectResponse:
-    ping_interval, ping_max_out = ping_settings(req)
+    return session_response(subjects, *ping_settings(req))
+
+
+def session_response(subjects: Subjects, ping_interval: int,
+                     ping_max_out: int) -> pb.ConnectResponse:
+    """The answer for a session with these ping settings (also the one a
+    retried connect of a registered session gets again)."""
     s = subjects
     return pb.ConnectResponse(
         pub_prefix=s.pub_prefix, sub_requests=s.sub, unsub_requests=s.unsub,

@@ -30,8 +30,9 @@ from . import authz
 from . import errors as E
 from .channels import ChannelStore
 from .clients import ClientInfo, ClientRegistry
+from .connects import ConnectQueue, PendingConnect
 from .embedded import nats_tls, start_broker
-from .handshake import accepted, ping_settings
+from .handshake import accepted, ping_settings, session_response
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .quotas import QuotaExceeded, Quotas
@@ -90,9 +91,8 @@ class StreamingServer:
         # Per-identity quotas (quotas.py): they need identities, so authz.
         self.quotas = Quotas(options.quotas) if self.authz and options.quotas else None
         self._refusals: dict[tuple, int] = {}
-        # clientIDs whose duplicate-ID liveness check is running, and those checks
-        self._checking: set[str] = set()
-        self._tasks: set[asyncio.Task] = set()
+        self.connects = ConnectQueue()  # connects being registered, one per clientID
+        self._tasks: set[asyncio.Task] = set()  # connects' registrations, among others
         self.revocations = None  # RevocationWatch, with --security-dir
 
     @property
@@ -638,43 +638,70 @@ class StreamingServer:
                         "identity", req.client_id, who.user)
             return await self._respond(msg, pb.ConnectResponse(
                 error=f"stan: not authorized: clientID {req.client_id} belongs to another identity"))
-        if req.client_id in self._checking:
+        pending = self.connects.pending.get(req.client_id)
+        if pending is not None:
+            if pending.same_session(bytes(req.conn_id), hb_inbox):
+                # The client's retry of a connect we are still registering
+                # (it timed out waiting): one registration answers both.
+                return self.connects.join(pending, msg.reply)
             # One liveness check per clientID at a time; a storm of connects
             # for it is answered at once instead of queueing checks.
             return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
+        if old is not None and req.conn_id and bytes(req.conn_id) == old.conn_id and \
+                hb_inbox == old.hb_inbox:
+            # A retry of a session registered after its client stopped waiting
+            # for the answer: the same session, so no liveness check (its
+            # client would answer it, and be refused as a duplicate of
+            # itself) and no replacement (a KV purge and write each).
+            log.info("client=%s connect retried: answered with its session", req.client_id)
+            return await self._respond(msg, self._connect_response(old))
         # The rest waits on the network (a liveness check of up to
         # dup_check_timeout, the registration's KV write): run it beside the
         # other requests, not in front of them, one at a time per clientID.
-        self._checking.add(req.client_id)
-        task = asyncio.create_task(self._replace_then_register(msg, req, who, hb_inbox, old))
+        p = self.connects.begin(req.client_id, bytes(req.conn_id), hb_inbox, msg.reply)
+        task = asyncio.create_task(self._replace_then_register(p, req, who, hb_inbox, old))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _replace_then_register(self, msg: Msg, req, who, hb_inbox: str,
+    async def _replace_then_register(self, p: PendingConnect, req, who, hb_inbox: str,
                                      old: ClientInfo | None) -> None:
         try:
-            # Liveness check of the registered client: the original server's rule.
-            if old is not None and await self.clients.is_alive(old, self.opts.dup_check_timeout):
-                log.warning("connect client=%s refused: already registered and alive",
-                            req.client_id)
-                return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
-            if old is not None and self.clients.clients.get(req.client_id) is old:
-                log.info("client=%s replaced (old session did not answer)", req.client_id)
-                self.clients.remove(req.client_id)
-                await self._forget_client(req.client_id)
-            await self._register(msg, req, who, hb_inbox)
+            async with self.connects.slot(p) as in_time:
+                if not in_time:
+                    return  # its client gave up; the retry comes in a new one
+                # Liveness check of the registered client: the original server's rule.
+                if old is not None and await self.clients.is_alive(old,
+                                                                   self.opts.dup_check_timeout):
+                    log.warning("connect client=%s refused: already registered and alive",
+                                req.client_id)
+                    return await self._answer(p, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
+                if old is not None and self.clients.clients.get(req.client_id) is old:
+                    log.info("client=%s replaced (old session did not answer)", req.client_id)
+                    self.clients.remove(req.client_id)
+                    await self._forget_client(req.client_id)
+                await self._register(p, req, who, hb_inbox)
         except Exception:
             log.exception("connect client=%s failed", req.client_id)
         finally:
-            self._checking.discard(req.client_id)
+            self.connects.end(p)
 
-    async def _register(self, msg: Msg, req, who, hb_inbox: str) -> None:
+    async def _answer(self, p: PendingConnect, response) -> None:
+        """The same answer to a connect and its retries."""
+        if self._serving():
+            data = response.SerializeToString()
+            for reply in p.replies:
+                await self.nc.publish(reply, data)
+
+    def _connect_response(self, info: ClientInfo) -> pb.ConnectResponse:
+        return session_response(self.subjects, info.ping_interval, info.ping_max_out)
+
+    async def _register(self, p: PendingConnect, req, who, hb_inbox: str) -> None:
         if req.client_id in self.clients.clients:
-            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
+            return await self._answer(p, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
         if req.conn_id and bytes(req.conn_id) in self.clients.by_conn_id:
             # Pings name the session by conn_id alone: it must stay unique.
             log.warning("connect client=%s refused: conn_id already in use", req.client_id)
-            return await self._respond(msg, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
+            return await self._answer(p, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
         ping_interval, ping_max_out = ping_settings(req)
         info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
                           hb_inbox=hb_inbox, protocol=req.protocol,
@@ -689,10 +716,10 @@ class StreamingServer:
             if who is not None:
                 self.authz.release(info.client_id)
             log.error("client=%s cannot be registered: %s", info.client_id, e)
-            return await self._respond(msg, pb.ConnectResponse(error=f"stan: store error: {e}"))
+            return await self._answer(p, pb.ConnectResponse(error=f"stan: store error: {e}"))
         log.info("client=%s connected (protocol %d)%s", req.client_id, req.protocol,
                  f" user={who.user}" if who else "")
-        await self._respond(msg, accepted(self.subjects, req))
+        await self._answer(p, accepted(self.subjects, req))
 
     async def _on_close(self, msg: Msg) -> None:
         req = self._decode(msg, pb.CloseRequest)

@@ -61,7 +61,14 @@ class StateStore:
                 replicas=self.replicas))
 
     async def save_client(self, client_id: str, record: dict) -> None:
-        await self.clients.put(client_id, json.dumps(record).encode())
+        data = json.dumps(record).encode()
+        if self.replicas > 1:
+            # A replicated bucket has no leader for seconds after a NATS node
+            # is lost; the connect waiting on this write is asked again by its
+            # client meanwhile (as the same session) and answered once it lands.
+            return await _patiently(lambda: self.clients.put(client_id, data),
+                                    f"registration of {client_id}")
+        await self.clients.put(client_id, data)
 
     async def delete_client(self, client_id: str) -> None:
         await _delete(self.clients, client_id)
@@ -87,19 +94,27 @@ async def _delete(kv, key: str) -> None:
     restored at the next takeover as a live subscription of a clientID that
     has connected again (its durable then refused as a duplicate), so the
     purge is tried again until about DEFAULT_DELETE_PATIENCE has passed."""
+    async def purge():
+        try:
+            await kv.purge(key)
+        except KeyNotFoundError:
+            pass
+    await _patiently(purge, f"purge of {key}")
+
+
+async def _patiently(op, what: str) -> None:
+    """op(), tried again while the bucket has no leader, up to about
+    DEFAULT_DELETE_PATIENCE (there is no event for an election's end)."""
     pause = DEFAULT_DELETE_FIRST_PAUSE
     deadline = asyncio.get_running_loop().time() + DEFAULT_DELETE_PATIENCE
     while True:
         try:
-            await kv.purge(key)
-            return
-        except KeyNotFoundError:
-            return
+            return await op()
         except (NoStreamResponseError, ServiceUnavailableError, nats.errors.TimeoutError,
                 asyncio.TimeoutError) as e:
             if asyncio.get_running_loop().time() + pause > deadline:
                 raise
-            log.debug("purge of %s failed (%s); retrying", key, e)
+            log.debug("%s failed (%s); retrying", what, e)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
