@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from conftest import BROKEN, FACTORY, GOOD
 
+from tests.streaming.acks import durable_acked
+
 DEV = "3F45"
 
 
@@ -126,7 +128,7 @@ async def test_new_device_gets_the_last_cfg_sent_before_its_first_boot(make_flee
 
 
 async def test_failing_release_is_redelivered_never_acked_then_a_good_one_installs(
-        make_fleet, backend):
+        make_fleet, backend, stan_server):
     """Seed scenario 3: a failing install is redelivered again and again and never
     acked; a good release is installed, the device reboots into it and acks once."""
     fleet = await make_fleet(DEV, config={"release_ack_wait": 1})
@@ -149,6 +151,11 @@ async def test_failing_release_is_redelivered_never_acked_then_a_good_one_instal
     await fleet.expect(DEV, "release acked seq=1 1.2.0 is not newer")
     await fleet.expect(DEV, "release acked seq=2 1.2.0 is not newer")
     # Nothing stays unacked: after a reboot the first release line is a new one.
+    # The device's acks are fire-and-forget, so a reboot straight after its
+    # log line may lose one on the way (STAN is at least once): the claim is
+    # about what the server recorded, so wait for that first.
+    await durable_acked(backend.nc, stan_server.cluster_id, "devices.releases",
+                        f"device-{DEV}", "releases", 2)
     mark = fleet.mark(DEV)
     await fleet.reboot(DEV)
     await fleet.expect(DEV, "stanfleet: connected", since=mark)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 
 from stanfleet.pb import protocol_pb2 as pb
-from stanfleet.streaming.naming import Subjects, js_name
 
-from ..waiting import eventually
+from .acks import durable_acked
 from .rawstan import RawStan
 from .serverproc import ServerProcess, free_port
 
@@ -35,12 +34,7 @@ async def test_durable_resumed_after_a_crash_is_redelivered_at_once(tmp_path):
         await sub.ack(got[0])
         # Client acks are fire-and-forget (and pings may be read on another of
         # the server's connections than acks): wait until JetStream has it.
-        stream = Subjects("test-cluster").stream_for("orders")
-
-        async def ack_recorded():
-            info = await c.nc.jsm().consumer_info(stream, js_name("D", "crasher", "dur"))
-            return info.ack_floor.stream_seq >= 1
-        await eventually(ack_recorded)
+        await durable_acked(c.nc, "test-cluster", "orders", "crasher", "dur", 1)
         await proc.kill()
         await c.vanish()  # the subscriber's process died too
 

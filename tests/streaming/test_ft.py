@@ -18,9 +18,10 @@ import pytest
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.pb import protocol_pb2 as pb
 from stanfleet.streaming.ft import Lease, LeaseLost
-from stanfleet.streaming.naming import Subjects, js_name
+from stanfleet.streaming.naming import Subjects
 
 from ..waiting import eventually
+from .acks import durable_acked
 from .rawstan import RawStan
 from .serverproc import ServerProcess, free_port
 from .test_cluster import cluster, jetstream_ready  # noqa: F401  (cluster is a fixture)
@@ -184,13 +185,7 @@ async def _takeover(group: Group, url: str, victim=None):
     await pub.wait_for(20)
     got = [await dur.next() for _ in range(3)]
     await dur.ack(got[0])
-    stream = Subjects(CLUSTER).stream_for("events")
-    consumer = js_name("D", "survivor", "keep")
-
-    async def ack_recorded():
-        info = await c.nc.jsm().consumer_info(stream, consumer)
-        return info.ack_floor.stream_seq >= 1
-    await eventually(ack_recorded)
+    await durable_acked(c.nc, CLUSTER, "events", "survivor", "keep", 1)
 
     node = await victim() if victim is not None else None
     killed_at = time.monotonic()

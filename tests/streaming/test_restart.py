@@ -9,9 +9,9 @@ import signal
 
 import pytest
 from stanfleet.pb import protocol_pb2 as pb
-from stanfleet.streaming.naming import Subjects, js_name
+from stanfleet.streaming.naming import Subjects
 
-from ..waiting import eventually
+from .acks import durable_acked
 from .rawstan import RawStan
 from .serverproc import ServerProcess, free_port
 
@@ -30,13 +30,7 @@ async def _exercise_restart(url: str, start, kill):
         await plain.ack(await plain.next())
     # Client acks are fire-and-forget; wait until JetStream has recorded ours,
     # from then on the crash must not bring message 1 back.
-    stream = Subjects("test-cluster").stream_for("events")
-    consumer = js_name("D", "survivor", "keep")
-
-    async def ack_recorded():
-        info = await c.nc.jsm().consumer_info(stream, consumer)
-        return info.ack_floor.stream_seq >= 1
-    await eventually(ack_recorded)
+    await durable_acked(c.nc, "test-cluster", "events", "survivor", "keep", 1)
 
     await kill()
     await start()
