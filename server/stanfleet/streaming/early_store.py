@@ -5,7 +5,7 @@ JetStream request tells: the last message on the key's subject in the
 bucket's stream (STREAM.MSG.GET, answered whether or not the stream allows
 direct gets). Absent, or a delete/purge marker: not registered. Registered:
 the old session's record says where its heartbeat inbox is, for the
-liveness check the server would make (early.py). No bucket yet (a first
+liveness check the server would make (Registrar, below). No bucket yet (a first
 start in this directory): the early layer creates it (buckets.py).
 
 A new session is then written as the server writes it (handshake.client_record)
