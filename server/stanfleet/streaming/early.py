@@ -154,6 +154,7 @@ class EarlyLayer:
         # clientID -> the record of the session it replaced (dead), for the
         # server to end that session as its own replace path does (handover).
         self.replaced: dict[str, dict] = {}
+        self._decided = threading.Event()  # a first connect answered, refused or left
         # handshake.py once imported (protobuf): until then connects are held,
         # and answered when it comes (answer_from_now). Set by the reader
         # thread alone, after it answered the held ones: in arrival order.
@@ -294,8 +295,14 @@ class EarlyLayer:
             self.replaced[req.client_id] = replaced
         self._accept(req, entry[2])
 
+    def first_decided(self, timeout: float) -> bool:
+        """Wait until a first connect was answered, refused or left to the
+        server, at most timeout seconds (startup.py)."""
+        return self._decided.wait(timeout)
+
     def leave(self, req) -> None:
         """The connect stays held: the server decides it."""
+        self._decided.set()
         self._left.add(req.client_id)
         self._forget(req)
 
@@ -313,6 +320,7 @@ class EarlyLayer:
         """The old session answered its heartbeat: Go's "already registered"."""
         self._unhold(entry)
         self._forget(req)  # a later connect is checked again (it may have died)
+        self._decided.set()
         out = self._handshake.pb.ConnectResponse(error=ERR_INVALID_CLIENT).SerializeToString()
         self.requests.sock.sendall(f"PUB {entry[2]} {len(out)}\r\n".encode() + out + b"\r\n")
 
@@ -320,6 +328,7 @@ class EarlyLayer:
         out = self._handshake.accepted(self.subjects, req).SerializeToString()
         self.requests.sock.sendall(f"PUB {reply} {len(out)}\r\n".encode() + out + b"\r\n")
         self.answered.append(req)
+        self._decided.set()
 
     def answer_from_now(self, handshake) -> None:
         """Answer connects from now on, those held meanwhile first (in the reader

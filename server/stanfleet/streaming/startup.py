@@ -37,6 +37,7 @@ log = logging.getLogger("stanfleet.streaming")
 # nats-server, so the port opens that much sooner.
 
 DEFAULT_STARTUP_SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
+DEFAULT_FIRST_CONNECT_WAIT = 0.05  # seconds the imports wait for a first file-store connect
 HEAVY_MODULES = ("stanfleet.streaming.server",)
 MONITOR_MODULES = ("stanfleet.streaming.monitor",)
 
@@ -214,10 +215,16 @@ def run_server(opts: ServerOptions) -> int:
             # Measured, not in a thread beside nats-server's start: that one
             # took the GIL from the spawn, and the port opened later.
             early.answer_from_now(importlib.import_module("stanfleet.streaming.handshake"))
-        if answer_first:
-            importer.start()
     if broker is not None:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
+    if answer_first:
+        if early is not None and opts.store == "file":
+            # The file store's answer waits on JetStream round trips (the
+            # bucket, the old session, the write): the importer would take the
+            # cores and the GIL from them and from nats-server. It waits for
+            # the first connect to be decided, at most this long.
+            early.first_decided(DEFAULT_FIRST_CONNECT_WAIT)
+        importer.start()
     try:
         importer.done()
         # Not before: the early layer's thread answers connects meanwhile.
