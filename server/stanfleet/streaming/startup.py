@@ -37,7 +37,7 @@ log = logging.getLogger("stanfleet.streaming")
 # nats-server, so the port opens that much sooner.
 
 DEFAULT_STARTUP_SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
-DEFAULT_FIRST_CONNECT_WAIT = 0.05  # seconds the imports wait for a first file-store connect
+DEFAULT_FIRST_CONNECT_WAIT = 0.05  # seconds the imports wait for a first connect to be decided
 HEAVY_MODULES = ("stanfleet.streaming.server",)
 MONITOR_MODULES = ("stanfleet.streaming.monitor",)
 
@@ -218,11 +218,12 @@ def run_server(opts: ServerOptions) -> int:
     if broker is not None:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
     if answer_first:
-        if early is not None and opts.store == "file":
-            # The file store's answer waits on JetStream round trips (the
-            # bucket, the old session, the write): the importer would take the
-            # cores and the GIL from them and from nats-server. It waits for
-            # the first connect to be decided, at most this long.
+        if early is not None:
+            # The first connect first: the importer would take the cores and
+            # the GIL from its answer, and from nats-server, whose JetStream
+            # round trips (the file store's bucket, old session and write) it
+            # waits on. A harness connects the moment the port is open; where
+            # nobody does, the imports lose at most this long.
             early.first_decided(DEFAULT_FIRST_CONNECT_WAIT)
         importer.start()
     try:
