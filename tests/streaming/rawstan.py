@@ -23,10 +23,11 @@ class RawStan:
         self.hb_sub = None
 
     @classmethod
-    async def open(cls, url: str, cluster_id: str, client_id: str, *, answer_heartbeats=True):
+    async def open(cls, url: str, cluster_id: str, client_id: str, *, answer_heartbeats=True,
+                   reconnected_cb=None):
         # Several comma-separated URLs: servers of one cluster; keep reconnecting.
         nc = await nats.connect(servers=url.split(","), max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.2)
+                                reconnect_time_wait=0.2, reconnected_cb=reconnected_cb)
         c = cls(nc, cluster_id, client_id)
         if answer_heartbeats:
             c.hb_sub = await nc.subscribe(c.hb_inbox, cb=c._on_hb)

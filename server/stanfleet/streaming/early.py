@@ -14,8 +14,13 @@ publishes on a socket of their own, as the server has them):
   make one), holds every registration, and nothing but the clientID decides
   (no authorization or quotas: may_answer). With the memory store nothing
   is registered yet. With the file store the clients bucket tells
-  (early_store.py); a registered clientID, or no bucket yet, leaves the
-  connect to the server. A clientID or conn_id it answered already, and
+  (early_store.py): a registered clientID gets Go's liveness check of its
+  old session (a request to its heartbeat inbox: a reply, and the answer is
+  Go's "clientID already registered"; no responders or no reply within
+  dup_check_timeout, and the new session is written over the old one, which
+  the server then ends as its own replace path does, at the handover); no
+  bucket yet (a first start), and the early layer creates the state buckets
+  as the server would (buckets.py). A clientID or conn_id it answered already, and
   anything it cannot decode or that fails the server's name checks, it
   holds: the server decides those. Not checked here: a conn_id equal to
   that of a session restored from the file store (the server refuses it);
@@ -52,7 +57,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .errors import ERR_INVALID_CLIENT
 from .naming import Subjects, check_client_id, check_subject
+from .options import DEFAULT_DUP_CHECK_TIMEOUT
 
 log = logging.getLogger("stanfleet.streaming")
 
@@ -128,7 +135,8 @@ class EarlyLayer:
 
     def __init__(self, host: str, port: int, cluster_id: str, *, answer: bool,
                  lookup: bool = False, user: str | None = None, password: str | None = None,
-                 token: str | None = None):
+                 token: str | None = None, dup_check_timeout: float = DEFAULT_DUP_CHECK_TIMEOUT,
+                 storage: str = "file", replicas: int = 1):
         self.addr = ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
         self.cluster_id = cluster_id
         self.subjects = Subjects(cluster_id)
@@ -137,14 +145,16 @@ class EarlyLayer:
         self.answer = answer
         # File store: a connect is answered once the clients bucket says the
         # clientID is not registered and has the new registration (early_store).
-        self.bucket = None
+        self.store = None
         if lookup:
-            from .early_store import ClientsBucket
+            from .early_store import Registrar
 
-            self.bucket = ClientsBucket(cluster_id)
-        self._inbox = f"_STAN.early.{os.urandom(6).hex()}"
-        self._pending: dict[str, list] = {}  # token -> [stage, held entry, request]
-        self._token = 0
+            self.store = Registrar(self, cluster_id, storage=storage, replicas=replicas,
+                                   dup_check_timeout=dup_check_timeout)
+        # clientID -> the record of the session it replaced (dead), for the
+        # server to end that session as its own replace path does (handover).
+        self.replaced: dict[str, dict] = {}
+        self._decided = threading.Event()  # a first connect answered, refused or left
         # handshake.py once imported (protobuf): until then connects are held,
         # and answered when it comes (answer_from_now). Set by the reader
         # thread alone, after it answered the held ones: in arrival order.
@@ -155,7 +165,6 @@ class EarlyLayer:
         # clientIDs the bucket found registered (or could not tell about): the
         # server's, as are all connects once the bucket is found missing.
         self._left: set[str] = set()
-        self._no_bucket = False
         self._conn_ids: set[bytes] = set()
         self.pubs: _Conn | None = None
         self.requests: _Conn | None = None
@@ -173,12 +182,12 @@ class EarlyLayer:
         try:
             self.requests = _Conn(self.addr, f"_STAN-{cid}-requests", self.auth,
                                   [s.discover, s.pings, s.sub, s.unsub, s.subclose, s.close] +
-                                  ([self._inbox + ".*"] if self.bucket else []), "r")
+                                  ([self.store.inbox + ".*"] if self.store else []), "r")
         except OSError:
             self.pubs.sock.close()
             raise
         self._discover_sid = self.requests.sids[s.discover]
-        self._inbox_sid = self.requests.sids.get(self._inbox + ".*", b"")
+        self._inbox_sid = self.requests.sids[self.store.inbox + ".*"] if self.store else b""
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._read, name="early-requests", daemon=True)
         self._thread.start()
@@ -191,15 +200,19 @@ class EarlyLayer:
             for c in conns.values():
                 c.buf = self._parse(c, c.buf)
             while True:
-                wait = None
+                due = self.store.expire() if self.store else None  # when the next check is
+                pending = self.store.pending if self.store else {}
+                now = time.monotonic()
+                wait = None if due is None else due - now
                 if stop_by is not None:
-                    wait = stop_by - time.monotonic()
-                    if not self._pending or wait <= 0:
-                        if self._pending:  # left to the server (they are held)
+                    if not pending or stop_by <= now:
+                        if pending:  # left to the server (they are held)
                             log.warning("early: %d connects' registrations unconfirmed",
-                                        len(self._pending))
+                                        len(pending))
                         return  # handover: what is still in the sockets is the relays'
-                ready, _, _ = select.select([*conns, self._wake_r], [], [], wait)
+                    wait = stop_by - now if wait is None else min(wait, stop_by - now)
+                ready, _, _ = select.select([*conns, self._wake_r], [], [],
+                                            None if wait is None else max(wait, 0))
                 if self._wake_r in ready:
                     if os.read(self._wake_r, 1) == b"x":
                         stop_by = time.monotonic() + DEFAULT_STORE_PATIENCE
@@ -236,7 +249,7 @@ class EarlyLayer:
                 pos = start + size + 2
                 sid = args[1]
                 if sid == self._inbox_sid:
-                    self._on_bucket(args[0].decode(), payload)
+                    self.store.on_reply(args[0].decode(), headers, payload)
                     continue
                 entry = (sid, args[0].decode(), reply, headers, payload)
                 if sid == self._discover_sid and self._handshake and self._connect(entry):
@@ -251,7 +264,7 @@ class EarlyLayer:
 
     def _connect(self, entry: tuple) -> bool:
         """True: answered, as the server would. False: held for the server, or,
-        with the file store, held until the clients bucket has spoken (_on_bucket)."""
+        with the file store, held until the clients bucket has spoken (early_store.Registrar)."""
         reply, data = entry[2], entry[4]
         try:
             req = self._handshake.pb.ConnectRequest.FromString(data)
@@ -263,57 +276,59 @@ class EarlyLayer:
         if not reply or req.client_id in self._client_ids or (conn_id and conn_id in
                                                                 self._conn_ids):
             return False  # registered now: the server's duplicate check decides
-        if req.client_id in self._left or self._no_bucket:
+        if req.client_id in self._left or (self.store and self.store.no_bucket):
             return False  # not asked again (a client retrying its connect would be)
         self._client_ids.add(req.client_id)
         if conn_id:
             self._conn_ids.add(conn_id)
-        if self.bucket is None:  # memory store: nothing registered before us
+        if self.store is None:  # memory store: nothing registered before us
             self._accept(req, reply)
             return True
-        self._request("get", entry, req, *self.bucket.lookup(req.client_id))
+        self.store.check(entry, req)
         return False
 
-    def _request(self, stage: str, entry: tuple, req, subject: str, payload: bytes) -> None:
-        self._token += 1
-        token = str(self._token)
-        self._pending[token] = [stage, entry, req]
-        self.requests.sock.sendall(f"PUB {subject} {self._inbox}.{token} {len(payload)}\r\n"
-                                   .encode() + payload + b"\r\n")
+    def registered(self, entry: tuple, req, replaced: dict | None) -> None:
+        """File store: the registration is in the bucket; answer. replaced: the
+        record of the dead session it took the place of."""
+        self._unhold(entry)
+        if replaced is not None:
+            self.replaced[req.client_id] = replaced
+        self._accept(req, entry[2])
 
-    def _on_bucket(self, subject: str, payload: bytes) -> None:
-        """The clients bucket's answer: not registered, then written; else the
-        connect stays held for the server."""
-        from . import early_store
+    def first_decided(self, timeout: float) -> bool:
+        """Wait until a first connect was answered, refused or left to the
+        server, at most timeout seconds (startup.py)."""
+        return self._decided.wait(timeout)
 
-        p = self._pending.pop(subject.rsplit(".", 1)[-1], None)
-        if p is None:
-            return
-        stage, entry, req = p
-        if stage == "get" and early_store.registered(payload) is False:
-            ping_interval, ping_max_out = self._handshake.ping_settings(req)
-            record = self._handshake.client_record(
-                req.client_id, bytes(req.conn_id), req.heartbeat_inbox, req.protocol,
-                ping_interval, ping_max_out, time.time(), None)
-            self._request("put", entry, req, self.bucket.key_subject(req.client_id),
-                          json.dumps(record).encode())
-        elif stage == "put" and early_store.stored(payload):
-            try:
-                self.requests.held.remove(entry)
-            except ValueError:
-                pass  # not held (the limit): answered all the same
-            self._accept(req, entry[2])
-        else:  # registered, or the bucket could not tell: the server decides
-            if stage == "get" and early_store.no_bucket(payload):
-                self._no_bucket = True
-            self._left.add(req.client_id)
-            self._client_ids.discard(req.client_id)
-            self._conn_ids.discard(bytes(req.conn_id))
+    def leave(self, req) -> None:
+        """The connect stays held: the server decides it."""
+        self._decided.set()
+        self._left.add(req.client_id)
+        self._forget(req)
+
+    def _forget(self, req) -> None:
+        self._client_ids.discard(req.client_id)
+        self._conn_ids.discard(bytes(req.conn_id))
+
+    def _unhold(self, entry: tuple) -> None:
+        try:
+            self.requests.held.remove(entry)
+        except ValueError:
+            pass  # not held (the limit): answered all the same
+
+    def refuse(self, entry: tuple, req) -> None:
+        """The old session answered its heartbeat: Go's "already registered"."""
+        self._unhold(entry)
+        self._forget(req)  # a later connect is checked again (it may have died)
+        self._decided.set()
+        out = self._handshake.pb.ConnectResponse(error=ERR_INVALID_CLIENT).SerializeToString()
+        self.requests.sock.sendall(f"PUB {entry[2]} {len(out)}\r\n".encode() + out + b"\r\n")
 
     def _accept(self, req, reply: str) -> None:
         out = self._handshake.accepted(self.subjects, req).SerializeToString()
         self.requests.sock.sendall(f"PUB {reply} {len(out)}\r\n".encode() + out + b"\r\n")
         self.answered.append(req)
+        self._decided.set()
 
     def answer_from_now(self, handshake) -> None:
         """Answer connects from now on, those held meanwhile first (in the reader
@@ -338,12 +353,14 @@ class EarlyLayer:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def handover(self) -> tuple[Handover, Handover, list]:
+    def handover(self) -> tuple[Handover, Handover, list, dict]:
         """Stop reading; (the publish connection, the requests connection, the
-        ConnectRequests answered here) for the relays to adopt."""
+        ConnectRequests answered here, clientID -> the record of the dead
+        session each replaced) for the relays and the server to adopt."""
         self._stop()
         answered, self.answered = self.answered, []
-        return self.pubs.handover(), self.requests.handover(), answered
+        replaced, self.replaced = self.replaced, {}
+        return self.pubs.handover(), self.requests.handover(), answered, replaced
 
     def close(self) -> None:
         """Give up (the server did not start): drop the connections."""
@@ -360,7 +377,9 @@ def start_early(opts, broker) -> EarlyLayer | None:
         return None
     try:
         return EarlyLayer(opts.host, broker.port, opts.cluster_id, answer=may_answer(opts),
-                          lookup=opts.store == "file", user=opts.user, password=opts.password, token=opts.token).start()
+                          lookup=opts.store == "file", user=opts.user, password=opts.password,
+                          token=opts.token, dup_check_timeout=opts.dup_check_timeout,
+                          storage=opts.store, replicas=opts.replicas).start()
     except OSError as e:
         log.debug("no early subscriptions: %s", e)
         return None

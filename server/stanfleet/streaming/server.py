@@ -168,7 +168,7 @@ class StreamingServer:
         handover = self.early.handover() if self.early else None
         self.early = None
         if handover is not None:
-            pubs, requests, answered = handover
+            pubs, requests, answered, replaced = handover
             self.requests = Relay(servers, user=self.opts.user, password=self.opts.password,
                                   token=self.opts.token,
                                   name=f"_STAN-{self.opts.cluster_id}-requests")
@@ -203,9 +203,9 @@ class StreamingServer:
             self.revocations = RevocationWatch(self.opts.security_dir, self._end_revoked)
         # Together: start-up time is mostly round trips to JetStream.
         await asyncio.gather(self.state.open(), self.channels.start())
-        await self._restore()
+        await self._restore(replaced if handover is not None else {})
         if handover is not None:
-            await self._register_early(answered)
+            await self._register_early(answered, replaced)
         await self.channels.serve()
         await self.subs.start()
         s = self.subjects
@@ -236,12 +236,19 @@ class StreamingServer:
         log.info("streaming server ready: cluster=%s nats=%s store=%s", self.opts.cluster_id,
                  self.nats_url, self.opts.store)
 
-    async def _register_early(self, answered: list) -> None:
+    async def _register_early(self, answered: list, replaced: dict) -> None:
         """The sessions early.py accepted, registered and written (as _register
         does) before any other request is handled: the first of their
         publishes must find them. With the file store early.py wrote them
-        before answering (the handover awaited that), and _restore read them."""
+        before answering (the handover awaited that), and _restore read them;
+        where one replaced a dead session (early.py made Go's liveness check),
+        _restore took the old session back and it is ended here as
+        _replace_then_register ends it, its record excepted: that is the new
+        session's already."""
         for req in answered:
+            if req.client_id in replaced:
+                log.info("client=%s replaced (old session did not answer)", req.client_id)
+                await self._end_session(req.client_id, keep_record=True)
             log.info("client=%s connected (protocol %d, before we were ready)", req.client_id,
                      req.protocol)
             if req.client_id in self.clients.clients:
@@ -251,7 +258,8 @@ class StreamingServer:
                               hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
                               ping_interval=ping_interval, ping_max_out=ping_max_out)
             self.clients.add(info)
-            await self.state.save_client(info.client_id, info.record(None))
+            if req.client_id not in replaced:  # written by early.py otherwise
+                await self.state.save_client(info.client_id, info.record(None))
 
     def _relay_worker(self, subject: str, handler) -> tuple:
         """Requests of one subject read on the relay, handled one at a time in
@@ -333,12 +341,19 @@ class StreamingServer:
                 os.path.join(self.opts.security_dir, "creds.json")))
         return "127.0.0.1", None
 
-    async def _restore(self) -> None:
+    async def _restore(self, replaced: dict) -> None:
         """Take over the clients and subscriptions of an earlier run, except
-        the sessions of users whose credentials were revoked meanwhile."""
+        the sessions of users whose credentials were revoked meanwhile.
+
+        replaced: clientID -> the record of a session early.py replaced. The
+        bucket holds the new session's record by then, but the subscriptions
+        kept there are the old session's (they name the clientID alone), so
+        the old session is restored with them, to be ended as a replaced one
+        (_register_early): its plain subscriptions must not pass to the new."""
         users = self.revocations.users() if self.revocations else None
         clients, subs = await asyncio.gather(self.state.load_clients(),
                                              self.state.load_subs())
+        clients = [replaced.get(r.get("client_id"), r) for r in clients]
         for r in clients:
             if users is not None and r.get("owner") and r["owner"] not in users:
                 log.warning("client=%s user=%s not restored: credentials revoked",
@@ -398,13 +413,20 @@ class StreamingServer:
             return True
         return self.subs.subs_per_channel.get(channel, 0) > 0
 
-    async def _forget_client(self, client_id: str) -> None:
+    async def _end_session(self, client_id: str, *, keep_record: bool = False) -> None:
+        """A replaced session: gone from the registry, then as if it had closed
+        (durables kept, offline, as Go keeps them)."""
+        self.clients.remove(client_id)
+        await self._forget_client(client_id, keep_record=keep_record)
+
+    async def _forget_client(self, client_id: str, *, keep_record: bool = False) -> None:
         if self.authz:
             self.authz.release(client_id)
         try:
             await self.subs.remove_client(client_id)
         finally:  # a subscription's record that could not go does not keep the client's
-            await self.state.delete_client(client_id)
+            if not keep_record:
+                await self.state.delete_client(client_id)
 
     def _start_embedded_broker(self) -> Broker:
         broker = start_broker(self.opts)
@@ -677,8 +699,7 @@ class StreamingServer:
                     return await self._answer(p, pb.ConnectResponse(error=E.ERR_INVALID_CLIENT))
                 if old is not None and self.clients.clients.get(req.client_id) is old:
                     log.info("client=%s replaced (old session did not answer)", req.client_id)
-                    self.clients.remove(req.client_id)
-                    await self._forget_client(req.client_id)
+                    await self._end_session(req.client_id)
                 await self._register(p, req, who, hb_inbox)
         except Exception:
             log.exception("connect client=%s failed", req.client_id)

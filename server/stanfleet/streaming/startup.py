@@ -13,10 +13,9 @@ imported, and the garbage collector stays off while importing (collect_from_now)
 Where the early layer may answer connects itself (early.may_answer: our
 own nats-server), being ready does not wait for the imports at all:
 nats-server up, the early layer subscribed, protobuf imported (and with the
-file store the clients bucket asked). With the memory store the importer
-starts only after that, so that it does not take the GIL from the way to
-the first answer; with the file store, where a restart mostly finds its
-clients registered and leaves their connects to the server, before.
+file store the clients bucket asked, and a registered clientID's old session
+or a missing bucket dealt with there too). The importer starts only after
+that, so that it does not take the GIL from the way to the first answer.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ log = logging.getLogger("stanfleet.streaming")
 # nats-server, so the port opens that much sooner.
 
 DEFAULT_STARTUP_SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
+DEFAULT_FIRST_CONNECT_WAIT = 0.05  # seconds the imports wait for a first connect to be decided
 HEAVY_MODULES = ("stanfleet.streaming.server",)
 MONITOR_MODULES = ("stanfleet.streaming.monitor",)
 
@@ -188,13 +188,13 @@ def run_server(opts: ServerOptions) -> int:
 
     importer = _Importer(modules)
     # Where the early layer answers connects (early.may_answer), being ready
-    # is nats-server up, the early layer subscribed and protobuf imported: the
-    # importer starts after, not to take the GIL from that path. Elsewhere
-    # being ready waits for the imports, so they start first, beside
-    # nats-server; so with the file store too, where most restarts find their
-    # clients registered (those connects are the server's).
+    # is nats-server up, the early layer subscribed and protobuf imported
+    # (with the file store, and the clients bucket asked: a registered
+    # clientID's old session too, a missing bucket created): the importer
+    # starts after, not to take the GIL from that path. Elsewhere being ready
+    # waits for the imports, so they start first, beside nats-server.
     answer = not opts.nats_url and may_answer(opts)
-    answer_first = answer and opts.store == "memory"
+    answer_first = answer
     # Short GIL slices while the importer runs: the main thread must subscribe
     # the moment nats-server is up, and the early layer answer at once, not
     # when the importer lets go.
@@ -215,10 +215,17 @@ def run_server(opts: ServerOptions) -> int:
             # Measured, not in a thread beside nats-server's start: that one
             # took the GIL from the spawn, and the port opened later.
             early.answer_from_now(importlib.import_module("stanfleet.streaming.handshake"))
-        if answer_first:
-            importer.start()
     if broker is not None:
         log.info("embedded nats-server listening on %s:%s", opts.host, broker.port)
+    if answer_first:
+        if early is not None:
+            # The first connect first: the importer would take the cores and
+            # the GIL from its answer, and from nats-server, whose JetStream
+            # round trips (the file store's bucket, old session and write) it
+            # waits on. A harness connects the moment the port is open; where
+            # nobody does, the imports lose at most this long.
+            early.first_decided(DEFAULT_FIRST_CONNECT_WAIT)
+        importer.start()
     try:
         importer.done()
         # Not before: the early layer's thread answers connects meanwhile.

@@ -17,8 +17,8 @@ import logging
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js import api
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
     KeyNotFoundError,
     NoStreamResponseError,
@@ -26,6 +26,7 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
+from . import buckets
 from .jsapi import RetryingJSM
 from .naming import state_buckets
 
@@ -34,31 +35,41 @@ log = logging.getLogger("stanfleet.streaming.state")
 DEFAULT_LOAD_CONCURRENCY = 64  # registrations read at once at start-up
 DEFAULT_DELETE_PATIENCE = 10.0  # seconds a registration's purge is retried (leader election)
 DEFAULT_DELETE_FIRST_PAUSE = 0.1
+DEFAULT_CREATE_TIMEOUT = 5.0  # seconds for JetStream to create a state bucket
 
 
 class StateStore:
     def __init__(self, nc: NATS, cluster_id: str, *, storage: str, replicas: int):
+        self.nc = nc
+        self.cluster_id = cluster_id
         self.js = nc.jetstream()
         self.jsm = RetryingJSM(nc.jsm())
         self.clients_bucket, self.subs_bucket = state_buckets(cluster_id)
-        self.storage = api.StorageType.FILE if storage == "file" else api.StorageType.MEMORY
+        self.storage = "file" if storage == "file" else "memory"
         self.replicas = replicas
         self.clients = None
         self.subs = None
 
     async def open(self) -> None:
         # Together: start-up time is round trips to JetStream.
+        creates = buckets.create_requests(self.cluster_id, storage=self.storage,
+                                          replicas=self.replicas)
         self.clients, self.subs = await asyncio.gather(
-            self._bucket(self.clients_bucket, "STAN clients"),
-            self._bucket(self.subs_bucket, "STAN subscriptions"))
+            self._bucket(self.clients_bucket, *creates[0]),
+            self._bucket(self.subs_bucket, *creates[1]))
 
-    async def _bucket(self, name: str, description: str):
+    async def _bucket(self, name: str, create_subject: str, create_payload: bytes):
+        """The bucket, created first if missing: from buckets.py's config, the
+        one the early layer creates it from (a first start), so they match."""
         try:
             return await self.js.key_value(name)
         except BucketNotFoundError:
-            return await self.js.create_key_value(api.KeyValueConfig(
-                bucket=name, description=description, history=1, storage=self.storage,
-                replicas=self.replicas))
+            msg = await self.nc.request(create_subject, create_payload,
+                                        timeout=DEFAULT_CREATE_TIMEOUT)
+            error = json.loads(msg.data).get("error") if msg.data else None
+            if error:
+                APIError.from_error(error)
+            return await self.js.key_value(name)
 
     async def save_client(self, client_id: str, record: dict) -> None:
         data = json.dumps(record).encode()
