@@ -1,8 +1,8 @@
 # A STAN session's requests to the server (stan.py): open the session,
-# subscribe, unsubscribe, close. They are made at connect and when a lost
-# session is renewed, never in between, so stan.py loads this module for one
-# and drops it after: as a .mpy file its code would take about 1.5 KB of a
-# connected device's heap.
+# subscribe, unsubscribe (close stays in stan.py). They are made at connect
+# and when a lost session is renewed, never in between, so stan.py loads
+# this module for one and drops it after: as a .mpy file its code would take
+# about 1.5 KB of a connected device's heap.
 
 import gc
 
@@ -21,7 +21,6 @@ _S_ACK_INBOX = const(5)
 _PROTOCOL = const(1)
 _R_SUB = const(1)
 _R_UNSUB = const(2)
-_R_CLOSE = const(3)
 _R_SUBCLOSE = const(4)
 
 
@@ -102,10 +101,3 @@ async def unsubscribe(sc, s, close):
     if err:
         raise stan.StanError(err)
 
-
-async def close(sc, r):
-    req = pb.encode(pb.CloseRequest, {"client_id": sc._id})
-    m = await sc.nc.request(r[_R_CLOSE], req, sc._c("connect_timeout"))
-    err = pb.decode(pb.CloseResponse, m.data)["error"]
-    if err:
-        raise stan.StanError(err)
