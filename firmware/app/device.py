@@ -36,16 +36,14 @@ MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 #
 # An install runs with the NATS link closed (run()): a release is acked only
 # once the device runs it, i.e. by the redelivery after the reboot, so from
-# the decision to install until the reset nothing needs the link. Closing it
-# frees the STAN session, the TLS socket, their tasks and buffers, and the
-# code only the link uses (_LINK_MODULES) before the download and the
-# signature check take the heap (the OTA's peak). The link is never opened
-# again in that boot: the board resets after the install, into the new
-# version or, when it failed, into the one it runs (a fresh heap: reloading
-# the link's code next to the install's would fragment it, as unloading and
-# reloading the install code once did until a 2 KB buffer could not be had
-# with 26 KB free). Readings go on into the buffer meanwhile and are saved
-# for the next boot (app/buffer.py).
+# the decision to install until the reset nothing needs the link. The
+# device closes it, records the release (INSTALL_KEY) and resets; the next
+# boot drops the code only the link uses (_LINK_MODULES) and installs
+# without ever opening the link, so the download and the signature check
+# (the OTA's peak) have a heap the link's teardown never left in pieces.
+# It resets after the install too, into the new version or, when it failed,
+# into the one it runs. Readings go on into the buffer meanwhile and are
+# saved for each next boot (app/buffer.py).
 _LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "hal.net")
 _DECISION_MODULES = ("app.release", "rollout")
 # Code for one moment of a boot: opening the link (app.link, dropped once
