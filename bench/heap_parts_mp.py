@@ -86,10 +86,11 @@ async def online():
     del release
     device._unload(device._DECISION_MODULES)
     part("release decision done: its code unloaded")
-    # A release to install: the device closes its link first.
-    t.cancel()
-    t2.cancel()
-    await d._close_link(nc)
+    # A release to install: the device closes its link first (app.closing).
+    from app import closing
+
+    part("closing code (app.closing)")
+    await closing.close_link(d, nc, (t, t2))
 
 
 async def main():

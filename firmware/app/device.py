@@ -36,16 +36,14 @@ MAX_SEND_ERRORS = 5  # permanent refusals of one reading before it is dropped
 #
 # An install runs with the NATS link closed (run()): a release is acked only
 # once the device runs it, i.e. by the redelivery after the reboot, so from
-# the decision to install until the reset nothing needs the link. Closing it
-# frees the STAN session, the TLS socket, their tasks and buffers, and the
-# code only the link uses (_LINK_MODULES) before the download and the
-# signature check take the heap (the OTA's peak). The link is never opened
-# again in that boot: the board resets after the install, into the new
-# version or, when it failed, into the one it runs (a fresh heap: reloading
-# the link's code next to the install's would fragment it, as unloading and
-# reloading the install code once did until a 2 KB buffer could not be had
-# with 26 KB free). Readings go on into the buffer meanwhile and are saved
-# for the next boot (app/buffer.py).
+# the decision to install until the reset nothing needs the link. The
+# device closes it, records the release (INSTALL_KEY) and resets; the next
+# boot drops the code only the link uses (_LINK_MODULES) and installs
+# without ever opening the link, so the download and the signature check
+# (the OTA's peak) have a heap the link's teardown never left in pieces.
+# It resets after the install too, into the new version or, when it failed,
+# into the one it runs. Readings go on into the buffer meanwhile and are
+# saved for each next boot (app/buffer.py).
 _LINK_MODULES = ("stan", "nats", "pb", "app.settings", "cfgrules", "hal.net")
 _DECISION_MODULES = ("app.release", "rollout")
 # Code for one moment of a boot: opening the link (app.link, dropped once
@@ -57,16 +55,15 @@ _INSTALL_MODULES = ("app.install",)
 # dropped after, not kept on the heap of a connected device (frozen: about
 # 450 bytes of module and function objects; as .mpy files about 2.5 KB).
 _SETTINGS_MODULES = ("app.settings", "cfgrules")
-# Bytes allocated between two automatic collections, as a fraction of the
-# heap (config.json "gc_threshold" overrides it; docs/device.md "Memory").
-# Without a threshold MicroPython collects only when the heap is full, so
-# garbage fills every free byte and a large buffer finds the heap in pieces.
-GC_THRESHOLD_DIV = 32
-GC_THRESHOLD_MIN = 512
 # ota.json key: seqs of releases whose install failed in the last boot. The
 # redelivery right after the reboot is skipped (not acked) so that a release
 # that keeps failing is tried once per ack_wait, not at every boot in a loop.
 FAILED_KEY = "install_failed"
+# ota.json key: [seq, release] decided in this boot, installed in the next
+# one (run()), which opens no link: the download and the signature check
+# have the heap without the link's code and the holes its teardown leaves
+# (32-bit, .mpy files: 64k instead of 68k).
+INSTALL_KEY = "install"
 
 
 def log(msg):
@@ -90,15 +87,14 @@ async def backoff(delay):
 
 class Device:
     def __init__(self):
-        from app import settings as sm
+        # config.json, settings.json, the saved buffer and the OTA state: read
+        # once, by code dropped after (app.settings).
+        from app import settings
 
-        cfg = sm.load_config()
-        self.cfg = cfg
-        self.id = cfg.get("device_id") or system.unique_hex()
-        self.client_id = "device-" + self.id
-        self.settings = sm.load_settings(cfg, log)
-        sm = None
+        settings.init_device(self)
+        settings = None
         _unload(_SETTINGS_MODULES)
+        cfg = self.cfg
         self.buf = Buffer(max(2, int(cfg.get("buffer_size", 120))))
         # Readings' guids: this boot's prefix and a number kept in the buffer.
         from random import getrandbits
@@ -245,93 +241,29 @@ class Device:
     # ---- cfg -----------------------------------------------------------------------
 
     async def on_cfg(self, msg):
+        # Validated and saved by app.settings with cfgrules, loaded for a cfg
+        # and dropped after (a cfg is rare; about 2.5 KB as .mpy files).
+        from app import settings
+
         try:
-            data = json.loads(msg.data)
-        except ValueError:
-            data = None
-        import cfgrules
-
-        accepted, errors = cfgrules.validate(data)
-        cfgrules = None
-        _unload(_SETTINGS_MODULES)
-        for e in errors:
-            log("stanfleet: cfg rejected seq=%d %s" % (msg.sequence, e))
-        new = dict(self.settings)
-        new.update(accepted)
-        if new != self.settings:
-            from app import settings as sm
-
-            try:
-                sm.save_settings(new)  # OSError: not acked, comes again
-            finally:
-                sm = None
-                _unload(_SETTINGS_MODULES)
-            self.settings = new
-            self.freq_ev.set()
-        if accepted:
-            log("stanfleet: cfg applied seq=%d %s" % (msg.sequence, json.dumps(accepted)))
-        self.cfg_errors = errors
-        await self.sc.ack(msg)
-        self.changed()
+            await settings.on_cfg(self, msg)
+        finally:
+            settings = None
+            _unload(_SETTINGS_MODULES)
 
     # ---- releases ------------------------------------------------------------------
 
     async def on_release(self, msg):
+        # Releases are rare and most are only acked: their handling's code
+        # (app.release, rollout) is loaded for one and does not stay on the
+        # heap between them (about 3 KB as .mpy files on 32-bit).
         from app import release
 
-        rel, why = release.decide(self.id, msg.data)
-        release = None
-        # Releases are rare and most are only acked: the decision's code does
-        # not stay on the heap between them (2 KB as .mpy files on 32-bit).
-        _unload(_DECISION_MODULES)
-        if rel is None:
-            log("stanfleet: release acked seq=%d %s" % (msg.sequence, why))
-            if why.startswith("rejected"):
-                self.set_ota("rejected", None, why)
-            await self.sc.ack(msg)
-            return
-        if self.reboot_ev.is_set():
-            # An install is under way (or done) and the board resets next: a
-            # redelivery or a newer release must not write the slot again. Not
-            # acked: it comes again after the reboot, to the new version.
-            log("stanfleet: release seq=%d %s waits for the reboot"
-                % (msg.sequence, rel["version"]))
-            return
-        failed = otaboot.state().get(FAILED_KEY) or []
-        if msg.sequence in failed:
-            failed.remove(msg.sequence)
-            otaboot.put(FAILED_KEY, failed or None)
-            log("stanfleet: release seq=%d %s failed in the last boot, retried when "
-                "redelivered" % (msg.sequence, rel["version"]))
-            return
-        # Not here: this runs in the STAN session's delivery task, which closing
-        # the session cancels. run() closes the link, then installs.
-        log("stanfleet: release seq=%d %s to install, closing the link"
-            % (msg.sequence, rel["version"]))
-        self.to_install = (msg.sequence, rel)
-        self.reboot_ev.set()
-
-    async def _close_link(self, nc):
-        """Close the STAN session (durables and unacked releases stay on the
-        server), then the NATS link."""
-        self.online = False
-        # Everything is still live here, so this is the heap's high point of
-        # an OTA: start it without garbage (the release message's, and the
-        # cancelled sender's and status tasks' once they have ended).
-        await asyncio.sleep_ms(0)
-        gc.collect()
         try:
-            await asyncio.wait_for(self.sc.close(), 3)
-        except Exception:  # noqa: BLE001 - resetting or installing anyway
-            pass
-        try:
-            await asyncio.wait_for(nc.close(), 2)
-        except Exception:  # noqa: BLE001
-            pass
-        self.sc = None
-        # The link's cancelled tasks end (and let go of it) when they next run.
-        await asyncio.sleep_ms(0)
-        await asyncio.sleep_ms(0)
+            await release.handle(self, msg)
+        finally:
+            release = None
+            _unload(_DECISION_MODULES)
 
     def on_link_down(self, reason):
         self.online = False
@@ -387,20 +319,9 @@ class Device:
         self.on_session(False)
         work = (asyncio.create_task(self._sender()), asyncio.create_task(self._status_loop()))
         await self.reboot_ev.wait()  # a release to install, or a trial out of time
-        for t in work:
-            t.cancel()
-        if self.to_install:
-            # The last status before the link closes: the fleet sees the
-            # install under way, not just a device gone quiet.
-            self.set_ota("downloading", self.to_install[1]["version"])
-            try:
-                await asyncio.wait_for(self.sc.publish(
-                    "devices.%s.status" % self.id, self.status(), self.sc.new_guid()), 3)
-            except Exception as e:  # noqa: BLE001 - installing anyway
-                log("stanfleet: status not sent error=%r" % (e,))
-        # Say goodbye so the server frees the client ID at once (and hands the
-        # unacked releases to the next session).
-        await self._close_link(nc)
+        from app import closing  # code for one moment too
+
+        await closing.close_link(self, nc, work)
 
     # ---- main ----------------------------------------------------------------------
 
@@ -408,7 +329,6 @@ class Device:
         cfg = self.cfg
         log("stanfleet: start device=%s version=%s frequency=%d"
             % (self.id, otaboot.current["version"], self.settings["sending_frequency"]))
-        _gc_threshold(cfg)
         wdt = system.Watchdog(cfg.get("watchdog_ms", 60000))
         tasks = [asyncio.create_task(wdt.run())]
         if otaboot.current["trial"]:
@@ -417,31 +337,33 @@ class Device:
         system.sync_clock(log)
         # Readings are taken from now on, connected or not; the buffer holds them.
         tasks.append(asyncio.create_task(self._sampler(Sensor(cfg.get("onewire_pin", 4)))))
-        await self._online()
-        if self.to_install:
+        pending = otaboot.state().get(INSTALL_KEY)
+        if pending:
+            # The boot after the decision: install with a heap the link never
+            # had. Once only: a crash in it boots normally, and the release
+            # comes again after ack_wait.
+            otaboot.put(INSTALL_KEY, None)
             _unload(_LINK_MODULES)
             gc.collect()
             from app import install
 
-            await install.install(self, *self.to_install)
-        # Into the new version, or back into this one after a failed install
-        # (the failed release comes again after ack_wait). The sampler and the
-        # watchdog ran until now; the buffered readings go to the next boot.
+            await install.install(self, *pending)
+        else:
+            await self._online()
+            if self.to_install:
+                # Installed in the next boot (above), not in this heap, where
+                # the link's teardown left it in pieces.
+                otaboot.put(INSTALL_KEY, list(self.to_install))
+        # Into the install, into the new version, or back into this one after
+        # a failed install (the failed release comes again after ack_wait).
+        # The sampler and the watchdog ran until now; the buffered readings go
+        # to the next boot.
         for t in tasks:
             t.cancel()
         self.buf.save(self._guid_pfx, self._guid_n)
-        log("stanfleet: rebooting buffered=%d" % len(self.buf))
+        log("stanfleet: rebooting %sbuffered=%d"
+            % ("to install " if self.to_install and not pending else "", len(self.buf)))
         system.reset()
-
-
-def _gc_threshold(cfg):
-    gc.collect()
-    n = cfg.get("gc_threshold")
-    if not isinstance(n, int) or n <= 0:
-        n = (gc.mem_free() + gc.mem_alloc()) // GC_THRESHOLD_DIV
-    n = max(GC_THRESHOLD_MIN, n)
-    gc.threshold(n)
-    log("stanfleet: gc threshold=%d" % n)
 
 
 def _unload(names):

@@ -55,6 +55,15 @@ class Ota:
             if len(self.key) != 32:
                 self.key = b""  # still set: installs fail, none goes unchecked
 
+    def _prepare_sig(self):
+        """Load ed25519 (and sha512) and make its tables for the key before
+        the download: the module and the tables' two 1,152-byte blocks find
+        room while the heap is in one piece (the link just closed); in the
+        middle of a download, next to the TLS connection, they may not."""
+        import ed25519
+
+        ed25519.prepare(self.key)
+
     def _check_sig(self, line, sig):
         # ed25519 (and sha512) load on the first signed release and stay loaded.
         t0 = time.ticks_ms()
@@ -93,6 +102,8 @@ class Ota:
         slot = otaboot.inactive()
         d = otaboot.slot_dir(slot)
         _rmtree(d)  # whatever was there (an old version, a half download) goes; unpack remakes it
+        if self.key:
+            self._prepare_sig()
         stream = await self._download(rel)
         try:
             m = await bundle.unpack(stream, d, rel["size"], rel["sha256"],
@@ -114,6 +125,8 @@ class Ota:
         if self.key is not None:
             from binascii import unhexlify
 
+            if self.key:
+                self._prepare_sig()
             stmt = ("stanfleet-image %s %s" % (rel["version"], rel["sha256"])).encode()
             try:
                 sig = unhexlify(rel.get("sig") or "")

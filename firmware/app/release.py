@@ -12,6 +12,8 @@ import json
 import otaboot
 import rollout
 
+from app.device import FAILED_KEY, log
+
 
 class Rejected(Exception):
     """The release can never be installed here: ack it and report why."""
@@ -68,3 +70,37 @@ def decide(device_id, data):
     if not rollout.selected(device_id, rel.get("rollout")):
         return None, "not in the %s%% canary" % rel.get("rollout")
     return rel, None
+
+
+async def handle(dev, msg):
+    """A message on devices.releases: ack it, leave it for the reboot, or
+    hand it to Device.run() to install once the link is closed."""
+    rel, why = decide(dev.id, msg.data)
+    if rel is None:
+        log("stanfleet: release acked seq=%d %s" % (msg.sequence, why))
+        if why.startswith("rejected"):
+            dev.set_ota("rejected", None, why)
+        await dev.sc.ack(msg)
+        return
+    if dev.reboot_ev.is_set():
+        # An install is under way (or done) and the board resets next: a
+        # redelivery or a newer release must not write the slot again. Not
+        # acked: it comes again after the reboot, to the new version.
+        log("stanfleet: release seq=%d %s waits for the reboot" % (msg.sequence, rel["version"]))
+        return
+    failed = otaboot.state().get(FAILED_KEY) or []
+    if msg.sequence in failed:
+        failed.remove(msg.sequence)
+        otaboot.put(FAILED_KEY, failed or None)
+        log(
+            "stanfleet: release seq=%d %s failed in the last boot, retried when "
+            "redelivered" % (msg.sequence, rel["version"])
+        )
+        return
+    # Not here: this runs in the STAN session's delivery task, which closing
+    # the session cancels. run() closes the link, then installs.
+    log(
+        "stanfleet: release seq=%d %s to install, closing the link" % (msg.sequence, rel["version"])
+    )
+    dev.to_install = (msg.sequence, rel)
+    dev.reboot_ev.set()

@@ -3,6 +3,7 @@
 #
 #   import ed25519
 #   ok = ed25519.verify(public_key, message, signature)   # True or False
+#   ed25519.prepare(public_key)   # optional: make verify()'s tables now
 #
 # public_key is 32 bytes, signature 64 bytes, message any bytes-like object.
 # verify() returns False, never raises, for wrong lengths, a public key that
@@ -167,6 +168,32 @@ def _encode(X, Y, Z):
     return (y | (x & 1) << 255).to_bytes(32, "little")
 
 
+# The tables of prepare()'s key: (public_key, (table of B, table of -A)).
+_prepared = [None, None]
+
+
+def prepare(public_key):
+    """Make the tables that verify() needs for ``public_key`` now and keep
+    them for it: two blocks of 1,152 bytes, which a caller can take while its
+    heap is still in one piece rather than in the middle of an install.
+    Returns False if the key is not a valid point (verify() would return False)."""
+    _prepared[0] = _prepared[1] = None
+    tabs = _tables(bytes(public_key))
+    if tabs is None:
+        return False
+    _prepared[0], _prepared[1] = bytes(public_key), tabs
+    return True
+
+
+def _tables(public_key):
+    if _prepared[0] == public_key:
+        return _prepared[1]
+    a = _decode_point(public_key)
+    if a is None:
+        return None
+    return _table(_BX, _BY), _table(_P - a[0], a[1])
+
+
 def verify(public_key, message, signature):
     """True if ``signature`` (64 bytes) is a valid Ed25519 signature of
     ``message`` by ``public_key`` (32 bytes), else False."""
@@ -178,8 +205,8 @@ def verify(public_key, message, signature):
         s = int.from_bytes(bytes(signature[32:]), "little")
         if s >= _L:
             return False
-        a = _decode_point(public_key)
-        if a is None:
+        tabs = _tables(public_key)
+        if tabs is None:
             return False
         h = _sha512(r)
         h.update(public_key)
@@ -193,9 +220,8 @@ def verify(public_key, message, signature):
     s = None
     nk = _naf5(k)
     k = None
-    tb = _table(_BX, _BY)
-    ta = _table(_P - a[0], a[1])
-    a = None
+    tb, ta = tabs
+    tabs = None
     i = 255
     while i >= 0 and not ns[i] and not nk[i]:
         i -= 1

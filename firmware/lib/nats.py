@@ -238,11 +238,18 @@ class Client:
         t = self._c("connect_timeout")
         # MicroPython's open_connection returns the same Stream as reader and writer
         s = (await asyncio.wait_for(asyncio.open_connection(self._c("host"), self._c("port")), t))[0]
+        # The handshake's code (INFO, TLS, CONNECT) runs once per link: it
+        # is loaded for it and dropped after, not kept on a connected heap.
+        import nats_hello
+
         try:
-            await asyncio.wait_for(self._handshake(s), t)
+            await asyncio.wait_for(nats_hello.handshake(self, s), t)
         except BaseException:  # close the socket on any failure, timeouts included
             _close(s)
             raise
+        finally:
+            nats_hello = None
+            _drop("nats_hello")
         self._stream = s
         self._pings_out = 0
         self._lost_ev.clear()
@@ -264,62 +271,6 @@ class Client:
         cb = self._c("on_connected")
         if cb:
             cb(self._keeper is not None)  # True: a reconnect
-
-    async def _handshake(self, s):
-        import json
-
-        line = await s.readline()
-        if not line:
-            raise OSError("closed before INFO")
-        if not line.startswith(b"INFO "):
-            raise NatsError("expected INFO")
-        # Not kept: only tls_required is read, and the whole INFO (server id,
-        # version, connect URLs, ...) is most of a kilobyte of heap.
-        info = json.loads(line[5:])
-        tls = self._c("tls") or info.get("tls_required", False)
-        if tls:
-            self._tls_upgrade(s)
-        opts = {"verbose": False, "pedantic": False, "headers": False, "protocol": 1}
-        opts["lang"] = "micropython"
-        opts["version"] = "0.1"
-        opts["tls_required"] = bool(tls)
-        if self._c("name"):
-            opts["name"] = self._c("name")
-        if self._c("user") is not None:
-            opts["user"] = self._c("user")
-            opts["pass"] = self._c("password") or ""
-        if self._c("token") is not None:
-            opts["auth_token"] = self._c("token")
-        s.write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
-        await s.drain()
-        while True:
-            line = await s.readline()
-            if not line:
-                raise OSError("closed during handshake")
-            if line.startswith(b"PONG"):
-                return
-            if line.startswith(b"-ERR"):
-                e = _err_text(line)
-                if "uthoriz" in e or "uthentic" in e:
-                    raise AuthError(e)
-                raise NatsError(e)
-            if line.startswith(b"PING"):
-                s.write(b"PONG\r\n")
-                await s.drain()
-            # +OK and async INFO are ignored here
-
-    def _tls_upgrade(self, s):
-        # PLATFORM-NOTES "TLS upgrade in asyncio": wrap the socket after INFO;
-        # the next write drives the handshake. The context (CA, verification
-        # required) is made once and shared with HTTPS downloads: tlsctx.py.
-        import tlsctx
-
-        if not self._c("ca_der"):
-            raise NatsError("TLS required but no ca_der configured")
-        name = self._c("server_hostname") or self._c("host")
-        ctx = tlsctx.context(self._c("ca_der"))
-        s.s = ctx.wrap_socket(s.s, server_hostname=name, do_handshake_on_connect=False)
-        s.s.setblocking(False)
 
     def _lost(self, reason):
         # The one place a link failure is recorded; _keep() does the rest.
@@ -468,6 +419,12 @@ class Client:
             o += b" "
             o += s.queue
         o += b" %d\r\n" % s.sid
+
+
+def _drop(name):
+    import sys
+
+    sys.modules.pop(name, None)
 
 
 def _err_text(line):

@@ -25,7 +25,6 @@
 # their redelivery rules share one session's state and its renewal.
 
 import asyncio
-import gc
 
 import nats
 import pb
@@ -46,8 +45,6 @@ DEFAULTS = {
     "on_session": None,  # callable(renewed: bool) after (re)subscribing
     "on_session_lost": None,  # callable(reason: str)
 }
-
-_PROTOCOL = const(1)
 
 
 class StanError(Exception):
@@ -136,44 +133,7 @@ class Stan:
         self._tasks = (asyncio.create_task(self._keep()), asyncio.create_task(self._deliver()))
 
     async def _session(self):
-        nc = self.nc
-        # A fresh heartbeat inbox each time: if the server still holds our old
-        # session, its liveness check on the old inbox goes unanswered and the
-        # old session is replaced instead of the new one being rejected.
-        # A fresh ping inbox too, so late answers to the old session's pings
-        # (errors, once it is gone) cannot end the new one.
-        if self._hb is not None:
-            nc.unsubscribe(self._hb)
-            nc.unsubscribe(self._ping_sub)
-        hb = nc.new_inbox()
-        self._hb = nc.subscribe(hb, self._on_hb)
-        self._ping_sub = nc.subscribe(nc.new_inbox(), self._on_ping_resp)
-        self._conn_id = nats._rand_hex(11).encode()
-        req = pb.encode(
-            pb.ConnectRequest,
-            {
-                "client_id": self._id,
-                "heartbeat_inbox": hb,
-                "protocol": _PROTOCOL,
-                "conn_id": self._conn_id,
-                "ping_interval": self._c("ping_interval"),
-                "ping_max_out": self._c("ping_max_out"),
-            },
-        )
-        subject = "%s.%s" % (self._c("discover_prefix"), self._c("cluster_id"))
-        m = await nc.request(subject, req, self._c("connect_timeout"))
-        r = pb.decode(pb.ConnectResponse, m.data)
-        if r["error"]:
-            raise StanError(r["error"])
-        self._resp = tuple(r[k] for k in _R_FIELDS)
-        r = m = None
-        self._ping_data = pb.encode(pb.Ping, {"conn_id": self._conn_id})
-        self._pings_out = 0
-        self.sessions += 1
-        self._lost_ev.clear()
-        gc.collect()  # request/response buffers of the connect are garbage now
-        self._up.set()
-        self._log("stan event=session client=%s sessions=%d" % (self._id, self.sessions))
+        await _requests("session", self)
 
     def _lost(self, reason):
         # The one place a dead session is recorded; _keep() renews it.
@@ -265,6 +225,8 @@ class Stan:
         self._up.clear()
         try:
             if r is not None:  # a session was opened: the server holds it
+                # Here, not in stan_requests: a device closes at its heap's
+                # high point, where loading that module could fail.
                 req = pb.encode(pb.CloseRequest, {"client_id": self._id})
                 m = await nc.request(r[_R_CLOSE], req, self._c("connect_timeout"))
                 err = pb.decode(pb.CloseResponse, m.data)["error"]
@@ -356,27 +318,7 @@ class Stan:
         return s
 
     async def _sub_request(self, s):
-        durable, queue, ack_wait, max_inflight, start, start_seq = s[_S_REQ]
-        req = pb.encode(
-            pb.SubscriptionRequest,
-            {
-                "client_id": self._id,
-                "subject": s[_S_CHANNEL],
-                "q_group": queue,
-                "inbox": s[_S_INBOX],
-                "max_in_flight": max_inflight,
-                "ack_wait_in_secs": ack_wait,
-                "durable_name": durable,
-                "start_position": start,
-                "start_sequence": start_seq,
-            },
-        )
-        m = await self.nc.request(self._resp[_R_SUB], req, self._c("connect_timeout"))
-        r = pb.decode(pb.SubscriptionResponse, m.data)
-        if r["error"]:
-            raise StanError(r["error"])
-        s[_S_ACK_INBOX] = r["ack_inbox"]
-        self._dev.set()  # messages that arrived before the response can go now
+        await _requests("subscribe", self, s)
 
     def _on_msg(self, m):
         for s in self._subs:
@@ -441,14 +383,17 @@ class Stan:
         """Remove the subscription; for a durable, close=True keeps its state on the server."""
         self._subs.remove(s)
         self.nc.unsubscribe(s[_S_NSUB])
-        r = self._resp
-        req = pb.encode(
-            pb.UnsubscribeRequest,
-            {"client_id": self._id, "subject": s[_S_CHANNEL], "inbox": s[_S_ACK_INBOX],
-             "durable_name": s[_S_REQ][0]},
-        )
-        m = await self.nc.request(r[_R_SUBCLOSE if close else _R_UNSUB], req,
-                                  self._c("connect_timeout"))
-        err = pb.decode(pb.SubscriptionResponse, m.data)["error"]
-        if err:
-            raise StanError(err)
+        await _requests("unsubscribe", self, s, close)
+
+
+async def _requests(name, *args):
+    # A session's requests to the server (open, subscribe, unsubscribe,
+    # close) are made at connect and renewal only: their code lives in
+    # stan_requests, loaded for one and dropped after.
+    import stan_requests
+
+    try:
+        await getattr(stan_requests, name)(*args)
+    finally:
+        stan_requests = None
+        nats._drop("stan_requests")

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "firmware" / "lib"
 DRIVERS = Path(__file__).resolve().parent / "drivers"
-FIRMWARE_MODULES = ("pb", "nats", "stan")
+FIRMWARE_MODULES = ("pb", "nats", "nats_hello", "stan", "stan_requests")
 
 
 def micropython_binary() -> str:

@@ -119,6 +119,10 @@ async def test_image_update_replaces_the_frozen_app_and_it_runs_again(
     await backend.publish("devices.releases", {
         "kind": "image", "version": "1.22.0", "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(), "url": f"{backend.url_base}/releases/1.22.0.bin"})
+    # The install runs in a boot of its own, still the slot's app; from the
+    # new image's boot on, the frozen app runs.
+    await fleet.expect(DEV, "ota state=rebooting version=1.22.0", since=mark, timeout=30)
+    mark = fleet.mark(DEV)
     await fleet.expect(DEV, boot_line("b", FACTORY, False, True), since=mark, timeout=30)
     await fleet.expect(DEV, "image healthy version=1.22.0", since=mark)
     await status.wait_for(lambda c: c.json and c.json[-1]["image"] == "1.22.0"
