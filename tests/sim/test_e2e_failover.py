@@ -195,6 +195,14 @@ def stored(db: str) -> list[tuple[str, str, float]]:
         return []
 
 
+def seqs_of(db: str, readings) -> dict:
+    """The channel sequences each of these (device, ts, temp) readings was stored under."""
+    with psycopg.connect(db, connect_timeout=5) as conn:
+        return {r: [s for (s,) in conn.execute(
+            "SELECT seq FROM readings WHERE device = %s AND ts = %s AND temp = %s", r)]
+            for r in readings}
+
+
 def reading_key(device: str, data: bytes) -> tuple[str, str, float]:
     """As the listener stores it (its parser normalises the timestamp)."""
     r = readings.parse(data)
@@ -317,7 +325,9 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
         await artifacts.stop()
         await tap.nc.close()
     rows = await asyncio.to_thread(stored, db)
-    assert len(rows) == len(set(rows)), "a reading is in the database twice"
+    twice = sorted(r for r in set(rows) if rows.count(r) > 1)
+    assert not twice, f"readings in the database twice: {twice[:5]}, as channel seqs " \
+                      f"{await asyncio.to_thread(seqs_of, db, twice[:5])}"
     assert want <= set(rows)
     print(f"{len(want)} acknowledged readings from {DEVICES} devices, all stored once; "
           f"{DEVICES} devices on {NEW}")
