@@ -253,10 +253,7 @@ class StreamingServer:
                      req.protocol)
             if req.client_id in self.clients.clients:
                 continue  # file store: early.py wrote it, _restore read it back
-            ping_interval, ping_max_out = ping_settings(req)
-            info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
-                              hb_inbox=req.heartbeat_inbox, protocol=req.protocol,
-                              ping_interval=ping_interval, ping_max_out=ping_max_out)
+            info = _session(req, req.heartbeat_inbox)
             self.clients.add(info)
             if req.client_id not in replaced:  # written by early.py otherwise
                 await self.state.save_client(info.client_id, info.record(None))
@@ -723,10 +720,7 @@ class StreamingServer:
             # Pings name the session by conn_id alone: it must stay unique.
             log.warning("connect client=%s refused: conn_id already in use", req.client_id)
             return await self._answer(p, pb.ConnectResponse(error=E.ERR_INVALID_CONN_REQ))
-        ping_interval, ping_max_out = ping_settings(req)
-        info = ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id),
-                          hb_inbox=hb_inbox, protocol=req.protocol,
-                          ping_interval=ping_interval, ping_max_out=ping_max_out)
+        info = _session(req, hb_inbox)
         self.clients.add(info)
         if who is not None:
             self.authz.claim(info.client_id, who)
@@ -858,3 +852,12 @@ class StreamingServer:
                  "unsubscribed" if unsubscribe else "closed subscription", req.subject,
                  member.sub_id)
         await self._respond(msg, pb.SubscriptionResponse())
+
+
+def _session(req: pb.ConnectRequest, hb_inbox: str) -> ClientInfo:
+    """The session a ConnectRequest registers, answered by the server or, before
+    it was ready, by early.py."""
+    ping_interval, ping_max_out = ping_settings(req)
+    return ClientInfo(client_id=req.client_id, conn_id=bytes(req.conn_id), hb_inbox=hb_inbox,
+                      protocol=req.protocol, ping_interval=ping_interval,
+                      ping_max_out=ping_max_out)
