@@ -409,6 +409,8 @@ if __name__ == "__main__":
         raise SystemExit("bounded to 20,000 devices")
     if a.procs < 1:
         raise SystemExit("--procs must be at least 1")
+    if a.log_dir:
+        os.makedirs(a.log_dir, exist_ok=True)  # the server's reader would die on a missing one
     if uvloop is not None:
         uvloop.install()
     asyncio.run(main(a))

@@ -597,10 +597,11 @@ class StreamingServer:
     def _own_subs_on(self, channel, client_id: str) -> int:
         """The subscriptions on channel held by client_id's identity: max_subs
         counts per identity, so no identity fills a shared channel."""
-        owners = self.authz.owners
-        owner = owners.get(client_id)
-        return sum(1 for g in self.subs.groups.values() if g.channel is channel
-                   for m in g.members if owners.get(m.client_id) == owner)
+        owner = self.authz.owners.get(client_id)
+        if owner is None:
+            return self.subs.held_on(client_id, channel.name)
+        return sum(self.subs.held_on(cid, channel.name)
+                   for cid in self.authz.sessions.get(owner, ()))
 
     def _held_subs(self, user: str) -> int:
         return sum(len(self.subs.by_client.get(cid, ()))

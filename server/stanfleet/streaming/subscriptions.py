@@ -133,6 +133,9 @@ class SubscriptionManager:
         # unrelated durables must not queue behind each other's JetStream calls.
         self._locks = KeyedLocks()
         self.subs_per_channel: dict[str, int] = {}  # channel -> members (max_subs check)
+        # (clientID, channel) -> its members there: the per-identity max_subs
+        # count, without walking a channel's 10,000 durables per subscribe.
+        self.client_channel_subs: dict[tuple[str, str], int] = {}
         self.msgs_out = 0
         self.bytes_out = 0
         self.redeliveries = 0
@@ -225,6 +228,12 @@ class SubscriptionManager:
         self.members[member.sub_id] = member
         self.by_ack_inbox[member.ack_inbox] = member
         self.by_client.setdefault(member.client_id, set()).add(member.sub_id)
+        key = (member.client_id, member.channel)
+        self.client_channel_subs[key] = self.client_channel_subs.get(key, 0) + 1
+
+    def held_on(self, client_id: str, channel: str) -> int:
+        """The subscriptions client_id holds on channel."""
+        return self.client_channel_subs.get((client_id, channel), 0)
 
     async def restore(self, records: list[dict], known_clients) -> int:
         """Rebuild subscriptions saved by an earlier run and resume their deliveries."""
@@ -420,6 +429,12 @@ class SubscriptionManager:
                 subs.discard(member.sub_id)
                 if not subs:
                     del self.by_client[member.client_id]
+            key = (member.client_id, member.channel)
+            n = self.client_channel_subs.get(key, 0) - 1
+            if n > 0:
+                self.client_channel_subs[key] = n
+            else:
+                self.client_channel_subs.pop(key, None)
             group = member.group
             group.members.remove(member)
             pending = list(member.outstanding.items())
