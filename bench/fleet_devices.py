@@ -31,6 +31,7 @@ except ImportError:
 DEFAULT_PING_INTERVAL = 5  # the firmware's
 DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_PUB_ACK_TIMEOUT = 30.0  # the firmware's
+SUBSCRIBE_ATTEMPTS = 3
 CLUSTER = "test-cluster"
 
 
@@ -252,10 +253,22 @@ class Device:
                 max_in_flight=inflight, ack_wait_in_secs=ack_wait, durable_name=durable,
                 start_position=pb.LastReceived)
             resp = pb.SubscriptionResponse.FromString(
-                await self.request(r.sub_requests, sr.SerializeToString()))
+                await self.subscribe(r.sub_requests, sr.SerializeToString()))
             if resp.error:
                 raise ConnectionError(resp.error)
             self.ack_inboxes[inbox] = resp.ack_inbox
+
+    async def subscribe(self, subject: str, data: bytes) -> bytes:
+        """A subscribe that timed out is asked again with the same inbox: the
+        server answers a repeat of a durable it registered meanwhile with that
+        subscription, where a new session would cost it three JetStream writes."""
+        for attempt in range(SUBSCRIBE_ATTEMPTS):
+            try:
+                return await self.request(subject, data)
+            except asyncio.TimeoutError:
+                if attempt == SUBSCRIBE_ATTEMPTS - 1:
+                    raise
+                self.fleet.note_error("subscribe timeout, asked again")
 
     async def renew(self) -> None:
         if self.renewing:

@@ -4,6 +4,7 @@ after ack_wait (60 s here)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from stanfleet.pb import protocol_pb2 as pb
@@ -79,4 +80,41 @@ async def test_without_replace_durable_a_second_registration_is_refused(stan_ser
     await c.subscribe("jobs", "in.first", durable_name="d")
     again = await c.subscribe("jobs", "in.second", durable_name="d")
     assert again.error == "stan: duplicate durable registration"
+    await c.close()
+
+
+async def test_a_repeated_durable_subscribe_is_answered_with_the_registered_one(stan_server):
+    """A device whose subscribe timed out asks again with the same inbox. The
+    first may have been registered meanwhile: the repeat gets that subscription
+    (one member, messages delivered once), not "duplicate durable", which cost
+    the device a whole new session in a connect storm."""
+    c = await RawStan.open(stan_server.nats_url, stan_server.cluster_id, "repeater")
+    assert (await c.connect()).error == ""
+    req = pb.SubscriptionRequest(client_id="repeater", subject="cfg", inbox="in.cfg",
+                                 durable_name="d", max_in_flight=8, ack_wait_in_secs=30,
+                                 start_position=pb.First).SerializeToString()
+
+    async def ask() -> pb.SubscriptionResponse:
+        r = await c.nc.request(c.resp.sub_requests, req, timeout=10)
+        return pb.SubscriptionResponse.FromString(r.data)
+
+    got: asyncio.Queue[pb.MsgProto] = asyncio.Queue()
+
+    async def on_msg(m) -> None:
+        await got.put(pb.MsgProto.FromString(m.data))
+
+    await c.nc.subscribe("in.cfg", cb=on_msg)
+    # Two in flight at once (the repeat waits for the registration), then a late one.
+    first, second = await asyncio.gather(ask(), ask())
+    third = await ask()
+    assert first.error == second.error == third.error == ""
+    assert first.ack_inbox == second.ack_inbox == third.ack_inbox
+    other = await c.subscribe("cfg", "in.other", durable_name="d")
+    assert other.error == "stan: duplicate durable registration"
+    for i in (1, 2, 3, 4):
+        assert (await c.publish("cfg", b"%d" % i)).error == ""
+        m = await asyncio.wait_for(got.get(), 10)
+        assert m.sequence == i  # a second member would have had its own copy first
+        await c.nc.publish(first.ack_inbox,
+                           pb.Ack(subject="cfg", sequence=i).SerializeToString())
     await c.close()

@@ -176,6 +176,9 @@ class SubscriptionManager:
         key = _group_key(req, sub_id)
         group = self.groups.get(key)
         if group is not None and group.members and not req.q_group:
+            retried = _retried(group, req)
+            if retried is not None:
+                return retried
             raise E.StanProtocolError(E.ERR_DUP_DURABLE)  # before the limit, as Go
         max_subs = self.channels.limits_for(channel.name).max_subs
         # The slot is taken before any await, so concurrent subscribes cannot
@@ -198,6 +201,10 @@ class SubscriptionManager:
     async def _join(self, key: tuple, channel: Channel, req, sub_id: str) -> Member:
         group = self.groups.get(key)
         if group is not None and group.members and not req.q_group:
+            retried = _retried(group, req)
+            if retried is not None:
+                self._count(channel.name, -1)  # subscribe() took a slot for a new member
+                return retried
             raise E.StanProtocolError(E.ERR_DUP_DURABLE)
         if group is None:
             group = await self._open_group(key, channel, req)
@@ -639,6 +646,18 @@ class KeyedLocks:
             entry[1] -= 1
             if not entry[1]:
                 del self._locks[key]
+
+
+def _retried(group: Group, req) -> Member | None:
+    """The durable member this request repeats (same client and inbox), if any.
+    A client whose subscribe timed out asks again with the same inbox; the
+    first may have been registered meanwhile, and refusing the retry as a
+    duplicate durable would cost the client a whole new session. A new
+    subscription of a STAN client always has a new inbox."""
+    for m in group.members:
+        if m.client_id == req.client_id and m.inbox == req.inbox:
+            return m
+    return None
 
 
 def _group_key(req, sub_id: str) -> tuple:
