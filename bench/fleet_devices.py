@@ -14,6 +14,7 @@ spend the generator's one core before the server is loaded.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import random
@@ -136,13 +137,17 @@ class Device:
         loop = asyncio.get_running_loop()
         delay = 0.25
         while True:
+            wire = None
             try:
                 transport, wire = await loop.create_connection(lambda: Wire(self), "127.0.0.1",
                                                                f.port)
                 await asyncio.wait_for(asyncio.shield(wire.info), DEFAULT_REQUEST_TIMEOUT)
                 if f.tls is not None:
-                    transport = await loop.start_tls(transport, wire, f.tls,
-                                                     server_hostname="127.0.0.1")
+                    # Bounded: uvloop leaves the handshake's future pending when the
+                    # socket closed before it began (a server killed mid-dial).
+                    transport = await asyncio.wait_for(
+                        loop.start_tls(transport, wire, f.tls, server_hostname="127.0.0.1"),
+                        DEFAULT_REQUEST_TIMEOUT)
                     wire.transport = transport
                 connect = {"verbose": False, "pedantic": False, "headers": True,
                            "no_responders": True, "protocol": 1, "name": self.user}
@@ -155,6 +160,8 @@ class Device:
                 self.up.set()
                 return
             except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+                if wire is not None and wire.transport is not None:
+                    wire.transport.abort()  # not left half-open behind the next try
                 if self.fleet.stopping:
                     raise
                 await asyncio.sleep(delay / 2 + random.random() * delay / 2)
@@ -350,6 +357,8 @@ class Device:
         await self.publish(f"devices.{self.id}.status", status)
         self.ready_at = time.monotonic()
         f.ready += 1
+        if f.ready == len(f.devices):
+            gc.freeze()  # connections and sessions, made during the ramp, stay too
         asyncio.ensure_future(self.pinger())
         await asyncio.sleep(random.random() * f.interval)  # spread readings over the interval
         while not f.stopping:
@@ -383,7 +392,20 @@ class Fleet:
         self.errors: dict[str, int] = {}
         self.tasks: list[asyncio.Task] = []
         self.lag: list[float] = []
+        self.gc_pauses: list[float] = []  # full collections, seconds each
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+        # The devices live as long as the run: a full collection need not walk them.
+        gc.freeze()
         self.timeline: list[tuple[float, float]] = []  # (sent at, latency) in steady load
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append(time.perf_counter() - self._gc_started)
 
     def note_error(self, text: str) -> None:
         key = text[:60]
@@ -410,6 +432,7 @@ class Fleet:
 
     def report(self) -> dict:
         return {"timeline": self.timeline, "recovery_lat": self.recovery_lat, "lag": self.lag,
+                "gc_pauses": self.gc_pauses,
                 "errors": self.errors, "renewals": self.renewals,
                 "acked": {d.id: d.acked for d in self.devices}}
 

@@ -114,10 +114,10 @@ class Workers:
         return self.start_done - t0
 
     async def report(self, cmd: str = "report") -> dict:
-        out = {"timeline": [], "recovery_lat": [], "lag": [], "errors": {}, "renewals": 0,
-               "acked": {}}
+        out = {"timeline": [], "recovery_lat": [], "lag": [], "gc_pauses": [], "errors": {},
+               "renewals": 0, "acked": {}}
         for r in await self.ask(cmd):
-            for k in ("timeline", "recovery_lat", "lag"):
+            for k in ("timeline", "recovery_lat", "lag", "gc_pauses"):
                 out[k] += r[k]
             for k, v in r["errors"].items():
                 out["errors"][k] = out["errors"].get(k, 0) + v
@@ -328,7 +328,9 @@ async def main(args) -> None:
                 steady["timeline"], fleet.start_done), flush=True)
             print(f"generator event-loop lag (all {args.procs} processes): p99 "
                   f"{pct(steady['lag'], 99) * 1e3:.0f} ms, max "
-                  f"{max(steady['lag'] or [0]) * 1e3:.0f} ms", flush=True)
+                  f"{max(steady['lag'] or [0]) * 1e3:.0f} ms; full collections so far "
+                  f"{len(steady['gc_pauses'])}, longest "
+                  f"{max(steady['gc_pauses'] or [0]) * 1e3:.0f} ms", flush=True)
             if args.storm != "none":
                 await storm(args, fleet, server, port, sec, login)
             final = await fleet.stop()
@@ -371,7 +373,10 @@ async def storm(args, fleet: Workers, server: ServerProcess, port: int, sec, log
     await until(lambda: fleet.count("delivering", since_push=t_push), n,
                 "every durable delivering")
     resubscribed = time.monotonic() - t_restart
-    await sc.close()
+    try:
+        await sc.close()
+    except Exception as e:  # noqa: BLE001 - not a figure; the server is busy delivering
+        print(f"  (the service client's close failed: {e!r})", flush=True)
     await nc.close()
     r = await fleet.report()
     lat = r["recovery_lat"]

@@ -8,12 +8,15 @@ import asyncio
 import time
 
 from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.streaming.jsapi import list_consumers
+from stanfleet.streaming.naming import Subjects
 
 from .acks import durable_acked
 from .rawstan import RawStan
 from .serverproc import ServerProcess, free_port
 
 ACK_WAIT = 60
+WIDE = 300  # durables on one channel: more than JetStream lists in one page (256)
 PROMPT = 10  # seconds: far below ACK_WAIT, far above a loaded machine's latency
 
 
@@ -53,6 +56,39 @@ async def test_durable_resumed_after_a_crash_is_redelivered_at_once(tmp_path):
         assert time.monotonic() - started < PROMPT
         assert seen[2].redelivered and seen[3].redelivered
         await again.close()
+    finally:
+        await proc.stop()
+
+
+async def test_more_durables_than_one_consumer_listing_are_restored_after_a_crash(tmp_path):
+    """A restart finds its subscriptions' consumers in JetStream's listing,
+    256 to a page: all 300 durables of one channel deliver again, at once."""
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    proc = ServerProcess("-a", "127.0.0.1", "-p", str(port), "-store", "file",
+                         "-dir", str(tmp_path / "d"), log_path=str(tmp_path / "server.log"))
+    await proc.start()
+    back = asyncio.Event()
+
+    async def reconnected() -> None:
+        back.set()
+
+    try:
+        c = await RawStan.open(url, "test-cluster", "wide", reconnected_cb=reconnected)
+        assert (await c.connect()).error == ""
+        subs = [await c.subscribe("wide", f"in.w{i}", durable_name=f"d{i}",
+                                  ack_wait_in_secs=ACK_WAIT) for i in range(WIDE)]
+        assert [s.error for s in subs] == [""] * WIDE
+        await proc.kill()
+        await proc.start()
+        await asyncio.wait_for(back.wait(), PROMPT)  # the inboxes are subscribed again
+        await c.nc.flush()
+        assert (await c.publish("wide", b"all")).error == ""  # the session was restored too
+        got = await asyncio.gather(*(s.next(timeout=PROMPT) for s in subs))
+        assert {(m.sequence, m.data) for m in got} == {(1, b"all")}
+        listed = await list_consumers(c.nc.jsm(), Subjects("test-cluster").stream_for("wide"))
+        assert len(listed) == WIDE  # all pages read, not only the first 256
+        await c.close()
     finally:
         await proc.stop()
 

@@ -14,12 +14,13 @@ import asyncio
 import functools
 import logging
 
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 log = logging.getLogger("stanfleet.streaming")
 
 DEFAULT_ATTEMPTS = 6
 DEFAULT_FIRST_PAUSE = 0.05  # seconds; doubled per attempt: about 1.5 s in all
+LIST_PAGE = 256  # JetStream's list limit (JSApiListLimit)
 
 
 class RetryingJSM:
@@ -50,3 +51,18 @@ class RetryingJSM:
                     pause *= 2
 
         return call
+
+
+async def list_consumers(jsm, stream: str) -> dict:
+    """Every consumer of stream, by name: JetStream lists at most 256 per
+    request, so this pages on until a page comes back short."""
+    out = {}
+    while True:
+        try:
+            page = await jsm.consumers_info(stream, offset=len(out) or None)
+        except NotFoundError:
+            return out  # the stream is gone: so are its consumers
+        for info in page:
+            out[info.name] = info
+        if len(page) < LIST_PAGE or not page:
+            return out

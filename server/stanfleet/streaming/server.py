@@ -49,6 +49,7 @@ REQUEST_LIMITS = {"pending_msgs_limit": 100_000, "pending_bytes_limit": 256 * 10
 # registration), so one at a time made a fleet resubscribing after a restart
 # queue behind itself; subscriptions.py locks per durable, not globally.
 DEFAULT_SUB_CONCURRENCY = 256
+UNLISTED_CHECKS = 64  # stream lookups in flight while restoring (_check_listing)
 
 
 class _Request:
@@ -383,15 +384,23 @@ class StreamingServer:
         A stream listing taken while JetStream elects leaders (a NATS node just
         died) can leave streams out; restore would then drop their durables as
         if the channel were gone. Failing instead lets the caller try again (an
-        FT takeover does; a plain start exits and is restarted)."""
-        for name in {r.get("channel") for r in subs} - set(self.channels.channels):
-            if not name:
-                continue
-            try:
-                await self.channels.jsm.stream_info(self.subjects.stream_for(name))
-            except NotFoundError:
-                continue  # really gone: restore drops its subscriptions
+        FT takeover does; a plain start exits and is restarted).
+
+        Many in flight: a family channel with durables but no message yet is
+        not listed (its family's stream lists subjects with messages), and a
+        fleet has 10,000 such cfg channels: one by one they took 17 s."""
+        sem = asyncio.Semaphore(UNLISTED_CHECKS)
+
+        async def check(name: str) -> None:
+            async with sem:
+                try:
+                    await self.channels.jsm.stream_info(self.subjects.stream_for(name))
+                except NotFoundError:
+                    return  # no stream of its own: restore drops or re-attaches its subs
             raise ChannelsUnlisted(f"channel {name} exists but JetStream did not list it")
+
+        names = {r.get("channel") for r in subs} - set(self.channels.channels) - {None, ""}
+        await asyncio.gather(*(check(n) for n in names))
 
     async def _end_revoked(self, users: set[str]) -> None:
         """End every session of a user no longer in the credentials store."""

@@ -36,7 +36,7 @@ from ..pb import protocol_pb2 as pb
 from . import errors as E
 from . import families
 from .channels import Channel, ChannelStore
-from .jsapi import RetryingJSM
+from .jsapi import RetryingJSM, list_consumers
 from .naming import Subjects, check_subject, escape, js_name
 from .relay import parse_headers
 from .state import StateStore
@@ -254,25 +254,34 @@ class SubscriptionManager:
                 await self.state.delete_sub(r.get("sub_id", ""))
                 continue
             live.append((r, channel, tuple(r["key"])))
-        # One consumer lookup per group, many in flight: each is a JetStream
-        # round trip, and a large fleet has tens of thousands.
+        # The consumers are listed per stream, 256 to a request: a fleet's
+        # 20,000 looked up one by one took 32 s after a restart.
         first = {}
         for r, channel, key in live:
             first.setdefault(key, (r, channel))
         sem = asyncio.Semaphore(DEFAULT_RESTORE_CONCURRENCY)
 
-        async def lookup(key, r, channel):
+        async def listing(stream: str) -> tuple[str, dict]:
             async with sem:
+                return stream, await list_consumers(self.jsm, stream)
+
+        streams = {ch.stream for r, ch in first.values()}
+        infos = dict(await asyncio.gather(*(listing(s) for s in streams)))
+        found = {}
+        for key, (r, channel) in first.items():
+            info = infos[channel.stream].get(r["consumer"])
+            if info is None:
+                # Asked alone before it is given up: a listing pages by offset,
+                # and a consumer that went meanwhile shifts the pages after it.
                 try:
                     info = await self.jsm.consumer_info(channel.stream, r["consumer"])
                 except NotFoundError:
-                    return key, None
-            return key, Group(key=key, channel=channel, consumer=r["consumer"],
-                              deliver_subject=info.config.deliver_subject,
-                              durable=bool(r.get("durable")), config=info.config,
-                              stale=_unacked(info))
-
-        found = dict(await asyncio.gather(*(lookup(k, r, ch) for k, (r, ch) in first.items())))
+                    pass
+            if info is not None:
+                found[key] = Group(key=key, channel=channel, consumer=r["consumer"],
+                                   deliver_subject=info.config.deliver_subject,
+                                   durable=bool(r.get("durable")), config=info.config,
+                                   stale=_unacked(info))
         restored = 0
         for r, channel, key in live:
             group = self.groups.get(key) or found.get(key)
