@@ -95,6 +95,25 @@ async def test_a_store_by_another_writer_is_never_given_the_same_sequence(stan_s
     assert [(m.sequence, m.data) for m in got] == [(1, b"1"), (2, b"intruder"), (3, b"3")]
 
 
+async def test_a_new_channel_starts_at_one_unless_another_writer_was_first(stan_server):
+    """A channel the family stream had no message of starts its counter at 0
+    without reading the stream; the first store expects no message on the
+    subject, so a message another writer stored first is never overwritten."""
+    c = await connect(stan_server)
+    assert (await c.publish("devices.N.events", b"1")).error == ""  # no lookup needed
+    family = stan_server.server.channels.families["devices.*.events"]
+    subject = family.store_subject.replace("*", "X", 1)
+    await c.nc.jetstream().publish(subject, b"intruder", headers={"Stan-Seq": "1"})
+    refused = await c.publish("devices.X.events", b"2")
+    assert "another server" in refused.error
+    assert (await c.publish("devices.X.events", b"2")).error == ""  # counter read again
+    for channel, want in (("devices.N.events", [(1, b"1")]),
+                          ("devices.X.events", [(1, b"intruder"), (2, b"2")])):
+        sub = await c.subscribe(channel, f"in.{channel}", start_position=pb.First)
+        got = [await sub.next() for _ in want]
+        assert [(m.sequence, m.data) for m in got] == want
+
+
 async def test_a_restarted_server_continues_each_channels_sequence(make_stan_server):
     stan = await make_stan_server()
     c = await connect(stan)

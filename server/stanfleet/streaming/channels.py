@@ -92,6 +92,7 @@ class Channel:
     family: str | None = None
     last_seq: int | None = None  # channel seq of the last stored; None: not read yet
     last_sseq: int = 0  # its stream seq
+    fresh: bool = False  # a family channel not in the family's listing at load
     storing: bool = False
     loading: bool = False
     queue: deque = field(default_factory=deque)
@@ -107,6 +108,9 @@ class Family:
     stream: str
     store_subject: str  # the stream's subject: the pattern under the store prefix
     ready: asyncio.Future
+    # Every channel with a message was listed when we loaded the stream, or the
+    # stream was empty when we created it: a channel not listed starts at 0.
+    listed_all: bool = False
 
 
 @dataclass(slots=True)
@@ -246,7 +250,11 @@ class ChannelStore:
         self.families[pattern] = fam
         info = await self.jsm.stream_info(cfg.name, subjects_filter=fam.store_subject)
         prefix = len(self.subjects.store_prefix) + 1
-        for subject in info.state.subjects or {}:
+        listed = info.state.subjects or {}
+        # JetStream lists at most 100,000 subjects in one answer: complete if
+        # the listed subjects hold every message of the stream.
+        fam.listed_all = sum(listed.values()) >= info.state.messages
+        for subject in listed:
             name = subject[prefix:]
             self.channels[name] = Channel(name, fam.stream, subject, fut, family=pattern)
         await self._apply_limits(pattern, cfg)
@@ -330,6 +338,7 @@ class ChannelStore:
             asyncio.create_task(self._create_family_stream(fam))
         ch = Channel(name, fam.stream, self.subjects.store_subject(name), fam.ready,
                      family=pattern)
+        ch.fresh = True
         self.channels[name] = ch
         if announce:
             asyncio.create_task(self._announce_when_ready(ch))
@@ -409,7 +418,7 @@ class ChannelStore:
             {"stan_family": fam.pattern})
         members = lambda: [c for c in self.channels.values() if c.family == fam.pattern]  # noqa: E731
         try:
-            await self.jsm.add_stream(cfg)
+            info = await self.jsm.add_stream(cfg)
         except Exception as e:
             log.error("family=%s stream=%s cannot be created: %s", fam.pattern, fam.stream, e)
             self.families.pop(fam.pattern, None)
@@ -422,6 +431,7 @@ class ChannelStore:
             self._maybe_resume()
             return
         log.info("family=%s created (stream %s)", fam.pattern, fam.stream)
+        fam.listed_all = not info.state.messages
         fam.ready.set_result(True)
         for ch in members():
             self._store_waiting(ch)
@@ -547,6 +557,15 @@ class ChannelStore:
         """Store a family channel's next queued message, if none is in flight."""
         if ch.storing or not ch.queue or self.channels.get(ch.name) is not ch:
             return
+        if ch.last_seq is None and ch.fresh:
+            ch.fresh = False
+            fam = self.families.get(ch.family)
+            if fam is not None and fam.listed_all:
+                # No message when the stream was listed or created, and we stored
+                # none since: 0, stored expecting no message on the subject, so
+                # another writer's message fails the store (and we read the
+                # counter then). A fleet's first connect made 20,000 lookups here.
+                ch.last_seq, ch.last_sseq = 0, 0
         if ch.last_seq is None:
             if not ch.loading:
                 ch.loading = True
