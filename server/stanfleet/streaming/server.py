@@ -826,7 +826,8 @@ class StreamingServer:
             return await self._respond(msg, pb.SubscriptionResponse(error=f"stan: {e}"))
         if self.quotas and who is not None and durable_key is not None:
             self.quotas.durable_added(who, durable_key)
-        log.info("client=%s subscribed channel=%s durable=%r queue=%r sub=%s", req.client_id,
+        # Debug, as Go's: a fleet's 20,000 subscribes were 5% of our CPU as lines.
+        log.debug("client=%s subscribed channel=%s durable=%r queue=%r sub=%s", req.client_id,
                  req.subject, req.durable_name, req.q_group, member.sub_id)
         await self._respond(msg, pb.SubscriptionResponse(ack_inbox=member.ack_inbox))
         await self.subs.start_delivery(member)

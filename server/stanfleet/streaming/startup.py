@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 from ..errors import CommandError
 from .options import ServerOptions
@@ -156,6 +157,26 @@ def collect_from_now() -> None:
     are answered. Not later: restoring a large store makes garbage."""
     gc.freeze()
     gc.enable()
+    gc.callbacks.append(_report_long_collections)
+
+
+SLOW_COLLECTION = 0.1  # seconds: a full collection this long is worth a line
+_collection_started = 0.0
+
+
+def _report_long_collections(phase: str, info: dict) -> None:
+    """A full collection stops every client's traffic while it walks the
+    heap; one that took long says the heap outgrew the collector's defaults."""
+    global _collection_started
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        _collection_started = time.perf_counter()
+        return
+    took = time.perf_counter() - _collection_started
+    if took >= SLOW_COLLECTION:
+        logging.getLogger("stanfleet.streaming").warning(
+            "a full garbage collection held the server for %.0f ms", took * 1e3)
 
 
 def _run_loop(main) -> int:
