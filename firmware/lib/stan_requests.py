@@ -4,6 +4,7 @@
 # this module for one and drops it after: as a .mpy file its code would take
 # about 1.5 KB of a connected device's heap.
 
+import asyncio
 import gc
 
 import nats
@@ -81,7 +82,15 @@ async def subscribe(sc, s):
             "start_sequence": start_seq,
         },
     )
-    m = await sc.nc.request(sc._resp[_R_SUB], req, sc._c("connect_timeout"))
+    try:
+        m = await sc.nc.request(sc._resp[_R_SUB], req, sc._c("connect_timeout"))
+    except asyncio.TimeoutError:
+        if not durable or queue:
+            raise
+        # Asked once more, the same (same inbox): the server may have registered
+        # the durable after we gave up, and answers a repeat with it, where a
+        # new inbox would be refused as a duplicate durable and cost a session.
+        m = await sc.nc.request(sc._resp[_R_SUB], req, sc._c("connect_timeout"))
     r = pb.decode(pb.SubscriptionResponse, m.data)
     if r["error"]:
         raise stan.StanError(r["error"])

@@ -26,14 +26,16 @@ SUB_PREFIX = b"_STAN.sub."  # the streaming server's subscription requests (nami
 
 class ReplyHoldingProxy:
     """Forwards one NATS connection at a time, frame by frame; holds the
-    server's reply to the first subscription request the client sends
-    (``held`` is set then) until ``release()``."""
+    server's replies to the first ``hold`` subscription requests the client
+    sends (``held`` is set once all are held) until ``release()``."""
 
-    def __init__(self, upstream: tuple[str, int]):
+    def __init__(self, upstream: tuple[str, int], hold: int = 1):
         self.upstream = upstream
         self.port: int | None = None
         self.held = asyncio.Event()
-        self._reply: bytes | None = None  # reply subject of the first SUB request
+        self._hold = hold
+        self._replies: set[bytes] = set()  # reply subjects of the first SUB requests
+        self._released = False
         self._frames: list[bytes] = []
         self._down_writer: asyncio.StreamWriter | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -52,6 +54,7 @@ class ReplyHoldingProxy:
 
     def release(self) -> None:
         """Deliver the held reply now: late, to a request the client gave up on."""
+        self._released = True
         for f in self._frames:
             self._down_writer.write(f)
         self._frames.clear()
@@ -84,24 +87,26 @@ class ReplyHoldingProxy:
                 await dst.drain()
             else:
                 self._frames.append(frame)
-                self.held.set()
+                if len(self._frames) == self._hold:
+                    self.held.set()
 
     def _client_frame(self, line: bytes) -> bool:
         p = line.split()
-        if self._reply is None and p[0] == b"PUB" and p[1].startswith(SUB_PREFIX):
-            self._reply = p[2]
+        if len(self._replies) < self._hold and p[0] == b"PUB" and p[1].startswith(SUB_PREFIX):
+            self._replies.add(p[2])
         return True
 
     def _server_frame(self, line: bytes) -> bool:
         """False: hold this frame."""
         p = line.split()
-        return not (p[0] == b"MSG" and not self.held.is_set() and p[1] == self._reply)
+        return not (p[0] == b"MSG" and not self._released and p[1] in self._replies)
 
 
 async def test_lost_subscribe_reply_gets_a_new_session_not_duplicate_durable_forever(
         stan_server, backend, releases, tmp_path):
     nats_port = int(stan_server.nats_url.rsplit(":", 1)[1])
-    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port))
+    # Both the request and the device's repeat of it (same inbox) go unanswered.
+    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port), hold=2)
     await proxy.start()
     fleet = FleetRunner(f"nats://127.0.0.1:{proxy.port}", stan_server.cluster_id,
                         tmp_path / "fleet", ids=[DEV], releases_dir=releases,
@@ -110,7 +115,7 @@ async def test_lost_subscribe_reply_gets_a_new_session_not_duplicate_durable_for
         await fleet.start()
         await asyncio.wait_for(proxy.held.wait(), 30)
         # The server registered the cfg durable and answered; the device never
-        # saw the answer and gives up on it after its request timeout (5 s).
+        # saw the answers and gives up after its request timeout (5 s), twice.
         await fleet.expect(DEV, f"subscribe devices.{DEV}.cfg failed error=TimeoutError",
                            timeout=30)
         proxy.release()  # the late answer changes nothing: its request is gone
@@ -123,6 +128,32 @@ async def test_lost_subscribe_reply_gets_a_new_session_not_duplicate_durable_for
         await backend.cfg(DEV, sending_frequency=2)
         await fleet.expect(DEV, "cfg applied", since=mark, timeout=30)
         assert fleet.find(DEV, "subscribe devices.releases failed") is None
+        assert not fleet.devices[DEV].crashes
+    finally:
+        await fleet.stop()
+        await proxy.close()
+
+
+async def test_a_subscribe_reply_lost_once_is_asked_again_in_the_same_session(
+        stan_server, backend, releases, tmp_path):
+    """The device repeats a timed-out durable subscribe with the same inbox,
+    and the server answers the repeat with the subscription it registered:
+    no duplicate durable, no new session (a connect storm's cheapest way out)."""
+    nats_port = int(stan_server.nats_url.rsplit(":", 1)[1])
+    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port), hold=1)
+    await proxy.start()
+    fleet = FleetRunner(f"nats://127.0.0.1:{proxy.port}", stan_server.cluster_id,
+                        tmp_path / "fleet", ids=[DEV], releases_dir=releases,
+                        factory_version=FACTORY)
+    try:
+        await fleet.start()
+        await asyncio.wait_for(proxy.held.wait(), 30)
+        await fleet.expect(DEV, "stanfleet: connected", timeout=30)
+        proxy.release()  # the late answer to the first request changes nothing
+        await backend.cfg(DEV, sending_frequency=2)
+        await fleet.expect(DEV, "cfg applied", timeout=30)
+        assert fleet.find(DEV, "subscribe devices.") is None  # no failure logged
+        assert fleet.find(DEV, "opening a new session") is None
         assert not fleet.devices[DEV].crashes
     finally:
         await fleet.stop()

@@ -206,3 +206,24 @@ async def test_channelsz_gives_a_family_channel_its_own_figures_and_durables(mak
     assert (m["msgs"], m["first_seq"], m["last_seq"], m["subscriptions"]) == (3, 1, 3, [])
     assert (n["msgs"], n["first_seq"], n["last_seq"]) == (1, 1, 1)
     assert [(s["durable_name"], s["is_offline"]) for s in n["subscriptions"]] == [("dn", True)]
+
+
+async def test_a_restore_finds_a_family_channels_stream_the_listing_missed(stan_server):
+    """Channels with durables but no message are not in a family's listing
+    (a fleet's cfg channels); whether one has a stream of its own that the
+    listing missed is asked once per family, not once per channel."""
+    from nats.js import api
+    from stanfleet.streaming.server import ChannelsUnlisted
+
+    server = stan_server.server
+    c = await connect(stan_server)
+    jsm = c.nc.jsm()
+    records = [{"channel": f"quiet.{i}.cfg"} for i in range(50)]
+    await server._check_listing(records)  # none has a stream: nothing missed
+    # A stream of the family's subjects that the listing did not bring (as
+    # one taken mid-election would not): the restore must not go on.
+    name = server.subjects.stream_for("quiet.7.cfg")
+    await jsm.add_stream(api.StreamConfig(name=name,
+                                          subjects=[server.subjects.store_subject("quiet.7.cfg")]))
+    with pytest.raises(ChannelsUnlisted, match=name):
+        await server._check_listing(records)

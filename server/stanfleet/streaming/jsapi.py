@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 
 from nats.js.errors import NotFoundError, ServiceUnavailableError
@@ -66,3 +67,18 @@ async def list_consumers(jsm, stream: str) -> dict:
             out[info.name] = info
         if len(page) < LIST_PAGE or not page:
             return out
+
+
+async def stream_names_on(jsm, subject: str) -> list[str]:
+    """The streams whose subjects overlap subject (JetStream's STREAM.NAMES
+    with a subject filter; nats-py asks it only for the first)."""
+    names: list[str] = []
+    while True:
+        resp = await jsm._api_request(f"{jsm._prefix}.STREAM.NAMES",
+                                      json.dumps({"subject": subject,
+                                                  "offset": len(names)}).encode(),
+                                      timeout=jsm._timeout)
+        page = resp.get("streams") or []
+        names += page
+        if not page or len(names) >= resp.get("total", 0):
+            return names

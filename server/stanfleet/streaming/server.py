@@ -26,13 +26,14 @@ from nats.js.errors import NotFoundError
 
 from ..broker import Broker
 from ..pb import protocol_pb2 as pb
-from . import authz
+from . import authz, families
 from . import errors as E
-from .channels import ChannelStore
+from .channels import REGISTRY_CHANNEL, ChannelStore
 from .clients import ClientInfo, ClientRegistry
 from .connects import ConnectQueue, PendingConnect
 from .embedded import nats_tls, start_broker
 from .handshake import accepted, ping_settings, session_response
+from .jsapi import stream_names_on
 from .naming import InvalidName, Subjects, check_client_id, check_subject
 from .options import ServerOptions
 from .quotas import QuotaExceeded, Quotas
@@ -400,7 +401,23 @@ class StreamingServer:
             raise ChannelsUnlisted(f"channel {name} exists but JetStream did not list it")
 
         names = {r.get("channel") for r in subs} - set(self.channels.channels) - {None, ""}
-        await asyncio.gather(*(check(n) for n in names))
+        own, in_family = [], set()
+        for name in names:
+            pattern = families.family_of(self.channels.family_patterns, name)
+            (own.append(name) if pattern is None or name == REGISTRY_CHANNEL
+             else in_family.add(pattern))
+        # A family channel has a stream of its own only if it was made before
+        # families were on: one question per family finds any such stream
+        # the listing missed, instead of one per channel (10,000 cfg channels).
+        listed = {ch.stream for ch in self.channels.channels.values()} | \
+            {f.stream for f in self.channels.families.values()}
+        for pattern in in_family:
+            subject = self.subjects.store_subject(pattern)
+            for stream in await stream_names_on(self.channels.jsm, subject):
+                if stream not in listed:
+                    raise ChannelsUnlisted(f"stream {stream} of family {pattern} exists but "
+                                           f"JetStream did not list it")
+        await asyncio.gather(*(check(n) for n in own))
 
     async def _end_revoked(self, users: set[str]) -> None:
         """End every session of a user no longer in the credentials store."""
