@@ -58,6 +58,7 @@ DEFAULT_DURATION = 40.0  # s of steady load before the storm
 DEFAULT_DEADLINE = 300.0  # give up waiting for a phase after this long
 DEFAULT_PROCS = max(1, min(os.cpu_count() or 1, 8))
 DEFAULT_POLL = 0.1  # s between looks at the workers' counters while timing a phase
+BENCH_CONNECT_TIMEOUT = 20.0  # s for the bench's own NATS connections (TLS under load)
 CLUSTER = fleet_devices.CLUSTER
 TARGETS = {"connect": 60.0, "p99_ms": 100.0, "recovery": 60.0}
 
@@ -218,7 +219,8 @@ async def service_client(args, port: int, sec: str | None, login):
                     inbox_prefix=f"_INBOX.{login[0]}")
     scheme = "tls" if sec else "nats"
     nc = await nats.connect(f"{scheme}://127.0.0.1:{port}", max_reconnect_attempts=-1,
-                            reconnect_time_wait=0.2, **opts)
+                            reconnect_time_wait=0.2, connect_timeout=BENCH_CONNECT_TIMEOUT,
+                            **opts)
     sc = Client()
     await sc.connect(CLUSTER, f"bench-admin-{os.getpid()}", nats=nc)
     return sc, nc
@@ -248,7 +250,9 @@ async def count_stored(port: int, sec: str | None, families: str, acked: dict) -
             pw = f.read().strip()
         opts = dict(tls=client_context(os.path.join(sec, "certs", "ca.pem")),
                     tls_hostname="127.0.0.1", user="stan", password=pw)
-    nc = await nats.connect(f"{'tls' if sec else 'nats'}://127.0.0.1:{port}", **opts)
+    # A TLS handshake can take seconds while 10,000 devices are connected.
+    nc = await nats.connect(f"{'tls' if sec else 'nats'}://127.0.0.1:{port}",
+                            connect_timeout=BENCH_CONNECT_TIMEOUT, **opts)
     jsm = nc.jsm()
     subjects = Subjects(CLUSTER)
     sem = asyncio.Semaphore(64)
