@@ -16,6 +16,7 @@ given up on it (its request timed out and it logged the failure).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from conftest import FACTORY
 from stanfleet.fleet.runner import FleetRunner
@@ -102,11 +103,12 @@ class ReplyHoldingProxy:
         return not (p[0] == b"MSG" and not self._released and p[1] in self._replies)
 
 
-async def test_lost_subscribe_reply_gets_a_new_session_not_duplicate_durable_forever(
-        stan_server, backend, releases, tmp_path):
+@contextlib.asynccontextmanager
+async def device_behind_proxy(stan_server, releases, tmp_path, hold: int):
+    """The device, connected through a proxy that holds the replies to its
+    first `hold` subscription requests; (fleet, proxy) once they are held."""
     nats_port = int(stan_server.nats_url.rsplit(":", 1)[1])
-    # Both the request and the device's repeat of it (same inbox) go unanswered.
-    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port), hold=2)
+    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port), hold=hold)
     await proxy.start()
     fleet = FleetRunner(f"nats://127.0.0.1:{proxy.port}", stan_server.cluster_id,
                         tmp_path / "fleet", ids=[DEV], releases_dir=releases,
@@ -114,11 +116,22 @@ async def test_lost_subscribe_reply_gets_a_new_session_not_duplicate_durable_for
     try:
         await fleet.start()
         await asyncio.wait_for(proxy.held.wait(), 30)
+        yield fleet, proxy
+        assert not fleet.devices[DEV].crashes
+    finally:
+        await fleet.stop()
+        await proxy.close()
+
+
+async def test_lost_subscribe_reply_gets_a_new_session_not_duplicate_durable_forever(
+        stan_server, backend, releases, tmp_path):
+    # Both the request and the device's repeat of it (same inbox) go unanswered.
+    async with device_behind_proxy(stan_server, releases, tmp_path, hold=2) as (fleet, proxy):
         # The server registered the cfg durable and answered; the device never
         # saw the answers and gives up after its request timeout (5 s), twice.
         await fleet.expect(DEV, f"subscribe devices.{DEV}.cfg failed error=TimeoutError",
                            timeout=30)
-        proxy.release()  # the late answer changes nothing: its request is gone
+        proxy.release()  # the late answers change nothing: their requests are gone
         refused = await fleet.expect(DEV, "duplicate durable registration, opening a new session",
                                      timeout=30)
         assert refused
@@ -128,10 +141,6 @@ async def test_lost_subscribe_reply_gets_a_new_session_not_duplicate_durable_for
         await backend.cfg(DEV, sending_frequency=2)
         await fleet.expect(DEV, "cfg applied", since=mark, timeout=30)
         assert fleet.find(DEV, "subscribe devices.releases failed") is None
-        assert not fleet.devices[DEV].crashes
-    finally:
-        await fleet.stop()
-        await proxy.close()
 
 
 async def test_a_subscribe_reply_lost_once_is_asked_again_in_the_same_session(
@@ -139,22 +148,10 @@ async def test_a_subscribe_reply_lost_once_is_asked_again_in_the_same_session(
     """The device repeats a timed-out durable subscribe with the same inbox,
     and the server answers the repeat with the subscription it registered:
     no duplicate durable, no new session (a connect storm's cheapest way out)."""
-    nats_port = int(stan_server.nats_url.rsplit(":", 1)[1])
-    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port), hold=1)
-    await proxy.start()
-    fleet = FleetRunner(f"nats://127.0.0.1:{proxy.port}", stan_server.cluster_id,
-                        tmp_path / "fleet", ids=[DEV], releases_dir=releases,
-                        factory_version=FACTORY)
-    try:
-        await fleet.start()
-        await asyncio.wait_for(proxy.held.wait(), 30)
+    async with device_behind_proxy(stan_server, releases, tmp_path, hold=1) as (fleet, proxy):
         await fleet.expect(DEV, "stanfleet: connected", timeout=30)
         proxy.release()  # the late answer to the first request changes nothing
         await backend.cfg(DEV, sending_frequency=2)
         await fleet.expect(DEV, "cfg applied", timeout=30)
         assert fleet.find(DEV, "subscribe devices.") is None  # no failure logged
         assert fleet.find(DEV, "opening a new session") is None
-        assert not fleet.devices[DEV].crashes
-    finally:
-        await fleet.stop()
-        await proxy.close()
