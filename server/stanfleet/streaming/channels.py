@@ -93,6 +93,7 @@ class Channel:
     last_seq: int | None = None  # channel seq of the last stored; None: not read yet
     last_sseq: int = 0  # its stream seq
     fresh: bool = False  # a family channel not in the family's listing at load
+    max_inactivity: float | None = None  # its limit, once the reaper looked it up
     storing: bool = False
     loading: bool = False
     queue: deque = field(default_factory=deque)
@@ -693,11 +694,17 @@ class ChannelStore:
     async def _reap_inactive(self) -> None:
         """Delete channels that had neither messages nor subscriptions for their
         max_inactivity (offline durables count as subscriptions)."""
+        lim = self.limits
         while True:
             await asyncio.sleep(1.0)
+            if not lim.defaults.max_inactivity and \
+                    not any(c.max_inactivity for c in lim.per_channel.values()):
+                continue  # no channel can go: not 30,000 limit lookups a second for nothing
             now = time.monotonic()
             for ch in list(self.channels.values()):
-                limit = self.limits.for_channel(ch.name).max_inactivity
+                if ch.max_inactivity is None:
+                    ch.max_inactivity = lim.for_channel(ch.name).max_inactivity
+                limit = ch.max_inactivity
                 if not limit or not ch.ready.done() or now - ch.last_activity < limit:
                     continue
                 if self._has_subscriptions(ch.name):
