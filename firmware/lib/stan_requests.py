@@ -51,7 +51,14 @@ async def session(sc):
         },
     )
     subject = "%s.%s" % (sc._c("discover_prefix"), sc._c("cluster_id"))
-    m = await nc.request(subject, req, sc._c("connect_timeout"))
+    try:
+        m = await nc.request(subject, req, sc._c("connect_timeout"))
+    except asyncio.TimeoutError:
+        # Asked once more as the same session (conn_id, heartbeat inbox): the
+        # server joins a registration still in progress, or answers with the
+        # session it registered after we gave up. A new conn_id would make it
+        # check the old session first, and replace it (a storm's worst case).
+        m = await nc.request(subject, req, sc._c("connect_timeout"))
     r = pb.decode(pb.ConnectResponse, m.data)
     if r["error"]:
         raise stan.StanError(r["error"])

@@ -23,6 +23,7 @@ from stanfleet.fleet.runner import FleetRunner
 
 DEV = "D0B1"
 SUB_PREFIX = b"_STAN.sub."  # the streaming server's subscription requests (naming.py)
+DISCOVER_PREFIX = b"_STAN.discover."  # its connect requests
 
 
 class ReplyHoldingProxy:
@@ -30,8 +31,9 @@ class ReplyHoldingProxy:
     server's replies to the first ``hold`` subscription requests the client
     sends (``held`` is set once all are held) until ``release()``."""
 
-    def __init__(self, upstream: tuple[str, int], hold: int = 1):
+    def __init__(self, upstream: tuple[str, int], hold: int = 1, prefix: bytes = SUB_PREFIX):
         self.upstream = upstream
+        self.prefix = prefix  # of the request subjects whose replies are held
         self.port: int | None = None
         self.held = asyncio.Event()
         self._hold = hold
@@ -93,7 +95,7 @@ class ReplyHoldingProxy:
 
     def _client_frame(self, line: bytes) -> bool:
         p = line.split()
-        if len(self._replies) < self._hold and p[0] == b"PUB" and p[1].startswith(SUB_PREFIX):
+        if len(self._replies) < self._hold and p[0] == b"PUB" and p[1].startswith(self.prefix):
             self._replies.add(p[2])
         return True
 
@@ -104,11 +106,13 @@ class ReplyHoldingProxy:
 
 
 @contextlib.asynccontextmanager
-async def device_behind_proxy(stan_server, releases, tmp_path, hold: int):
+async def device_behind_proxy(stan_server, releases, tmp_path, hold: int,
+                              prefix: bytes = SUB_PREFIX):
     """The device, connected through a proxy that holds the replies to its
-    first `hold` subscription requests; (fleet, proxy) once they are held."""
+    first `hold` requests on subjects starting with `prefix` (subscriptions
+    by default); (fleet, proxy) once they are held."""
     nats_port = int(stan_server.nats_url.rsplit(":", 1)[1])
-    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port), hold=hold)
+    proxy = ReplyHoldingProxy(("127.0.0.1", nats_port), hold=hold, prefix=prefix)
     await proxy.start()
     fleet = FleetRunner(f"nats://127.0.0.1:{proxy.port}", stan_server.cluster_id,
                         tmp_path / "fleet", ids=[DEV], releases_dir=releases,
@@ -155,3 +159,19 @@ async def test_a_subscribe_reply_lost_once_is_asked_again_in_the_same_session(
         await fleet.expect(DEV, "cfg applied", timeout=30)
         assert fleet.find(DEV, "subscribe devices.") is None  # no failure logged
         assert fleet.find(DEV, "opening a new session") is None
+
+
+async def test_a_connect_reply_lost_once_is_asked_again_as_the_same_session(
+        stan_server, backend, releases, tmp_path):
+    """A connect that timed out is asked again with the same conn_id and
+    heartbeat inbox: the server answers with the session it registered (no
+    liveness check, no replacement, one session)."""
+    async with device_behind_proxy(stan_server, releases, tmp_path, hold=1,
+                                   prefix=DISCOVER_PREFIX) as (fleet, proxy):
+        await fleet.expect(DEV, "stanfleet: connected", timeout=30)
+        proxy.release()
+        await backend.cfg(DEV, sending_frequency=2)
+        await fleet.expect(DEV, "cfg applied", timeout=30)
+        assert fleet.find(DEV, "stan connect failed") is None
+        assert fleet.find(DEV, "sessions=1") is not None
+        assert fleet.find(DEV, "sessions=2") is None
