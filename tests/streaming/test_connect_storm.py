@@ -41,8 +41,9 @@ async def test_retry_of_a_registered_session_is_answered_without_replacing_it(st
     assert (await c.ping()).error == ""
 
 
-async def test_retry_of_a_connect_being_registered_is_answered_with_it(make_stan_server):
-    stan = await make_stan_server(dup_check_timeout=3.0)
+async def _registering(stan):
+    """A new session of "dev" whose connect is being registered (it waits on
+    Go's liveness check of a silent old one): (old, new, the connect task)."""
     old = await _silent_session(stan, "dev")
     new = await RawStan.open(stan.nats_url, stan.cluster_id, "dev")
     first = asyncio.create_task(new.connect())
@@ -51,6 +52,12 @@ async def test_retry_of_a_connect_being_registered_is_answered_with_it(make_stan
         p = stan.server.connects.pending.get("dev")
         return p is not None and p.conn_id == new.conn_id
     await eventually(registering)
+    return old, new, first
+
+
+async def test_retry_of_a_connect_being_registered_is_answered_with_it(make_stan_server):
+    stan = await make_stan_server(dup_check_timeout=3.0)
+    old, new, first = await _registering(stan)
     retry = await new.connect()  # answered when the one registration ends
     assert retry.error == "" and (await first).error == ""
     assert stan.server.clients.clients["dev"].conn_id == new.conn_id
@@ -60,13 +67,7 @@ async def test_retry_of_a_connect_being_registered_is_answered_with_it(make_stan
 
 async def test_another_session_of_a_client_being_registered_is_refused_at_once(make_stan_server):
     stan = await make_stan_server(dup_check_timeout=3.0)
-    old = await _silent_session(stan, "dev")
-    new = await RawStan.open(stan.nats_url, stan.cluster_id, "dev")
-    first = asyncio.create_task(new.connect())
-
-    async def registering():
-        return "dev" in stan.server.connects.pending
-    await eventually(registering)
+    old, _, first = await _registering(stan)
     other = await RawStan.open(stan.nats_url, stan.cluster_id, "dev")  # another conn_id
     assert "clientID already registered" in (await other.connect()).error
     assert (await first).error == ""
