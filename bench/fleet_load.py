@@ -58,7 +58,7 @@ DEFAULT_DURATION = 40.0  # s of steady load before the storm
 DEFAULT_DEADLINE = 300.0  # give up waiting for a phase after this long
 DEFAULT_PROCS = max(1, min(os.cpu_count() or 1, 8))
 DEFAULT_POLL = 0.1  # s between looks at the workers' counters while timing a phase
-BENCH_CONNECT_TIMEOUT = 20.0  # s for the bench's own NATS connections (TLS under load)
+BENCH_CONNECT_TIMEOUT = 20.0  # s for the bench's own NATS connections and requests (under load)
 CLUSTER = fleet_devices.CLUSTER
 TARGETS = {"connect": 60.0, "p99_ms": 100.0, "recovery": 60.0}
 
@@ -253,7 +253,9 @@ async def count_stored(port: int, sec: str | None, families: str, acked: dict) -
     # A TLS handshake can take seconds while 10,000 devices are connected.
     nc = await nats.connect(f"{'tls' if sec else 'nats'}://127.0.0.1:{port}",
                             connect_timeout=BENCH_CONNECT_TIMEOUT, **opts)
-    jsm = nc.jsm()
+    # Listing 10,000 channels' subjects takes seconds while the fleet's
+    # connections are still being torn down.
+    jsm = nc.jsm(timeout=BENCH_CONNECT_TIMEOUT)
     subjects = Subjects(CLUSTER)
     sem = asyncio.Semaphore(64)
     lost = 0
