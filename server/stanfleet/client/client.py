@@ -39,6 +39,7 @@ from .errors import (
     ErrServerResponse,
     ErrSubReqTimeout,
     ErrSubscriptionRejected,
+    ErrTimeout,
     ErrTimeoutError,
     StanError,
 )
@@ -152,6 +153,7 @@ class Client:
         loop: asyncio.AbstractEventLoop | None = None,
         nats_kwargs: dict[str, Any] | None = None,
         connect_attempts: int = 1,
+        publish_attempts: int = 1,
     ) -> None:
         """Start a session with the streaming cluster ``cluster_id``.
 
@@ -161,6 +163,10 @@ class Client:
         ``connect_attempts`` > 1 asks again, as the same session, when a
         server is there but did not answer within ``connect_timeout`` (its
         store electing a leader, a connect storm); 1 is stan.py's behaviour.
+        ``publish_attempts`` > 1 sends a publish awaited without a handler
+        again, with the same guid (stored once), when its PubAck did not come
+        within ``ack_wait``: a store sent while the channel's stream elects a
+        leader gets no answer at all.
         """
         del loop
         if self._state == _CONNECTED:
@@ -180,6 +186,7 @@ class Client:
         self._client_id = client_id
         self._connect_timeout = connect_timeout
         self._connect_attempts = max(1, connect_attempts)
+        self._publish_attempts = max(1, publish_attempts)
         self._conn_lost_cb = conn_lost_cb
         if nats is None:
             self._nc = await _open_nats(servers, nats_kwargs)
@@ -387,26 +394,38 @@ class Client:
         pe.subject = subject
         pe.data = payload
         data = pe.SerializeToString()
-        future = tracker.add(guid, ack_wait, ack_handler)
-        try:
-            await self._nc.publish(
-                f"{self._pub_prefix}.{subject}", data, reply=f"{self._ack_subject}.{guid}"
-            )
-        except BaseException as exc:
-            tracker.pop(guid)
-            if isinstance(exc, ConnectionClosedError):
-                raise ErrConnectionClosed() from None
-            raise
-        if future is None:
-            return None
-        try:
-            ack = await future
-        except asyncio.CancelledError:
-            tracker.pop(guid)
-            raise
-        if ack.error:
-            raise ErrPublishRejected(ack.error, ack)
-        return ack
+        attempts = self._publish_attempts if ack_handler is None else 1
+        for attempt in range(attempts):
+            if attempt:  # the timed-out attempt gave its slot back
+                await tracker.reserve()
+                if self._state != _CONNECTED:
+                    tracker.unreserve()
+                    self._check_connected()
+                log.info("guid=%s had no PubAck in %ss; sent again", guid, ack_wait)
+            future = tracker.add(guid, ack_wait, ack_handler)
+            try:
+                await self._nc.publish(
+                    f"{self._pub_prefix}.{subject}", data, reply=f"{self._ack_subject}.{guid}"
+                )
+            except BaseException as exc:
+                tracker.pop(guid)
+                if isinstance(exc, ConnectionClosedError):
+                    raise ErrConnectionClosed() from None
+                raise
+            if future is None:
+                return None
+            try:
+                ack = await future
+            except asyncio.CancelledError:
+                tracker.pop(guid)
+                raise
+            except ErrTimeout:
+                if attempt + 1 == attempts:
+                    raise
+                continue
+            if ack.error:
+                raise ErrPublishRejected(ack.error, ack)
+            return ack
 
     # --- subscribe -----------------------------------------------------------------
 

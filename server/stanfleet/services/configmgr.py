@@ -17,6 +17,7 @@ from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
 from . import device_status
+from .connection import PUBLISH_ACK_WAIT
 from .readings_store import is_postgres, open_store
 
 STATUS_WAIT = 2.0  # seconds to wait for a device's last status message
@@ -86,7 +87,8 @@ class ConfigStore:
 
 async def send(sc: Client, device: str, settings: dict) -> None:
     payload = json.dumps({"ts": now_iso(), **settings}).encode()
-    await sc.publish(f"devices.{device}.cfg", payload)  # raises unless the PubAck is clean
+    # Raises unless the PubAck is clean.
+    await sc.publish(f"devices.{device}.cfg", payload, ack_wait=PUBLISH_ACK_WAIT)
 
 
 async def last_status(sc: Client, device: str,

@@ -27,6 +27,7 @@ from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
 from .configmgr import last_status
+from .connection import PUBLISH_ACK_WAIT
 from .device_status import OtaReport
 
 RELEASES_CHANNEL = "devices.releases"
@@ -112,7 +113,8 @@ def release_message(artifact: Artifact, url_base: str, rollout: int) -> bytes:
 async def publish(sc: Client, artifact: Artifact, url_base: str, rollout: int) -> None:
     if not 1 <= rollout <= 100:
         raise CommandError("--canary must be a percentage between 1 and 100")
-    await sc.publish(RELEASES_CHANNEL, release_message(artifact, url_base, rollout))
+    await sc.publish(RELEASES_CHANNEL, release_message(artifact, url_base, rollout),
+                     ack_wait=PUBLISH_ACK_WAIT)
 
 
 @dataclass
