@@ -126,12 +126,12 @@ async def test_sync_publish_times_out_with_err_timeout(fake):
 
 
 async def test_a_publish_without_a_pub_ack_is_sent_again_with_its_guid(fake):
-    """publish_attempts: a store sent while the channel's stream elects a
+    """attempts: a store sent while the channel's stream elects a
     leader gets no answer at all; the same PubMsg (same guid, which JetStream
     stores once) goes again after ack_wait, and its PubAck ends the publish."""
     fake.ack_publishes = False
-    sc = await connect(fake, publish_attempts=3)
-    task = asyncio.ensure_future(sc.publish("temps", b"x", ack_wait=0.3))
+    sc = await connect(fake)
+    task = asyncio.ensure_future(sc.publish("temps", b"x", ack_wait=0.3, attempts=3))
     _, first = await next_item(fake.pub_msgs)  # not answered: lost
     again, second = await next_item(fake.pub_msgs)
     assert (second.guid, second.data) == (first.guid, b"x")
@@ -139,7 +139,7 @@ async def test_a_publish_without_a_pub_ack_is_sent_again_with_its_guid(fake):
     ack = await asyncio.wait_for(task, DEFAULT_WAIT)
     assert ack.guid == first.guid and sc.pending_pub_acks == 0
     with pytest.raises(ErrTimeout):  # every attempt unanswered: the timeout, as before
-        await sc.publish("temps", b"y", ack_wait=0.2)
+        await sc.publish("temps", b"y", ack_wait=0.2, attempts=3)
     assert fake.pub_msgs.qsize() == 3 and sc.pending_pub_acks == 0
     await sc.close()
 

@@ -153,7 +153,6 @@ class Client:
         loop: asyncio.AbstractEventLoop | None = None,
         nats_kwargs: dict[str, Any] | None = None,
         connect_attempts: int = 1,
-        publish_attempts: int = 1,
     ) -> None:
         """Start a session with the streaming cluster ``cluster_id``.
 
@@ -163,10 +162,6 @@ class Client:
         ``connect_attempts`` > 1 asks again, as the same session, when a
         server is there but did not answer within ``connect_timeout`` (its
         store electing a leader, a connect storm); 1 is stan.py's behaviour.
-        ``publish_attempts`` > 1 sends a publish awaited without a handler
-        again, with the same guid (stored once), when its PubAck did not come
-        within ``ack_wait``: a store sent while the channel's stream elects a
-        leader gets no answer at all.
         """
         del loop
         if self._state == _CONNECTED:
@@ -186,7 +181,6 @@ class Client:
         self._client_id = client_id
         self._connect_timeout = connect_timeout
         self._connect_attempts = max(1, connect_attempts)
-        self._publish_attempts = max(1, publish_attempts)
         self._conn_lost_cb = conn_lost_cb
         if nats is None:
             self._nc = await _open_nats(servers, nats_kwargs)
@@ -365,6 +359,7 @@ class Client:
         payload: bytes,
         ack_handler: AckHandler | None = None,
         ack_wait: float = DEFAULT_ACK_WAIT,
+        attempts: int = 1,
     ) -> pb.PubAck | None:
         """Publish ``payload`` on channel ``subject``.
 
@@ -373,6 +368,9 @@ class Client:
         With ``ack_handler``: return None once sent; the handler later gets the
         PubAck, or an ErrTimeout / ErrConnectionClosed carrying the guid.
         Blocks while ``max_pub_acks_inflight`` publishes await their ack.
+        ``attempts`` > 1 (without a handler) sends it again, with the same guid
+        (stored once), when its PubAck did not come within ``ack_wait``: a store
+        sent while the channel's stream elects a leader gets no answer at all.
         """
         self._check_connected()
         if not subject or "*" in subject or ">" in subject:
@@ -394,7 +392,7 @@ class Client:
         pe.subject = subject
         pe.data = payload
         data = pe.SerializeToString()
-        attempts = self._publish_attempts if ack_handler is None else 1
+        attempts = max(1, attempts) if ack_handler is None else 1
         for attempt in range(attempts):
             if attempt:  # the timed-out attempt gave its slot back
                 await tracker.reserve()

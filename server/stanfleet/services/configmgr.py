@@ -17,7 +17,7 @@ from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
 from . import device_status
-from .connection import PUBLISH_ACK_WAIT
+from .connection import DEFAULT_PUBLISH_ATTEMPTS, PUBLISH_ACK_WAIT
 from .readings_store import is_postgres, open_store
 
 STATUS_WAIT = 2.0  # seconds to wait for a device's last status message
@@ -88,7 +88,8 @@ class ConfigStore:
 async def send(sc: Client, device: str, settings: dict) -> None:
     payload = json.dumps({"ts": now_iso(), **settings}).encode()
     # Raises unless the PubAck is clean.
-    await sc.publish(f"devices.{device}.cfg", payload, ack_wait=PUBLISH_ACK_WAIT)
+    await sc.publish(f"devices.{device}.cfg", payload, ack_wait=PUBLISH_ACK_WAIT,
+                     attempts=DEFAULT_PUBLISH_ATTEMPTS)
 
 
 async def last_status(sc: Client, device: str,

@@ -26,7 +26,8 @@ log = logging.getLogger("stanfleet.connection")
 # later, and the server cannot register anyone before (test_e2e_failover).
 DEFAULT_CONNECT_ATTEMPTS = 8
 # A publish (a release, a cfg) sent while its channel's stream elects a
-# leader gets no PubAck at all: it is sent again, same guid, after ack_wait.
+# leader gets no PubAck at all: the services' own publishes are sent again,
+# same guid, after PUBLISH_ACK_WAIT (client.publish's attempts).
 DEFAULT_PUBLISH_ATTEMPTS = 4
 PUBLISH_ACK_WAIT = 10.0  # s: JetStream answers in milliseconds; 10 s means lost
 
@@ -122,8 +123,7 @@ async def open_session(nats_url: str | list[str], cluster_id: str, client_id: st
     sc = Client()
     try:
         await sc.connect(cluster_id, client_id, nats=nc, conn_lost_cb=conn_lost_cb,
-                         connect_attempts=DEFAULT_CONNECT_ATTEMPTS,
-                         publish_attempts=DEFAULT_PUBLISH_ATTEMPTS)
+                         connect_attempts=DEFAULT_CONNECT_ATTEMPTS)
     except (StanError, asyncio.TimeoutError) as e:
         await nc.close()
         if once:

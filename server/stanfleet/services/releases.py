@@ -27,7 +27,7 @@ from ..client import Client
 from ..errors import CommandError
 from ..fleet.firmware_code import load
 from .configmgr import last_status
-from .connection import PUBLISH_ACK_WAIT
+from .connection import DEFAULT_PUBLISH_ATTEMPTS, PUBLISH_ACK_WAIT
 from .device_status import OtaReport
 
 RELEASES_CHANNEL = "devices.releases"
@@ -114,7 +114,7 @@ async def publish(sc: Client, artifact: Artifact, url_base: str, rollout: int) -
     if not 1 <= rollout <= 100:
         raise CommandError("--canary must be a percentage between 1 and 100")
     await sc.publish(RELEASES_CHANNEL, release_message(artifact, url_base, rollout),
-                     ack_wait=PUBLISH_ACK_WAIT)
+                     ack_wait=PUBLISH_ACK_WAIT, attempts=DEFAULT_PUBLISH_ATTEMPTS)
 
 
 @dataclass
