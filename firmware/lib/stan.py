@@ -12,7 +12,9 @@
 # a new session with a fresh heartbeat inbox and conn_id, then re-issues every
 # subscription request. Durables resume after their last acked message and
 # get their unacked messages redelivered; other subscriptions start again
-# from their original start position.
+# from their original start position. A PubAck without error stands in for
+# the ping of its interval (the server checks the session on every publish):
+# a device publishing more often than ping_interval sends no pings.
 #
 # Lean by design (issue 16: a connected device's heap): a subscription is one
 # list (the _S_* slots), not an object with a dict of attributes; one task
@@ -114,6 +116,7 @@ class Stan:
         self._ping_sub = None
         self._ping_data = None
         self._pings_out = 0
+        self._heard = False  # a PubAck came since the last ping was due
         self._tasks = ()
         self.sessions = 0
         self.dropped = 0  # messages beyond a subscription's bound (they come again)
@@ -181,6 +184,13 @@ class Stan:
         # Counting before sending, as stan.go does: the session is lost when
         # more than ping_max_out are unanswered.
         if not self._up.is_set():
+            return
+        if self._heard:
+            # A PubAck without error since the last tick: the server knows this
+            # session (it checks client and conn_id on every publish). A device
+            # publishing every interval then pings not at all: half the
+            # requests of a fleet, and of each device's radio time.
+            self._heard = False
             return
         self._pings_out += 1
         if self._pings_out > (r[_R_PING_MAX_OUT] or self._c("ping_max_out")):
@@ -287,6 +297,9 @@ class Stan:
         if w is not None:
             w[1] = a["error"]
             w[0].set()
+            if not a["error"]:
+                self._heard = True
+                self._pings_out = 0
 
     # ---- subscribe -----------------------------------------------------------------
 

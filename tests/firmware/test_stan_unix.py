@@ -3,6 +3,7 @@ server (fixture ``stan_server``, running in this test's event loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import urlparse
 
@@ -170,3 +171,34 @@ async def test_inboxes_use_the_configured_prefix(stan_server):
             assert replies and all(r.startswith(prefix + ".") for r in replies)
     finally:
         await snoop.close()
+
+
+async def test_pings_only_in_an_interval_without_a_puback(stan_server):
+    # ping_interval 1 s: idle, the device pings; publishing faster than that,
+    # each PubAck stands for the ping, so none is sent.
+    pings: asyncio.Queue = asyncio.Queue()
+    nc = await natspy.connect(stan_server.nats_url)
+
+    async def on_ping(m):
+        pings.put_nowait(m)
+    await nc.subscribe(f"_STAN.discover.{stan_server.cluster_id}.pings", cb=on_ping)
+    try:
+        async with await MicroPython.start("stan_driver.py", cfg=driver_cfg(
+                stan_server, "dev-pinger")) as mp:
+            await mp.expect("CONNECTED")
+            await asyncio.wait_for(pings.get(), 5)
+            mp.send("pub fw.busy 0")
+            await mp.expect("PUBACK")
+            await nc.flush()  # a ping sent before that publish has reached us by now
+            while not pings.empty():
+                pings.get_nowait()
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 3.5  # three ticks of the ping timer
+            while loop.time() < until:
+                mp.send("pub fw.busy 1")
+                await mp.expect("PUBACK")
+                await asyncio.sleep(0.2)  # the device's pace, not a wait for an event
+            assert pings.empty(), f"{pings.qsize()} pings while publishing"
+            await asyncio.wait_for(pings.get(), 5)  # quiet again: it pings
+    finally:
+        await nc.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 import pytest
 from stanfleet.pb import protocol_pb2 as pb
@@ -220,6 +222,24 @@ async def test_client_that_stops_answering_heartbeats_is_removed_and_durable_kep
     m = await again.next()
     assert m.sequence == 1 and m.redelivered
     assert (await probe.ping()).error == ""
+
+
+async def test_a_publishing_client_is_not_heartbeated_and_reaped_once_silent(make_stan_server):
+    # Publishes naming the session's conn_id show it alive as pings do: a
+    # client that cannot answer heartbeats keeps its session while it
+    # publishes (our firmware skips pings after a PubAck), and loses it after.
+    stan = await make_stan_server(hb_interval=0.1, hb_timeout=0.1, hb_fail_count=2)
+    c = await client(stan, "mute", answer_heartbeats=False)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 1.0  # ten heartbeat intervals; unheard, reaped after ~0.3 s
+    n = 0
+    while loop.time() < until:
+        assert (await c.publish("busy", b"x")).error == "", f"refused after {n} publishes"
+        n += 1
+
+    async def gone():
+        return "mute" not in stan.server.clients.clients
+    await eventually(gone)
 
 
 async def test_ping_after_close_reports_session_gone(stan_server):

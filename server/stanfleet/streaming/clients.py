@@ -80,12 +80,19 @@ class ClientRegistry:
         return info
 
     def check(self, client_id: str, conn_id: bytes) -> str:
-        """'' if (client_id, conn_id) is a current session, else the error to return."""
+        """'' if (client_id, conn_id) is a current session, else the error to return.
+
+        Asked for every publish: one that names its session's conn_id shows
+        the client alive as a ping does, so it spares the client a heartbeat
+        (and our firmware skips its ping after a PubAck)."""
         info = self.clients.get(client_id)
         if info is None:
             return "stan: unknown clientID"
-        if conn_id and info.conn_id and conn_id != info.conn_id:
-            return "client has been replaced or is no longer registered"
+        if conn_id and info.conn_id:
+            if conn_id != info.conn_id:
+                return "client has been replaced or is no longer registered"
+            info.hb_failures = 0
+            info.last_seen = time.monotonic()
         return ""
 
     def seen(self, info: ClientInfo) -> None:
