@@ -75,7 +75,7 @@ async def test_log_file_pid_file_signal_and_explained_flags(tmp_path):
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         EXE, "streaming-server", "-a", "127.0.0.1", "-p", str(port), "-log", str(log),
-        "-P", str(pid), "--file_slice_max_msgs", "10", "-T=false")
+        "-P", str(pid), "--file_slice_max_msgs", "10", "-T=false", "-SD")  # -SD: connects
 
     async def ready():
         return log.exists() and "streaming server ready" in log.read_text()

@@ -251,7 +251,7 @@ class StreamingServer:
             if req.client_id in replaced:
                 log.info("client=%s replaced (old session did not answer)", req.client_id)
                 await self._end_session(req.client_id, keep_record=True)
-            log.info("client=%s connected (protocol %d, before we were ready)", req.client_id,
+            log.debug("client=%s connected (protocol %d, before we were ready)", req.client_id,
                      req.protocol)
             if req.client_id in self.clients.clients:
                 continue  # file store: early.py wrote it, _restore read it back
@@ -759,7 +759,7 @@ class StreamingServer:
                 self.authz.release(info.client_id)
             log.error("client=%s cannot be registered: %s", info.client_id, e)
             return await self._answer(p, pb.ConnectResponse(error=f"stan: store error: {e}"))
-        log.info("client=%s connected (protocol %d)%s", req.client_id, req.protocol,
+        log.debug("client=%s connected (protocol %d)%s", req.client_id, req.protocol,
                  f" user={who.user}" if who else "")
         await self._answer(p, accepted(self.subjects, req))
 
@@ -775,7 +775,7 @@ class StreamingServer:
         if self.clients.remove(req.client_id) is None:
             return await self._respond(msg, pb.CloseResponse(error=E.ERR_UNKNOWN_CLIENT))
         await self._forget_client(req.client_id)
-        log.info("client=%s closed", req.client_id)
+        log.debug("client=%s closed", req.client_id)
         await self._respond(msg, pb.CloseResponse())
 
     async def _client_dead(self, info: ClientInfo) -> None:
@@ -876,7 +876,7 @@ class StreamingServer:
                 and not member.group.members:
             self.quotas.durable_deleted(self.authz.owners.get(req.client_id, who.user),
                                         member.group.key)
-        log.info("client=%s %s channel=%s sub=%s", req.client_id,
+        log.debug("client=%s %s channel=%s sub=%s", req.client_id,
                  "unsubscribed" if unsubscribe else "closed subscription", req.subject,
                  member.sub_id)
         await self._respond(msg, pb.SubscriptionResponse())
