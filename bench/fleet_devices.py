@@ -125,7 +125,10 @@ class Device:
         self.ready_at = 0.0
         self.got: dict[str, float] = {}  # "cfg"/"rel" -> time of the last delivery
         self.last_ack_at = 0.0
+        self.session_at = 0.0  # when its first STAN session was answered
+        self.back_told = False  # reported as publishing again after the storm
         self.pings_out = 0
+        self.heard = False  # a PubAck came since the last ping was due
         self.renewing = False
         self.reconnects = 0
         self.connect_unanswered = False
@@ -200,6 +203,9 @@ class Device:
                 fut = self.pubs.get(ack.guid)
                 if fut is not None and not fut.done():
                     fut.set_result(ack.error)
+                    if not ack.error:
+                        self.heard = True
+                        self.pings_out = 0
         elif kind == "hb":
             # Only the current session's: an abandoned session (its connect timed
             # out) must look dead, or the server refuses the next one as a duplicate.
@@ -251,6 +257,8 @@ class Device:
             raise ConnectionError(r.error)
         self.session = r
         self.pings_out = 0
+        if not self.session_at:
+            self.session_at = time.monotonic()
         for kind, channel, durable, ack_wait, inflight in (
                 ("cfg", f"devices.{self.id}.cfg", "cfg", 30, 1),
                 ("rel", "devices.releases", "releases", 90, 4)):
@@ -341,6 +349,9 @@ class Device:
             await asyncio.sleep(DEFAULT_PING_INTERVAL)
             if self.session is None or not self.up.is_set() or self.renewing:
                 continue
+            if self.heard:
+                self.heard = False  # as the firmware: a PubAck in the interval was the ping
+                continue
             self.pings_out += 1
             if self.pings_out > 3:
                 asyncio.ensure_future(self.renew())
@@ -430,10 +441,21 @@ class Fleet:
             gc.freeze()
 
     def status(self, since_pub: float, since_push: float) -> dict:
+        started = [d.session_at for d in self.devices]
         return {"ready": self.ready,
+                "last_session": max(started) if all(started) else 0.0,
                 "publishing": sum(d.last_ack_at > since_pub for d in self.devices),
                 "delivering": sum(all(d.got.get(k, 0) > since_push for k in ("cfg", "rel"))
                                   for d in self.devices)}
+
+    def back(self, since_pub: float) -> list[str]:
+        """Devices publishing again since `since_pub` not named before."""
+        out = []
+        for d in self.devices:
+            if not d.back_told and d.last_ack_at > since_pub:
+                d.back_told = True
+                out.append(d.id)
+        return out
 
     def report(self) -> dict:
         return {"timeline": self.timeline, "recovery_lat": self.recovery_lat, "lag": self.lag,
@@ -461,6 +483,8 @@ async def _serve(conn, fleet: Fleet) -> None:
             starter = asyncio.create_task(fleet.start(*arg))
         elif cmd == "status":
             out = fleet.status(*arg)
+        elif cmd == "back":
+            out = fleet.back(*arg)
         elif cmd == "storming":
             fleet.storming = arg[0]
         elif cmd == "drop":
