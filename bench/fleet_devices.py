@@ -33,6 +33,17 @@ DEFAULT_PING_INTERVAL = 5  # the firmware's
 DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_PUB_ACK_TIMEOUT = 30.0  # the firmware's
 SUBSCRIBE_ATTEMPTS = 3
+# The firmware's backoffs: NATS reconnects (firmware/lib/nats.py reconnect_*_ms)
+# and a reading's or request's retries (firmware/app/device.py RETRY_*_MS).
+# Shorter ones made 10,000 devices a herd of ~3,000 TLS dials a second at a
+# restarted nats-server that answers ~250, most given up half done.
+RECONNECT_MIN, RECONNECT_MAX = 0.25, 30.0
+RETRY_MIN, RETRY_MAX = 0.5, 30.0
+
+
+def backoff_s(delay: float) -> float:
+    """The firmware's sleep for `delay`: half of it, plus up to the other half."""
+    return delay / 2 + random.random() * delay / 2
 CLUSTER = "test-cluster"
 
 
@@ -138,7 +149,7 @@ class Device:
     async def dial(self) -> None:
         f = self.fleet
         loop = asyncio.get_running_loop()
-        delay = 0.25
+        delay = RECONNECT_MIN
         while True:
             wire = None
             try:
@@ -167,8 +178,8 @@ class Device:
                     wire.transport.abort()  # not left half-open behind the next try
                 if self.fleet.stopping:
                     raise
-                await asyncio.sleep(delay / 2 + random.random() * delay / 2)
-                delay = min(delay * 2, 4.0)
+                await asyncio.sleep(backoff_s(delay))
+                delay = min(delay * 2, RECONNECT_MAX)
 
     async def keep_connected(self) -> None:
         while not self.fleet.stopping:
@@ -296,20 +307,21 @@ class Device:
             self.renewing = False
 
     async def retry(self, step) -> None:
-        delay = 0.5
+        delay = RETRY_MIN
         while not self.fleet.stopping:
             try:
                 await self.up.wait()
                 return await step()
             except (ConnectionError, asyncio.TimeoutError) as e:
                 self.fleet.note_error(str(e))
-                await asyncio.sleep(delay / 2 + random.random() * delay / 2)
-                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(backoff_s(delay))
+                delay = min(delay * 2, RETRY_MAX)
 
     async def publish(self, channel: str, data: bytes) -> float:
         """Publish until acked (same guid, so a retry is stored once); the latency."""
         self.n += 1
         guid = f"{self.user}-{self.n}"
+        delay = RETRY_MIN
         while True:
             await self.up.wait()
             while self.session is None or self.renewing:
@@ -342,7 +354,8 @@ class Device:
             self.fleet.note_error(err)
             if "unknown clientID" in err or "replaced" in err:
                 await self.renew()
-            await asyncio.sleep(1)
+            await asyncio.sleep(backoff_s(delay))
+            delay = min(delay * 2, RETRY_MAX)
 
     async def pinger(self) -> None:
         while not self.fleet.stopping:
