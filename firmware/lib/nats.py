@@ -69,6 +69,12 @@ class AuthError(NatsError):
     pass
 
 
+class NoResponders(NatsError):
+    # Nobody subscribes where a request went (the streaming server is away):
+    # nats-server says so at once, where a device would wait out its timeout.
+    pass
+
+
 class Msg:
     def __init__(self, subject, reply, data, sid):
         self.subject = subject
@@ -190,7 +196,7 @@ class Client:
 
     async def request(self, subject, data=b"", timeout=5):
         """Publish with a reply subject; returns the first reply (a Msg).
-        Raises asyncio.TimeoutError."""
+        Raises asyncio.TimeoutError, or NoResponders."""
         if self._resp_prefix is None:
             self._resp_prefix = self.new_inbox() + "."
             self.subscribe(self._resp_prefix + "*", self._on_resp)
@@ -201,6 +207,8 @@ class Client:
         try:
             self.publish(subject, data, self._resp_prefix + tok)
             await asyncio.wait_for(w[0].wait(), timeout)
+            if w[1].data is None:
+                raise NoResponders(subject)
             return w[1]
         finally:
             self._resp.pop(tok, None)
@@ -349,7 +357,7 @@ class Client:
                 line = await s.readline()
                 if not line:
                     raise EOFError
-                if line.startswith(b"MSG "):
+                if line.startswith(b"MSG ") or line.startswith(b"HMSG "):
                     await self._on_msg(s, line)
                 elif line.startswith(b"PING"):
                     self._out += b"PONG\r\n"
@@ -369,14 +377,21 @@ class Client:
 
     async def _on_msg(self, s, line):
         # MSG <subject> <sid> [reply-to] <#bytes>
+        # HMSG <subject> <sid> [reply-to] <#header bytes> <#bytes>: the headers
+        # are skipped; a "503" status (no responders) comes as data None.
         p = line.split()
         n = int(p[-1])
         data = await s.readexactly(n) if n else b""
         await s.readexactly(2)
+        reply = len(p) == 5
+        if p[0] == b"HMSG":
+            h = int(p[-2])
+            reply = len(p) == 6
+            data = None if data.startswith(b"NATS/1.0 503") else data[h:]
         sub = self._subs.get(int(p[2]))
         if sub is None:
             return  # unsubscribed meanwhile
-        m = Msg(p[1].decode(), p[3].decode() if len(p) == 5 else None, data, sub.sid)
+        m = Msg(p[1].decode(), p[3].decode() if reply else None, data, sub.sid)
         try:
             r = sub.cb(m)
             if r is not None:

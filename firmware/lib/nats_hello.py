@@ -20,7 +20,9 @@ async def handshake(nc, s):
     tls = nc._c("tls") or info.get("tls_required", False)
     if tls:
         _tls_upgrade(nc, s)
-    opts = {"verbose": False, "pedantic": False, "headers": False, "protocol": 1}
+    # Headers only for no_responders: a request nobody takes is answered at once.
+    opts = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
+            "protocol": 1}
     opts["lang"] = "micropython"
     opts["version"] = "0.1"
     opts["tls_required"] = bool(tls)

@@ -7,8 +7,8 @@
 #   sub = await sc.subscribe("devices.3F45.cfg", cb, durable="cfg")
 #   await sc.ack(msg)                                    # in or after cb(msg)
 #
-# A lost session (PingResponse with an error, e.g. "client has been replaced",
-# or ping_max_out pings unanswered) is handled in one place, _keep(): it opens
+# A lost session (a PingResponse with an error, e.g. "client has been replaced")
+# is handled in one place, _keep(): it opens
 # a new session with a fresh heartbeat inbox and conn_id, then re-issues every
 # subscription request. Durables resume after their last acked message and
 # get their unacked messages redelivered; other subscriptions start again
@@ -40,13 +40,17 @@ DEFAULTS = {
     "pub_ack_timeout": 30,  # s
     "max_pub_acks_inflight": 8,  # a device needs few; the STAN default is 16384
     "ping_interval": 5,  # s, proposed to the server, which may override it
-    "ping_max_out": 3,
+    "ping_max_out": 3,  # unanswered pings before the server is logged silent (session kept)
     "renew_min_ms": 500,  # backoff between attempts to open a new session
     "renew_max_ms": 30000,
     "log": None,  # callable(str); default print
     "on_session": None,  # callable(renewed: bool) after (re)subscribing
     "on_session_lost": None,  # callable(reason: str)
 }
+
+
+# What a PubAck wait holds when nats-server answered "no responders".
+_NO_RESPONDERS = "no responders"
 
 
 class StanError(Exception):
@@ -128,7 +132,8 @@ class Stan:
 
     async def connect(self):
         """Open the first session. Raises StanError (e.g. clientID already
-        registered) or asyncio.TimeoutError (no streaming server)."""
+        registered), nats.NoResponders or asyncio.TimeoutError (no streaming
+        server)."""
         nc = self.nc
         if self._ack_sub is None:  # once: connect() may be retried on the same object
             self._ack_sub = nc.subscribe(self._ack_subject, self._on_puback)
@@ -181,8 +186,12 @@ class Stan:
                 cb(True)
 
     def _ping(self, r):
-        # Counting before sending, as stan.go does: the session is lost when
-        # more than ping_max_out are unanswered.
+        # Unlike stan.go, pings that go unanswered (more than ping_max_out) do
+        # not end the session: the server is unreachable or overloaded, so a
+        # new session could not be opened either, and a restarted server
+        # restores its sessions; 10,000 devices asking for new ones at once
+        # were what held such a server back. The answer to a later ping says
+        # whether this session survived.
         if not self._up.is_set():
             return
         if self._heard:
@@ -193,15 +202,16 @@ class Stan:
             self._heard = False
             return
         self._pings_out += 1
-        if self._pings_out > (r[_R_PING_MAX_OUT] or self._c("ping_max_out")):
-            self._lost("ping_timeout")
-            return
+        if self._pings_out == (r[_R_PING_MAX_OUT] or self._c("ping_max_out")) + 1:
+            self._log("stan event=server_silent pings=%d" % (self._pings_out - 1))
         try:
             self.nc.publish(r[_R_PING], self._ping_data, self._ping_sub.subject)
         except nats.NatsError:
             pass  # buffer full while NATS reconnects: counts as a missed ping
 
     def _on_ping_resp(self, m):
+        if m.data is None:
+            return  # no responders: no answer, as a lost reply
         try:
             err = pb.decode(pb.PingResponse, m.data)["error"]
         except ValueError:
@@ -252,7 +262,8 @@ class Stan:
 
     async def publish(self, channel, data, guid=None):
         """Store ``data`` on ``channel``; returns the guid after the PubAck.
-        Raises StanError (server error) or asyncio.TimeoutError. Retrying with
+        Raises StanError (server error), nats.NoResponders (no streaming
+        server) or asyncio.TimeoutError. Retrying with
         the guid of an attempt that timed out stores the message once: the
         server deduplicates by guid."""
         return await asyncio.wait_for(self._publish(channel, data, guid),
@@ -280,6 +291,8 @@ class Stan:
             self.nc.publish(self._resp[_R_PUB] + "." + channel, m, self._ack_subject)
             m = None
             await w[0].wait()
+            if w[1] is _NO_RESPONDERS:
+                raise nats.NoResponders(channel)
             if w[1]:
                 raise StanError(w[1])
             return guid
@@ -289,6 +302,14 @@ class Stan:
             self._slot.set()
 
     def _on_puback(self, m):
+        if m.data is None:
+            # No responders: the streaming server is away. The status names
+            # no guid, so every publish in flight learns it now.
+            for w in self._pubs.values():
+                if not w[0].is_set():
+                    w[1] = _NO_RESPONDERS
+                    w[0].set()
+            return
         try:
             a = pb.decode(pb.PubAck, m.data)
         except ValueError:

@@ -57,8 +57,9 @@ async def test_pub_sub_and_request_reply(broker):
         assert await mp.expect("REPLY") == "REPLY svc:hi"
         mp.send("req py.svc again 5")
         assert await mp.expect("REPLY") == "REPLY svc:again"
-        mp.send("req nobody.listens x 0.3")
-        await mp.expect("TIMEOUT")
+        # nobody subscribes: nats-server says so at once (no_responders)
+        mp.send("req nobody.listens x 5")
+        await mp.expect("NORESPONDERS", timeout=3)
         mp.send("quit")
         await mp.expect("CLOSED")
         assert await mp.finish() == 0
@@ -222,7 +223,7 @@ async def test_connect_options_keepalive_and_stale_link():
         async with await MicroPython.start("nats_driver.py", cfg=cfg) as mp:
             c, opts = await handshake(fake)
             assert opts["verbose"] is False and opts["pedantic"] is False
-            assert opts["headers"] is False
+            assert opts["headers"] is True and opts["no_responders"] is True
             assert opts["user"] == "dev" and opts["pass"] == "pw" and opts["name"] == "fw-test"
             assert "auth_token" not in opts
             assert await c.line() == b"SUB fw.in 1\r\n"
@@ -239,6 +240,12 @@ async def test_connect_options_keepalive_and_stale_link():
             await c.w.drain()
             c.send(b"lo\r\nMSG fw.in 1 0\r\n\r\n")
             assert await mp.expect("MSG") == "MSG fw.in hello r.1"
+            assert await mp.expect("MSG") == "MSG fw.in  -"
+            # HMSG: the headers are skipped, with and without a reply subject
+            hdr = b"NATS/1.0\r\nK: v\r\n\r\n"
+            c.send(b"HMSG fw.in 1 r.2 %d %d\r\n%sdata\r\n" % (len(hdr), len(hdr) + 4, hdr))
+            c.send(b"HMSG fw.in 1 %d %d\r\n%s\r\n" % (len(hdr), len(hdr), hdr))
+            assert await mp.expect("MSG") == "MSG fw.in data r.2"
             assert await mp.expect("MSG") == "MSG fw.in  -"
             # our keepalive PINGs go unanswered: after max_pings_out the link is dead
             c.answer_pings = False

@@ -11,6 +11,8 @@ import nats as natspy
 from mpy_runner import MicroPython
 from stanfleet.pb import protocol_pb2
 
+from tests.streaming.serverproc import ServerProcess
+
 
 def driver_cfg(stan_server, client_id: str, **stan) -> str:
     url = urlparse(stan_server.nats_url)
@@ -202,3 +204,39 @@ async def test_pings_only_in_an_interval_without_a_puback(stan_server):
             await asyncio.wait_for(pings.get(), 5)  # quiet again: it pings
     finally:
         await nc.close()
+
+
+async def test_a_silent_server_does_not_end_the_session(broker, tmp_path):
+    # The streaming server is SIGKILLed and restarted on the same store: the
+    # device's pings go unanswered meanwhile, yet it keeps its session (the
+    # server restores it) instead of asking a server that cannot answer for
+    # a new one, as stan.go's ping_max_out rule would; a publish meanwhile
+    # fails at once instead of waiting out its PubAck timeout.
+    proc = ServerProcess("-ns", broker.url, "-store", "file", "-dir", str(tmp_path / "d"),
+                         log_path=str(tmp_path / "server.log"))
+    await proc.start()
+    try:
+        url = urlparse(broker.url)
+        cfg = json.dumps({"nats": {"host": url.hostname, "port": url.port},
+                          "stan": {"cluster_id": "test-cluster", "client_id": "dev-silent",
+                                   "ping_interval": 1, "ping_max_out": 2,
+                                   "pub_ack_timeout": 10, "renew_min_ms": 50}})
+        async with await MicroPython.start("stan_driver.py", cfg=cfg) as mp:
+            await mp.expect("CONNECTED")
+            mp.send("pub fw.silent before")
+            await mp.expect("PUBACK")
+            await proc.kill()
+            await mp.expect("SLOG stan event=server_silent pings=2")
+            # nats-server answers for the absent server at once (no responders),
+            # well within the 10 s PubAck timeout
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            mp.send("pub fw.silent during")
+            assert (await mp.expect("ERROR pub")).startswith("ERROR pub NoResponders")
+            assert loop.time() - t0 < 5
+            await proc.start()
+            mp.send("pub fw.silent after")
+            assert (await mp.expect("PUBACK")).split()[1]
+            assert not [x for x in mp.lines if x.startswith(("LOST", "SESSION"))], mp.lines
+    finally:
+        await proc.kill()

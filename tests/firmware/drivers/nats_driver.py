@@ -64,6 +64,8 @@ async def main():
                 out("REPLY", m.data.decode())
             except asyncio.TimeoutError:
                 out("TIMEOUT")
+            except nats.NoResponders:
+                out("NORESPONDERS")
     await nc.close()
     out("CLOSED")
 

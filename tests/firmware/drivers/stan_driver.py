@@ -27,7 +27,7 @@ async def main():
     ncfg["log"] = lambda s: None
     nc = nats.Client(ncfg)
     scfg = cfg["stan"]
-    scfg["log"] = lambda s: None
+    scfg["log"] = lambda s: out("SLOG", s)
     scfg["on_session"] = lambda renewed: out("SESSION", "renewed" if renewed else "first")
     scfg["on_session_lost"] = lambda why: out("LOST", why)
     await nc.connect()
