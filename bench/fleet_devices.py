@@ -138,7 +138,6 @@ class Device:
         self.last_ack_at = 0.0
         self.session_at = 0.0  # when its first STAN session was answered
         self.back_told = False  # reported as publishing again after the storm
-        self.pings_out = 0
         self.heard = False  # a PubAck came since the last ping was due
         self.renewing = False
         self.reconnects = 0
@@ -216,14 +215,12 @@ class Device:
                     fut.set_result(ack.error)
                     if not ack.error:
                         self.heard = True
-                        self.pings_out = 0
         elif kind == "hb":
             # Only the current session's: an abandoned session (its connect timed
             # out) must look dead, or the server refuses the next one as a duplicate.
             if reply and rest == str(self.sess):
                 self.wire.pub(reply, b"")
         elif kind == "ping":
-            self.pings_out = 0
             if data and pb.PingResponse.FromString(data).error:
                 asyncio.ensure_future(self.renew())
         elif kind in ("cfg", "rel") and data is not None:
@@ -267,7 +264,6 @@ class Device:
         if r.error:
             raise ConnectionError(r.error)
         self.session = r
-        self.pings_out = 0
         if not self.session_at:
             self.session_at = time.monotonic()
         for kind, channel, durable, ack_wait, inflight in (
@@ -365,10 +361,8 @@ class Device:
             if self.heard:
                 self.heard = False  # as the firmware: a PubAck in the interval was the ping
                 continue
-            self.pings_out += 1
-            if self.pings_out > 3:
-                asyncio.ensure_future(self.renew())
-                continue
+            # As the firmware: unanswered pings do not end the session (the
+            # server is away, and restores it); only an answer with an error does.
             self.wire.pub(self.session.ping_requests,
                           pb.Ping(conn_id=self.conn_id).SerializeToString(), f"{self.prefix}.ping")
 
