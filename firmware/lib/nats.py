@@ -69,12 +69,6 @@ class AuthError(NatsError):
     pass
 
 
-class NoResponders(NatsError):
-    # Nobody subscribes where a request went (the streaming server is away):
-    # nats-server says so at once, where a device would wait out its timeout.
-    pass
-
-
 class Msg:
     def __init__(self, subject, reply, data, sid):
         self.subject = subject
@@ -196,7 +190,8 @@ class Client:
 
     async def request(self, subject, data=b"", timeout=5):
         """Publish with a reply subject; returns the first reply (a Msg).
-        Raises asyncio.TimeoutError, or NoResponders."""
+        Raises asyncio.TimeoutError, or NatsError("no responders") when
+        nobody subscribes there (nats-server says so at once)."""
         if self._resp_prefix is None:
             self._resp_prefix = self.new_inbox() + "."
             self.subscribe(self._resp_prefix + "*", self._on_resp)
@@ -208,7 +203,7 @@ class Client:
             self.publish(subject, data, self._resp_prefix + tok)
             await asyncio.wait_for(w[0].wait(), timeout)
             if w[1].data is None:
-                raise NoResponders(subject)
+                raise NatsError("no responders")
             return w[1]
         finally:
             self._resp.pop(tok, None)

@@ -49,10 +49,6 @@ DEFAULTS = {
 }
 
 
-# What a PubAck wait holds when nats-server answered "no responders".
-_NO_RESPONDERS = "no responders"
-
-
 class StanError(Exception):
     pass
 
@@ -132,8 +128,8 @@ class Stan:
 
     async def connect(self):
         """Open the first session. Raises StanError (e.g. clientID already
-        registered), nats.NoResponders or asyncio.TimeoutError (no streaming
-        server)."""
+        registered), nats.NatsError ("no responders": no streaming server) or
+        asyncio.TimeoutError."""
         nc = self.nc
         if self._ack_sub is None:  # once: connect() may be retried on the same object
             self._ack_sub = nc.subscribe(self._ack_subject, self._on_puback)
@@ -262,7 +258,7 @@ class Stan:
 
     async def publish(self, channel, data, guid=None):
         """Store ``data`` on ``channel``; returns the guid after the PubAck.
-        Raises StanError (server error), nats.NoResponders (no streaming
+        Raises StanError (a server error, or "no responders": no streaming
         server) or asyncio.TimeoutError. Retrying with
         the guid of an attempt that timed out stores the message once: the
         server deduplicates by guid."""
@@ -291,8 +287,6 @@ class Stan:
             self.nc.publish(self._resp[_R_PUB] + "." + channel, m, self._ack_subject)
             m = None
             await w[0].wait()
-            if w[1] is _NO_RESPONDERS:
-                raise nats.NoResponders(channel)
             if w[1]:
                 raise StanError(w[1])
             return guid
@@ -307,7 +301,7 @@ class Stan:
             # no guid, so every publish in flight learns it now.
             for w in self._pubs.values():
                 if not w[0].is_set():
-                    w[1] = _NO_RESPONDERS
+                    w[1] = "no responders"
                     w[0].set()
             return
         try:

@@ -64,8 +64,8 @@ async def main():
                 out("REPLY", m.data.decode())
             except asyncio.TimeoutError:
                 out("TIMEOUT")
-            except nats.NoResponders:
-                out("NORESPONDERS")
+            except nats.NatsError as e:
+                out("NATSERROR", e)
     await nc.close()
     out("CLOSED")
 
