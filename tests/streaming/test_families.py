@@ -4,8 +4,13 @@ that need no stream of their own run here again with every channel in a family."
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+
 import pytest
 from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.streaming import families
 from stanfleet.streaming.families import FamilyError, family_of, parse_patterns
 from stanfleet.streaming.limits import ChannelLimits, StoreLimits
 
@@ -227,3 +232,34 @@ async def test_a_restore_finds_a_family_channels_stream_the_listing_missed(stan_
                                           subjects=[server.subjects.store_subject("quiet.7.cfg")]))
     with pytest.raises(ChannelsUnlisted, match=name):
         await server._check_listing(records)
+
+
+async def test_a_channel_counter_lookup_that_times_out_is_asked_again(make_stan_server, broker,
+                                                                    monkeypatch):
+    # After a restart a family channel's counter is read from its last message
+    # on its first publish. nats-server stopped (SIGSTOP) while that lookup is
+    # in flight: it times out, is asked again once nats-server runs, and the
+    # publish is stored, not refused with "cannot read channel".
+    stan = await make_stan_server()
+    c = await connect(stan)
+    assert (await c.publish("devices.T.events", b"1")).error == ""
+    await stan.server.stop()
+    again = await make_stan_server()
+    again.server.channels.jsm._jsm._timeout = 0.5  # the lookup's wait, short for the test
+    real = families.last_of
+    stopped = []
+
+    async def stalled(jsm, stream, subject):
+        if not stopped:
+            stopped.append(True)
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(
+                1.5, os.kill, broker.proc.pid, signal.SIGCONT)
+        return await real(jsm, stream, subject)
+    monkeypatch.setattr(families, "last_of", stalled)
+    c2 = await connect(again, "c2")
+    ack = await c2.publish("devices.T.events", b"2")
+    assert stopped and ack.error == ""
+    sub = await c2.subscribe("devices.T.events", "in.t", start_position=pb.LastReceived)
+    m = await sub.next()
+    assert (m.sequence, m.data) == (2, b"2")

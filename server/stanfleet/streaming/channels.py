@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import APIError
 
@@ -593,10 +594,25 @@ class ChannelStore:
 
     async def _load_seq(self, ch: Channel) -> None:
         """A family channel's counter, from its last stored message (lazily:
-        30,000 channels are not read at start-up)."""
+        30,000 channels are not read at start-up).
+
+        A lookup that times out is asked again until pub_ack_timeout, the time
+        a store is given: it is a read, and a busy nats-server (a fleet
+        reconnecting after a restart: 10,000 first publishes, one lookup
+        each) answered 92 of them late, whose devices then backed off for up
+        to 30 s before publishing again."""
+        give_up = time.monotonic() + self.pub_ack_timeout
         try:
-            ch.last_seq, ch.last_sseq = await families.last_of(self.jsm, ch.stream,
-                                                               ch.store_subject)
+            while True:
+                try:
+                    ch.last_seq, ch.last_sseq = await families.last_of(
+                        self.jsm, ch.stream, ch.store_subject)
+                    break
+                except NatsTimeout:
+                    if time.monotonic() >= give_up:
+                        raise
+                    log.debug("channel=%s last sequence: lookup timed out, asking again",
+                              ch.name)
         except Exception as e:
             log.error("channel=%s last sequence not read: %s", ch.name, _api_text(e))
             err = f"cannot read channel {ch.name!r}: {_api_text(e)}"
