@@ -212,9 +212,7 @@ async def test_a_silent_server_does_not_end_the_session(broker, tmp_path):
     # server restores it) instead of asking a server that cannot answer for
     # a new one, as stan.go's ping_max_out rule would; a publish meanwhile
     # fails at once instead of waiting out its PubAck timeout.
-    proc = ServerProcess("-ns", broker.url, "-store", "file", "-dir", str(tmp_path / "d"),
-                         log_path=str(tmp_path / "server.log"))
-    await proc.start()
+    proc = await ServerProcess.on_broker(broker.url, tmp_path).start()
     try:
         url = urlparse(broker.url)
         cfg = json.dumps({"nats": {"host": url.hostname, "port": url.port},
@@ -239,4 +237,4 @@ async def test_a_silent_server_does_not_end_the_session(broker, tmp_path):
             assert (await mp.expect("PUBACK")).split()[1]
             assert not [x for x in mp.lines if x.startswith(("LOST", "SESSION"))], mp.lines
     finally:
-        await proc.kill()
+        await proc.stop()

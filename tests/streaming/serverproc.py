@@ -31,6 +31,12 @@ class ServerProcess:
         self._ready = asyncio.Event()
         self._line = asyncio.Event()  # set at every new line
 
+    @classmethod
+    def on_broker(cls, nats_url: str, tmp_path) -> "ServerProcess":
+        """A file-store server on an external nats-server, which outlives its kills."""
+        return cls("-ns", nats_url, "-store", "file", "-dir", str(tmp_path / "d"),
+                   log_path=str(tmp_path / "server.log"))
+
     async def launch(self) -> "ServerProcess":
         """Exec the server and read its output; not waiting for it to be ready."""
         exe = os.path.join(os.path.dirname(sys.executable), "stanfleet")

@@ -53,9 +53,7 @@ async def _exercise_restart(url: str, start, kill):
 
 
 async def test_restart_with_external_nats_keeps_clients_and_durables(broker, tmp_path):
-    proc = ServerProcess("-ns", broker.url, "-store", "file", "-dir", str(tmp_path / "d"),
-                         log_path=str(tmp_path / "server.log"))
-    await proc.start()
+    proc = await ServerProcess.on_broker(broker.url, tmp_path).start()
     try:
         await _exercise_restart(broker.url, proc.start, proc.kill)
     finally:
