@@ -8,9 +8,8 @@
 #   await sc.ack(msg)                                    # in or after cb(msg)
 #
 # A lost session (a PingResponse with an error, e.g. "client has been replaced")
-# is handled in one place, _keep(): it opens
-# a new session with a fresh heartbeat inbox and conn_id, then re-issues every
-# subscription request. Durables resume after their last acked message and
+# is handled in one place, _keep(): it opens a new session with a fresh
+# heartbeat inbox and conn_id, then re-issues every subscription request. Durables resume after their last acked message and
 # get their unacked messages redelivered; other subscriptions start again
 # from their original start position. A PubAck without error stands in for
 # the ping of its interval (the server checks the session on every publish):

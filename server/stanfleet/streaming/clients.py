@@ -91,8 +91,7 @@ class ClientRegistry:
         if conn_id and info.conn_id:
             if conn_id != info.conn_id:
                 return "client has been replaced or is no longer registered"
-            info.hb_failures = 0
-            info.last_seen = time.monotonic()
+            self.seen(info)
         return ""
 
     def seen(self, info: ClientInfo) -> None:

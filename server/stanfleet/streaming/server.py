@@ -252,7 +252,7 @@ class StreamingServer:
                 log.info("client=%s replaced (old session did not answer)", req.client_id)
                 await self._end_session(req.client_id, keep_record=True)
             log.debug("client=%s connected (protocol %d, before we were ready)", req.client_id,
-                     req.protocol)
+                      req.protocol)
             if req.client_id in self.clients.clients:
                 continue  # file store: early.py wrote it, _restore read it back
             info = _session(req, req.heartbeat_inbox)
@@ -760,7 +760,7 @@ class StreamingServer:
             log.error("client=%s cannot be registered: %s", info.client_id, e)
             return await self._answer(p, pb.ConnectResponse(error=f"stan: store error: {e}"))
         log.debug("client=%s connected (protocol %d)%s", req.client_id, req.protocol,
-                 f" user={who.user}" if who else "")
+                  f" user={who.user}" if who else "")
         await self._answer(p, accepted(self.subjects, req))
 
     async def _on_close(self, msg: Msg) -> None:
@@ -877,8 +877,8 @@ class StreamingServer:
             self.quotas.durable_deleted(self.authz.owners.get(req.client_id, who.user),
                                         member.group.key)
         log.debug("client=%s %s channel=%s sub=%s", req.client_id,
-                 "unsubscribed" if unsubscribe else "closed subscription", req.subject,
-                 member.sub_id)
+                  "unsubscribed" if unsubscribe else "closed subscription", req.subject,
+                  member.sub_id)
         await self._respond(msg, pb.SubscriptionResponse())
 
 
