@@ -21,8 +21,8 @@ goes with it) and restarts it; `clients` drops every device's connection at
 once. Afterwards a cfg message goes to each device once it publishes again,
 and one release to all once every device does; the bench times until every
 device has a new reading acked and both messages delivered (its durables are
-live again). Last, every device's
-acked readings are compared with what its events stream holds.
+live again). Last, every device's acked readings are compared with what its
+events stream holds.
 
 Load only to 127.0.0.1. Figures on a shared 2-core machine are pessimistic.
 """
