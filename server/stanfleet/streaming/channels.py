@@ -161,6 +161,7 @@ class ChannelStore:
         self.serving = lambda: True
         self.admit = None  # quotas: (headers, channel, nbytes) -> (refusal or '', owner)
         self.answered = lambda owner: None  # quotas: owner's PubAck went out
+        self.heard = lambda client_id, conn_id: None  # an allowed publish: the client lives
         self.channels: dict[str, Channel] = {}
         self._pending: dict[bytes, _PendingStore] = {}  # by token, the store's reply suffix
         self._waiting = 0  # PubMsgs waiting for their channel's stream, all channels
@@ -474,6 +475,9 @@ class ChannelStore:
         if err:
             self._pub_ack(reply, guid, err)
             return
+        # Only now: a publish refused by authorization proves nothing of the
+        # session it names.
+        self.heard(pm.client_id, pm.conn_id)
         if not guid:
             self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return

@@ -80,19 +80,21 @@ class ClientRegistry:
         return info
 
     def check(self, client_id: str, conn_id: bytes) -> str:
-        """'' if (client_id, conn_id) is a current session, else the error to return.
-
-        Asked for every publish: one that names its session's conn_id shows
-        the client alive as a ping does, so it spares the client a heartbeat
-        (and our firmware skips its ping after a PubAck)."""
+        """'' if (client_id, conn_id) is a current session, else the error to return."""
         info = self.clients.get(client_id)
         if info is None:
             return "stan: unknown clientID"
-        if conn_id and info.conn_id:
-            if conn_id != info.conn_id:
-                return "client has been replaced or is no longer registered"
-            self.seen(info)
+        if conn_id and info.conn_id and conn_id != info.conn_id:
+            return "client has been replaced or is no longer registered"
         return ""
+
+    def heard_from(self, client_id: str, conn_id: bytes) -> None:
+        """A publish its session may make, naming its conn_id: the client is
+        alive as a ping shows, so it is spared a heartbeat (and our firmware
+        skips its ping after a PubAck)."""
+        info = self.clients.get(client_id)
+        if info is not None and conn_id and conn_id == info.conn_id:
+            self.seen(info)
 
     def seen(self, info: ClientInfo) -> None:
         info.hb_failures = 0

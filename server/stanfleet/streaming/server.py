@@ -191,6 +191,7 @@ class StreamingServer:
                                      relay=self.relay,
                                      families=self.opts.channel_families)
         self.channels.serving = self._serving
+        self.channels.heard = self.clients.heard_from
         self.state = StateStore(nc, self.opts.cluster_id, storage=self.opts.store,
                                 replicas=self.opts.replicas)
         self.subs = SubscriptionManager(nc, self.subjects, self.channels, self.state)
