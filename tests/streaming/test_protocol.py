@@ -39,6 +39,32 @@ async def test_publish_is_acked_after_store_and_sequences_have_no_gaps(stan_serv
     assert (info.state.first_seq, info.state.last_seq, info.state.messages) == (1, 5, 5)
 
 
+async def test_publishes_held_for_a_new_channels_stream_go_before_later_ones(stan_server):
+    # The first publishes to a new channel wait for its stream. Once it exists
+    # the channel is announced (an await); publishes arriving meanwhile must
+    # not overtake the held ones. The announcement is held open here.
+    c = await client(stan_server)
+    channels = stan_server.server.channels
+    entered, release = asyncio.Event(), asyncio.Event()
+    announce = channels._announce
+
+    async def held_announce(name):
+        if name == "order":
+            entered.set()
+            await release.wait()
+        await announce(name)
+    channels._announce = held_announce
+    first = [asyncio.create_task(c.publish("order", b"m%d" % i)) for i in range(5)]
+    await entered.wait()
+    for i in range(5, 10):
+        assert (await c.publish("order", b"m%d" % i)).error == ""
+    release.set()
+    assert [(await t).error for t in first] == [""] * 5
+    sub = await c.subscribe("order", "in.order", start_position=pb.First)
+    got = [(await sub.next()).data for _ in range(10)]
+    assert got == [b"m%d" % i for i in range(10)]
+
+
 async def test_republished_guid_is_stored_once(stan_server):
     c = await client(stan_server)
     assert (await c.publish("dup", b"x", guid="same")).error == ""

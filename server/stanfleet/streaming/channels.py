@@ -410,9 +410,12 @@ class ChannelStore:
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
         ch.ready.set_result(True)
+        # Before anything that awaits: from here a new publish is stored at
+        # once, so the held ones must be on their way first (announcing first
+        # let a pipelined burst's later messages overtake its first ones).
+        self._store_waiting(ch)
         if ch.name != REGISTRY_CHANNEL:
             await self._announce(ch.name)
-        self._store_waiting(ch)
 
     async def _create_family_stream(self, fam: Family) -> None:
         cfg = self._stream_config(
