@@ -469,18 +469,19 @@ class ChannelStore:
         if pm.subject != channel:
             self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
+        client_id, conn_id = pm.client_id, pm.conn_id  # read once, as the payload below
         # Go answers an unknown or replaced session with the generic text.
-        err = E.ERR_INVALID_PUB_REQ if self._is_known_client(pm.client_id, pm.conn_id) else ""
+        err = E.ERR_INVALID_PUB_REQ if self._is_known_client(client_id, conn_id) else ""
         parsed = None
         if not err and self._authorize is not None:
             parsed = parse_headers(headers)
-            err = self._authorize(parsed, pm.client_id, channel)
+            err = self._authorize(parsed, client_id, channel)
         if err:
             self._pub_ack(reply, guid, err)
             return
         # Only now: a publish refused by authorization proves nothing of the
         # session it names.
-        self.heard(pm.client_id, pm.conn_id)
+        self.heard(client_id, conn_id)
         if not guid:
             self._pub_ack(reply, guid, E.ERR_INVALID_PUB_REQ)
             return
@@ -512,7 +513,7 @@ class ChannelStore:
                 return
         ch = self.channels.get(channel)
         if ch is None:
-            ch = self._new_channel_for_publish(channel, pm.client_id, reply, guid, owner)
+            ch = self._new_channel_for_publish(channel, client_id, reply, guid, owner)
             if ch is None:
                 return
         if ch.ready.done():
