@@ -114,3 +114,29 @@ async def test_a_failing_handler_leaves_the_connection_reading(broker):
     finally:
         await nc.close()
         await sender.close()
+
+
+async def test_frames_cut_anywhere_between_reads_are_parsed_the_same(broker):
+    """Our parser of nats-py's reads (inline.py): a frame cut by the end of a
+    read waits for the rest; control lines in between still reach nats-py."""
+    nc = await nats.connect(broker.url)
+    try:
+        inline = InlineSubscriptions.of(nc)
+        got = []
+        sub = await inline.subscribe("never.published", lambda *a: got.append(a))
+        sid = b"%d" % sub._id
+        stream = (b"MSG a.b " + sid + b" reply.x 5\r\nhe\r\nl\r\n"
+                  b"PING\r\n"
+                  b"HMSG c " + sid + b" 18 21\r\nNATS/1.0\r\nK: v\r\n\r\nxyz\r\n"
+                  b"MSG d " + sid + b" 0\r\n\r\n")
+        want = [(b"a.b", b"reply.x", b"he\r\nl", None),
+                (b"c", b"", b"xyz", b"NATS/1.0\r\nK: v\r\n\r\n"),
+                (b"d", b"", b"", None)]
+        for size in range(1, len(stream) + 1):
+            got.clear()
+            for i in range(0, len(stream), size):
+                await nc._ps.parse(stream[i:i + size])
+            assert got == want, size
+        assert nc.is_connected
+    finally:
+        await nc.close()
