@@ -140,6 +140,9 @@ class Relay:
         self._reconnecting: asyncio.Task | None = None
         self._flush_scheduled = False
         self._paused = False
+        # Called first at every flush (ChannelStore: send the stores it grouped
+        # while this read was parsed); what it sends goes out in that flush.
+        self.before_flush = None
         # An adopted connection (adopt): its subscriptions not yet claimed by
         # subscribe(), and the messages held until release().
         self._adopted: dict[str, bytes] = {}
@@ -302,11 +305,21 @@ class Relay:
     def send(self, raw: bytes) -> None:
         """A protocol line (with its payload) already formatted; queued as publish()."""
         self._out.append(raw)
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        """A flush soon (the end of the read being parsed flushes anyway)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        if self.before_flush is not None:
+            self._flush_scheduled = True  # what it sends goes out now, not on another turn
+            try:
+                self.before_flush()
+            except Exception:  # a bug must not stop the relay from writing
+                log.exception("relay: before_flush failed")
         self._flush_scheduled = False
         if self._wire is not None:
             self.flush_to(self._wire)
