@@ -415,7 +415,7 @@ class ChannelStore:
                                   self._stream_limits(self.limits.for_channel(ch.name)),
                                   {"stan_channel": ch.name})
         try:
-            await self.jsm.add_stream(cfg)
+            info = await self.jsm.add_stream(cfg)
         except Exception as e:  # JetStream refused: tell every waiting publisher
             log.error("channel=%s stream=%s cannot be created: %s", ch.name, ch.stream, e)
             self.channels.pop(ch.name, None)
@@ -426,6 +426,8 @@ class ChannelStore:
             self._maybe_resume()
             return
         log.info("channel=%s created (stream %s)", ch.name, ch.stream)
+        # Nothing of ours stored yet: the publishes held meanwhile go as a group.
+        ch.next_seq = info.state.last_seq
         ch.ready.set_result(True)
         # Before anything that awaits: from here a new publish is stored at
         # once, so the held ones must be on their way first (announcing first
