@@ -606,13 +606,15 @@ class ChannelStore:
                     self._send_one(ch, entry)
                 continue
             last = len(group) - 1
-            send = self.relay.send
             subject = ch.store_subject_b
+            out = []
             for i in range(last):
                 hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % group[i][1].encode()
                 data = group[i][2]
-                send(b"HPUB %s %d %d\r\n%s%s\r\n" % (
+                out.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (
                     subject, len(hdr), len(hdr) + len(data), hdr, data))
+            send = self.relay.send
+            send(b"".join(out))
             reply, guid, data, owner, started = group[last]
             ch.next_seq += len(group)
             ch.sent += len(group)
@@ -798,12 +800,15 @@ class ChannelStore:
         self._maybe_resume()
         now = time.monotonic()
         on_stored = self._on_stored
+        answered = self.answered
+        acks = []
         for reply, guid, _, owner, started in p.group:
-            self.answered(owner)
+            answered(owner)
             if on_stored is not None:
                 on_stored(now - started)
-            if reply:
-                self.inline.publish(reply, self._pub_ack_bytes(guid, ""))
+            if reply:  # a guid fits in a PubAck: longer ones were refused
+                acks.append((reply, pub_ack.encode(guid)))
+        self.inline.publish_many(acks)
 
     def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
         """A PubAck that answers no store (a refusal): on the relay, written at once."""

@@ -176,8 +176,16 @@ class InlineSubscriptions:
 
     def publish(self, subject: str, payload: bytes) -> None:
         """PUB without reply, in order with nats-py's own pending output."""
+        self._queue(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+
+    def publish_many(self, msgs: list[tuple[str, bytes]]) -> None:
+        """publish() of each (subject, payload), in order, formatted as one write."""
+        if msgs:
+            self._queue(b"".join([b"PUB %s %d\r\n%s\r\n" % (s.encode(), len(p), p)
+                                  for s, p in msgs]))
+
+    def _queue(self, cmd: bytes) -> None:
         client = self.client
-        cmd = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
         client._pending.append(cmd)
         client._pending_data_size += len(cmd)
         if not self._parsing and not self._flush_scheduled:  # else written after the read
