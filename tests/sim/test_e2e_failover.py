@@ -64,12 +64,15 @@ def cluster(tmp_path, tls):
 
 class Tap:
     """Every device reading published, every PubAck without error (by guid),
-    and the version each device last reported on its status channel."""
+    and the version in each device's last status that was stored (its PubAck
+    seen): `release status` reads the stored ones, and a status published in a
+    JetStream election may be stored seconds after it was published."""
 
     def __init__(self):
         self.readings: dict[str, tuple[str, bytes]] = {}  # guid -> (device, data)
         self.acked: dict[str, float] = {}  # guid -> when the PubAck passed
-        self.versions: dict[str, str] = {}  # device -> version in its last status
+        self.versions: dict[str, str] = {}  # device -> version in its last stored status
+        self.statuses: dict[str, tuple[str, str]] = {}  # guid -> (device, version) published
         self.changed = asyncio.Event()
         self.nc = None
 
@@ -90,8 +93,10 @@ class Tap:
         pm = pb.PubMsg.FromString(msg.data)
         status = device_status.from_bytes(pm.data)
         if status.version:
-            self.versions[pm.subject.split(".")[1]] = status.version
-            self.changed.set()
+            self.statuses[pm.guid] = (pm.subject.split(".")[1], status.version)
+            if pm.guid in self.acked:  # its PubAck came first (another route)
+                self.versions[pm.subject.split(".")[1]] = status.version
+                self.changed.set()
 
     async def _on_inbox(self, msg) -> None:
         try:
@@ -100,6 +105,9 @@ class Tap:
             return  # deliveries, heartbeats, responses: not PubAcks
         if ack.guid and not ack.error and ack.guid not in self.acked:
             self.acked[ack.guid] = time.monotonic()
+            if ack.guid in self.statuses:
+                device, version = self.statuses[ack.guid]
+                self.versions[device] = version
             self.changed.set()
 
     def acked_readings(self, before: float = float("inf")) -> dict[str, tuple[str, bytes]]:
