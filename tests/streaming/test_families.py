@@ -263,3 +263,43 @@ async def test_a_channel_counter_lookup_that_times_out_is_asked_again(make_stan_
     sub = await c2.subscribe("devices.T.events", "in.t", start_position=pb.LastReceived)
     m = await sub.next()
     assert (m.sequence, m.data) == (2, b"2")
+
+
+@pytest.mark.parametrize("lost", ["store", "answer"])
+async def test_a_family_store_lost_in_an_election_is_sent_again(stan_server, lost):
+    """A store (or its store-ack) lost, as in a JetStream leader election: the
+    channel's next publishes wait for it, so it is sent again after
+    FAMILY_RESEND_AFTER, not left for pub_ack_timeout (30 s; the client gives
+    up after 10 s here). Sent again when it was stored, it is a duplicate:
+    answered as stored, and the counter read again, so no seq is skipped."""
+    store = stan_server.server.channels
+    dropped = []
+    if lost == "store":
+        send = store.relay.send
+
+        def lossy_send(raw):
+            if not dropped and families.SEQ_HEADER.encode() in raw:
+                dropped.append(raw)
+                return
+            send(raw)
+        store.relay.send = lossy_send
+    else:
+        sid = store._ack_sub._id
+        handle = store.inline._handlers[sid]
+
+        def lossy_ack(subject, reply, data, headers):
+            p = store._pending.get(subject[store._ack_prefix_len:])
+            if not dropped and p is not None and p.channel is not None:
+                dropped.append(data)
+                return
+            handle(subject, reply, data, headers)
+        store.inline._handlers[sid] = lossy_ack
+    c = await connect(stan_server)
+    assert (await c.publish("devices.T.events", b"1")).error == ""
+    assert dropped
+    assert (await c.publish("devices.T.events", b"2")).error == ""
+    sub = await c.subscribe("devices.T.events", "in.t", start_position=pb.First)
+    got = [await sub.next() for _ in range(2)]
+    assert [(m.sequence, m.data) for m in got] == [(1, b"1"), (2, b"2")]
+    info = await c.nc.jsm().stream_info(store.channels["devices.T.events"].stream)
+    assert info.state.messages == 2

@@ -89,6 +89,30 @@ async def test_another_writer_on_the_stream_makes_the_group_go_again(stan_server
     assert "group of 3 " + FALLBACK in caplog.text
 
 
+async def test_a_group_sent_again_goes_before_what_was_taken_after_it(stan_server, caplog):
+    """A channel has one group in flight: what it takes meanwhile waits. So when
+    the group is refused (a duplicate inside) and sent again store by store,
+    the later stores are stored after it, in the order published."""
+    caplog.set_level(logging.DEBUG, logger="stanfleet.streaming.channels")
+    c = await started(stan_server, "grp")
+    store = stan_server.server.channels
+    inbox = c.nc.new_inbox()
+    sub = await c.nc.subscribe(inbox)
+    await c.nc.flush()
+    ch = store.channels["grp"]
+    for batch in ([("a", b"a"), ("g0", b"again"), ("b", b"b")], [("c", b"c"), ("d", b"d")]):
+        for guid, data in batch:
+            store._store(ch, inbox, guid, data)
+        store.relay.flush()
+    assert ch.group_out and len(ch.group) == 2  # the second waits for the first
+    acks = [pb.PubAck.FromString((await sub.next_msg(timeout=10)).data) for _ in range(5)]
+    assert sorted((a.guid, a.error) for a in acks) == [
+        ("a", ""), ("b", ""), ("c", ""), ("d", ""), ("g0", "")]
+    assert await stored(stan_server, c, "grp") == [
+        (b"m0", "g0"), (b"a", "a"), (b"b", "b"), (b"c", "c"), (b"d", "d")]
+    assert "group of 3 " + FALLBACK in caplog.text
+
+
 async def test_a_pipelined_burst_with_a_republished_guid_is_stored_once_in_order(stan_server):
     """The real path: PubMsgs held at nats-server while the relay is paused,
     then read at once (groups), one guid sent twice."""

@@ -71,6 +71,12 @@ INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 
 # after the clients' ack_wait although the messages were stored.
 DEFAULT_MAX_STORES_IN_FLIGHT = 1024
 DEFAULT_RESUME_STORES_IN_FLIGHT = 512
+# A family channel's store unanswered this long is sent again (same bytes: a
+# second copy is refused as a duplicate or out of sequence), then after twice
+# as long, and so on: lost in a JetStream leader election, it held every later
+# publish of its channel for pub_ack_timeout. A store only slow costs
+# nats-server one refused copy: its own answer comes first and settles it.
+FAMILY_RESEND_AFTER = 2.0
 
 
 class ChannelError(Exception):
@@ -107,6 +113,7 @@ class Channel:
     group: list = field(default_factory=list)
     sent: int = 0
     next_seq: int | None = None
+    group_out: bool = False  # a group in flight: the next waits for its answer
     store_subject_b: bytes = field(init=False, repr=False)  # encoded once, for each store
 
     def __post_init__(self):
@@ -137,6 +144,12 @@ class _PendingStore:
     # A group's last store: every store of the group, (reply, guid, data,
     # owner, started), all answered by this one's store-ack.
     group: list | None = None
+    # A family channel's store as sent, sent again while unanswered (sent: when
+    # last; wait: until the next time), since the channel's next publishes wait for it.
+    raw: bytes = b""
+    sent: float = 0.0
+    wait: float = 0.0
+    resent: bool = False
 
 
 class ChannelStore:
@@ -600,32 +613,46 @@ class ChannelStore:
         tells it again."""
         grouping, self._grouping = self._grouping, []
         for ch in grouping:
-            group, ch.group = ch.group, []
-            if ch.next_seq is None or len(group) == 1:
-                for entry in group:
-                    self._send_one(ch, entry)
-                continue
-            last = len(group) - 1
-            subject = ch.store_subject_b
-            out = []
-            for i in range(last):
-                hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % group[i][1].encode()
-                data = group[i][2]
-                out.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (
-                    subject, len(hdr), len(hdr) + len(data), hdr, data))
-            send = self.relay.send
-            send(b"".join(out))
-            reply, guid, data, owner, started = group[last]
-            ch.next_seq += len(group)
-            ch.sent += len(group)
-            self._next_token += 1
-            token = b"%d" % self._next_token
-            self._pending[token] = _PendingStore(reply, guid, started, owner, own=ch,
-                                                 no=ch.sent, group=group)
-            hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\nNats-Expected-Last-Sequence: %d\r\n\r\n" % (
-                guid.encode(), ch.next_seq - 1)
-            send(b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
-                subject, self._ack_prefix_b, token, len(hdr), len(hdr) + len(data), hdr, data))
+            self._send_group(ch)
+
+    def _send_group(self, ch: Channel) -> None:
+        """The channel's stores taken so far, unless a group of it is in flight:
+        one at a time, so that a group sent again store by store is stored
+        before anything taken after it (a later group's stores but its last
+        would be stored unchecked, ahead of it)."""
+        if ch.group_out or not ch.group:
+            return
+        group, ch.group = ch.group, []
+        if ch.next_seq is None or len(group) == 1:
+            for entry in group:
+                self._send_one(ch, entry)
+            return
+        ch.group_out = True
+        last = len(group) - 1
+        subject = ch.store_subject_b
+        out = []
+        for i in range(last):
+            hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % group[i][1].encode()
+            data = group[i][2]
+            out.append(b"HPUB %s %d %d\r\n%s%s\r\n" % (
+                subject, len(hdr), len(hdr) + len(data), hdr, data))
+        reply, guid, data, owner, started = group[last]
+        ch.next_seq += len(group)
+        ch.sent += len(group)
+        self._next_token += 1
+        token = b"%d" % self._next_token
+        self._pending[token] = _PendingStore(reply, guid, started, owner, own=ch,
+                                             no=ch.sent, group=group)
+        hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\nNats-Expected-Last-Sequence: %d\r\n\r\n" % (
+            guid.encode(), ch.next_seq - 1)
+        out.append(b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+            subject, self._ack_prefix_b, token, len(hdr), len(hdr) + len(data), hdr, data))
+        self.relay.send(b"".join(out))
+
+    def _group_answered(self, ch: Channel) -> None:
+        """Its group in flight is settled: what the channel took meanwhile goes."""
+        ch.group_out = False
+        self._send_group(ch)
 
     def _send_one(self, ch: Channel, entry: tuple) -> None:
         """One store with its own store-ack."""
@@ -668,17 +695,20 @@ class ChannelStore:
         token = b"%d" % self._next_token
         now = time.monotonic()
         seq = ch.last_seq + 1
-        self._pending[token] = _PendingStore(reply or "", guid, now, owner, ch, seq)
         ch.msgs_in += 1
         ch.bytes_in += len(data)
         ch.last_activity = now
         self.msgs_in += 1
         self.bytes_in += len(data)
-        self.relay.publish(ch.store_subject, data, self._ack_prefix + token.decode(),
-                           b"NATS/1.0\r\nNats-Msg-Id: " + guid.encode()
-                           + b"\r\n" + families.SEQ_HEADER.encode() + b": %d" % seq
-                           + b"\r\n" + families.EXPECT_HEADER.encode() + b": %d" % ch.last_sseq
-                           + b"\r\n\r\n")
+        hdr = (b"NATS/1.0\r\nNats-Msg-Id: %s\r\n%s: %d\r\n%s: %d\r\n\r\n" % (
+            guid.encode(), families.SEQ_HEADER.encode(), seq, families.EXPECT_HEADER.encode(),
+            ch.last_sseq))
+        raw = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+            ch.store_subject_b, self._ack_prefix_b, token, len(hdr), len(hdr) + len(data),
+            hdr, data)
+        self._pending[token] = _PendingStore(reply or "", guid, now, owner, ch, seq,
+                                             raw=raw, sent=now, wait=FAMILY_RESEND_AFTER)
+        self.relay.send(raw)
 
     async def _load_seq(self, ch: Channel) -> None:
         """A family channel's counter, from its last stored message (lazily:
@@ -731,8 +761,36 @@ class ChannelStore:
                 ack = {}
             if not ack.get("duplicate") and ack.get("seq"):
                 ch.last_seq, ch.last_sseq = p.seq, int(ack["seq"])
+            elif p.resent:  # a duplicate of the first copy, or of an earlier publish
+                ch.last_seq = None  # read again, which ever it was
         self._pump(ch)
         return error
+
+    async def _settle_resent(self, p: _PendingStore) -> None:
+        """Answer a family store sent again and refused as out of sequence:
+        stored if the channel's last message is this one (its first copy)."""
+        ch = p.channel
+        try:
+            sseq = await families.last_is(self.jsm, ch.stream, ch.store_subject, p.guid, p.seq)
+        except Exception as e:
+            log.error("channel=%s last message not read: %s", ch.name, _api_text(e))
+            sseq = None
+        self._in_flight -= 1
+        self._maybe_resume()
+        self.answered(p.owner)
+        ch.storing = False
+        error = ""
+        if sseq is not None:
+            ch.last_seq, ch.last_sseq = p.seq, sseq
+            if self._on_stored is not None:
+                self._on_stored(time.monotonic() - p.started)
+        else:
+            ch.last_seq = None
+            error = "stan: channel sequence changed by another server, retry"
+            log.error("store failed guid=%s: %s", p.guid, error)
+        if p.reply:
+            self.inline.publish(p.reply, self._pub_ack_bytes(p.guid, error))
+        self._pump(ch)
 
     def _maybe_resume(self) -> None:
         if self.relay.paused and \
@@ -754,6 +812,11 @@ class ChannelStore:
             error = _js_error_text(data)
         if p.group is not None:
             self._group_stored(p, data, error)
+            return
+        if p.resent and error and ERR_WRONG_LAST in data:
+            # Sent again, and refused because the channel moved on: by the
+            # first copy, or by another writer. The channel waits while we look.
+            asyncio.create_task(self._settle_resent(p))
             return
         self._in_flight -= 1
         self._maybe_resume()
@@ -795,9 +858,11 @@ class ChannelStore:
             now = time.monotonic()
             for reply, guid, data_, owner, _ in p.group:
                 self._send_one(ch, (reply, guid, data_, owner, now))
+            self._group_answered(ch)  # after them: taken after them
             return
         self._in_flight -= len(p.group)
         self._maybe_resume()
+        self._group_answered(ch)
         now = time.monotonic()
         on_stored = self._on_stored
         answered = self.answered
@@ -821,10 +886,23 @@ class ChannelStore:
             ack = pub_ack.encode("", error)  # a guid this long cannot be echoed in one NATS message
         return ack
 
+    def _resend_family_stores(self, now: float) -> None:
+        """Send again the family stores unanswered for their wait (doubled each time)."""
+        before = now - FAMILY_RESEND_AFTER
+        for p in self._pending.values():
+            if p.started > before:
+                break  # in the order sent: the rest are younger
+            if p.raw and now - p.sent >= p.wait:
+                log.debug("channel=%s store of guid=%s unanswered for %.0fs: sent again",
+                          p.channel.name, p.guid, now - p.started)
+                p.sent, p.wait, p.resent = now, p.wait * 2, True
+                self.relay.send(p.raw)
+
     async def _sweep_pending(self) -> None:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""
         while True:
             await asyncio.sleep(1.0)
+            self._resend_family_stores(time.monotonic())
             cutoff = time.monotonic() - self.pub_ack_timeout
             while self._pending:
                 token = next(iter(self._pending))
@@ -838,6 +916,8 @@ class ChannelStore:
                     self._pump(p.channel)
                 if p.own is not None:  # stored or not: the count is unknown
                     p.own.next_seq = None
+                    if p.group is not None:
+                        self._group_answered(p.own)
                 for reply, guid, _, owner, _ in p.group or ((p.reply, p.guid, b"", p.owner, 0),):
                     self._in_flight -= 1
                     self.answered(owner)

@@ -86,6 +86,20 @@ async def last_of(jsm, stream: str, subject: str) -> tuple[int, int]:
     return seq_of(msg.headers) or 0, msg.seq
 
 
+async def last_is(jsm, stream: str, subject: str, guid: str, seq: int) -> int | None:
+    """The stream seq of the channel's last message if it is the one stored
+    under `guid` as channel seq `seq`, else None."""
+    NotFoundError = _not_found()
+    try:
+        msg = await jsm.get_last_msg(stream, subject, direct=True)
+    except NotFoundError:
+        return None
+    headers = msg.headers or {}
+    if headers.get("Nats-Msg-Id") == guid and seq_of(headers) == seq:
+        return msg.seq
+    return None
+
+
 async def first_at_or_after(jsm, stream: str, subject: str, sseq: int):
     """The channel's first message at stream seq >= sseq: (channel seq, stream
     seq), or None when it has none there."""
