@@ -268,18 +268,21 @@ async def test_a_channel_counter_lookup_that_times_out_is_asked_again(make_stan_
 @pytest.mark.parametrize("lost", ["store", "answer"])
 async def test_a_family_store_lost_in_an_election_is_sent_again(stan_server, lost):
     """A store (or its store-ack) lost, as in a JetStream leader election: the
-    channel's next publishes wait for it, so it is sent again after
-    FAMILY_RESEND_AFTER, not left for pub_ack_timeout (30 s; the client gives
-    up after 10 s here). Sent again when it was stored, it is a duplicate:
-    answered as stored, and the counter read again, so no seq is skipped."""
+    channel's next publishes wait for it, and before they waited for
+    pub_ack_timeout (30 s). Another device's store to the same stream answered
+    after it shows it lost, and it is sent again (the client here gives up
+    after 10 s). Sent again when it was stored, it is refused as out of
+    sequence or a duplicate and answered as stored; no seq is skipped."""
     store = stan_server.server.channels
     dropped = []
+    gone = asyncio.Event()
     if lost == "store":
         send = store.relay.send
 
         def lossy_send(raw):
-            if not dropped and families.SEQ_HEADER.encode() in raw:
+            if not dropped and b"devices.T.events" in raw:
                 dropped.append(raw)
+                gone.set()
                 return
             send(raw)
         store.relay.send = lossy_send
@@ -289,17 +292,21 @@ async def test_a_family_store_lost_in_an_election_is_sent_again(stan_server, los
 
         def lossy_ack(subject, reply, data, headers):
             p = store._pending.get(subject[store._ack_prefix_len:])
-            if not dropped and p is not None and p.channel is not None:
+            if not dropped and p is not None and p.channel is not None and \
+                    p.channel.name == "devices.T.events":
                 dropped.append(data)
+                gone.set()
                 return
             handle(subject, reply, data, headers)
         store.inline._handlers[sid] = lossy_ack
     c = await connect(stan_server)
-    assert (await c.publish("devices.T.events", b"1")).error == ""
-    assert dropped
+    first = asyncio.create_task(c.publish("devices.T.events", b"1"))
+    await asyncio.wait_for(gone.wait(), 10)  # lost: now another device publishes
+    assert (await c.publish("devices.U.events", b"u")).error == ""
+    assert (await first).error == ""
     assert (await c.publish("devices.T.events", b"2")).error == ""
     sub = await c.subscribe("devices.T.events", "in.t", start_position=pb.First)
     got = [await sub.next() for _ in range(2)]
     assert [(m.sequence, m.data) for m in got] == [(1, b"1"), (2, b"2")]
     info = await c.nc.jsm().stream_info(store.channels["devices.T.events"].stream)
-    assert info.state.messages == 2
+    assert info.state.messages == 3  # T's two and U's one: nothing stored twice
