@@ -54,7 +54,9 @@ async def announced(c: RawStan, stan, n: int) -> None:
 
     async def stored():
         ch = stan.server.channels.channels.get(REGISTRY_CHANNEL)
-        return ch is not None and (await js.stream_info(ch.stream)).state.messages == n
+        # Known before its stream is created: asked only once it is.
+        return ch is not None and ch.ready.done() and \
+            (await js.stream_info(ch.stream)).state.messages == n
 
     await eventually(stored)
 
