@@ -782,21 +782,14 @@ class ChannelStore:
         except Exception as e:
             log.error("channel=%s last message not read: %s", ch.name, _api_text(e))
             sseq = None
-        self._in_flight -= 1
-        self._maybe_resume()
-        self.answered(p.owner)
         ch.storing = False
         error = ""
         if sseq is not None:
             ch.last_seq, ch.last_sseq = p.seq, sseq
-            if self._on_stored is not None:
-                self._on_stored(time.monotonic() - p.started)
         else:
             ch.last_seq = None
             error = "stan: channel sequence changed by another server, retry"
-            log.error("store failed guid=%s: %s", p.guid, error)
-        if p.reply:
-            self.inline.publish(p.reply, self._pub_ack_bytes(p.guid, error))
+        self._answer_store(p, error)
         self._pump(ch)
 
     def _maybe_resume(self) -> None:
@@ -825,9 +818,6 @@ class ChannelStore:
             # first copy, or by another writer. The channel waits while we look.
             asyncio.create_task(self._settle_resent(p))
             return
-        self._in_flight -= 1
-        self._maybe_resume()
-        self.answered(p.owner)
         if p.channel is not None:
             token = int(subject[self._ack_prefix_len:])
             if token > self._answered_upto.get(p.channel.stream, 0):
@@ -835,6 +825,13 @@ class ChannelStore:
             error = self._family_stored(p, data, error)
         elif p.own is not None:
             self._count_from(p, data, error)
+        self._answer_store(p, error)
+
+    def _answer_store(self, p: _PendingStore, error: str) -> None:
+        """One store settled: out of the in-flight count, and its PubAck."""
+        self._in_flight -= 1
+        self._maybe_resume()
+        self.answered(p.owner)
         if error:
             log.error("store failed guid=%s: %s", p.guid, error)
         elif self._on_stored is not None:
