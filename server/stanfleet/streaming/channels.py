@@ -147,10 +147,10 @@ class _PendingStore:
     # A group's last store: every store of the group, (reply, guid, data,
     # owner, started), all answered by this one's store-ack.
     group: list | None = None
-    # A family channel's store as sent, sent again while unanswered (sent: when
+    # A family channel's store as sent, sent again while unanswered (sent_at: when
     # last; wait: until the next time), since the channel's next publishes wait for it.
     raw: bytes = b""
-    sent: float = 0.0
+    sent_at: float = 0.0
     wait: float = 0.0
     resent: bool = False
     mark: int = 0  # the last token given out when it was (last) sent
@@ -713,7 +713,7 @@ class ChannelStore:
             ch.store_subject_b, self._ack_prefix_b, token, len(hdr), len(hdr) + len(data),
             hdr, data)
         self._pending[token] = _PendingStore(reply or "", guid, now, owner, ch, seq,
-                                             raw=raw, sent=now, wait=FAMILY_RESEND_AFTER,
+                                             raw=raw, sent_at=now, wait=FAMILY_RESEND_AFTER,
                                              mark=self._next_token)
         self.relay.send(raw)
 
@@ -901,10 +901,10 @@ class ChannelStore:
             if not p.raw:
                 continue
             lost = p.mark < upto.get(p.channel.stream, 0)
-            if lost or now - p.sent >= p.wait:
+            if lost or now - p.sent_at >= p.wait:
                 log.debug("channel=%s store of guid=%s %s: sent again", p.channel.name, p.guid,
                           "lost" if lost else f"unanswered for {now - p.started:.0f}s")
-                p.sent, p.mark, p.resent = now, self._next_token, True
+                p.sent_at, p.mark, p.resent = now, self._next_token, True
                 if not lost:
                     p.wait *= 2
                 self.relay.send(p.raw)
