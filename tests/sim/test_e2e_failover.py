@@ -29,6 +29,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 
 import nats
 import psycopg
@@ -211,6 +212,24 @@ def seqs_of(db: str, readings) -> dict:
             for r in readings}
 
 
+def by_device(missing: list[tuple[str, str, float]]) -> str:
+    """Which devices' readings are missing, how many and over what time."""
+    spans: dict[str, list[str]] = {}
+    for device, ts, _ in missing:
+        spans.setdefault(device, []).append(ts[11:19])
+    return "; ".join(f"{d} {len(t)} from {min(t)} to {max(t)}" for d, t in sorted(spans.items()))
+
+
+def warnings_in(tmp_path) -> str:
+    """The services' warnings and errors, to tell from a CI log which part failed."""
+    out = []
+    for log in sorted(tmp_path.glob("server*.log")) + sorted(tmp_path.glob("listener*.log")):
+        lines = [ln for ln in log.read_text(errors="replace").splitlines()
+                 if " WARNING " in ln or " ERROR " in ln or "ready" in ln or "lease" in ln]
+        out += [f"{log.name}: {ln[:200]}" for ln in lines[-40:]]
+    return "\n".join(out)
+
+
 def reading_key(device: str, data: bytes) -> tuple[str, str, float]:
     """As the listener stores it (its parser normalises the timestamp)."""
     r = readings.parse(data)
@@ -286,26 +305,31 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
         assert rc == 0 and "50% of devices (canary)" in out, out
 
         t = time.monotonic()
+        faults = [f"server killed {time.strftime('%H:%M:%S')}"]
         await servers[0].kill()
         await servers[1].wait_line(READY, timeout=30)
         await tap.wait_all_devices_since(t, timeout=90)
 
         t = time.monotonic()
+        faults.append(f"node killed {time.strftime('%H:%M:%S')}")
         cluster[2].kill()
         await tap.wait_all_devices_since(t, timeout=90)
         rc, out = await cli("release", "promote", NEW, "--config", config)
         assert rc == 0 and "published to all devices" in out, out
 
         t = time.monotonic()
+        faults.append(f"listener killed {time.strftime('%H:%M:%S')}")
         await listeners[0].stop(signal.SIGKILL)
         await tap.wait_all_devices_since(t, timeout=60)
 
         t = time.monotonic()
+        faults.append(f"postgres restarted {time.strftime('%H:%M:%S')}")
         await asyncio.to_thread(pg.halt, "fast")
         await asyncio.to_thread(pg.run)
         await tap.wait_all_devices_since(t, timeout=60)
         await tap.wait_all_devices_on(NEW, timeout=120)
         end = time.monotonic()
+        faults.append(f"end {time.strftime('%H:%M:%S')}")
 
         # Everything acked before `end` reaches the database: the killed
         # listener's unacked readings come to the other one after ack_wait.
@@ -314,8 +338,9 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
         while not want <= set(await asyncio.to_thread(stored, db)):
             if time.monotonic() > deadline:
                 missing = sorted(want - set(stored(db)))
-                raise AssertionError(f"{len(missing)} acked readings not in the database, "
-                                     f"e.g. {missing[:5]} ... {missing[-5:]}")
+                raise AssertionError(f"{len(missing)} acked readings not in the database: "
+                                     f"{by_device(missing)}\n{', '.join(faults)}\n"
+                                     f"{warnings_in(tmp_path)}")
             await asyncio.sleep(1)  # the database offers nothing to await
         rc, out = await cli("release", "status", NEW, "--config", config)
         assert rc == 0 and f"{DEVICES}/{DEVICES} installed" in out, out
@@ -332,8 +357,15 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
             await s.stop()
         await artifacts.stop()
         await tap.nc.close()
-    rows = await asyncio.to_thread(stored, db)
-    twice = sorted(r for r in set(rows) if rows.count(r) > 1)
+    rows = Counter(await asyncio.to_thread(stored, db))
+    # Stored once each: one row of a (device, ts, temp), or as many as the
+    # devices published under distinct guids. Two readings can share it: a
+    # device rebooting into a release takes one just before the reset and one
+    # just after, at times in the same second and to the hundredth of a degree
+    # the same (seen: D0000013, boots 2 and 3, channel seqs 85, 86). The tap
+    # misses what is published while its NATS node is down.
+    published = Counter(reading_key(*r) for r in tap.readings.values())
+    twice = sorted(r for r, n in rows.items() if n > max(1, published[r]))
     assert not twice, f"readings in the database twice: {twice[:5]}, as channel seqs " \
                       f"{await asyncio.to_thread(seqs_of, db, twice[:5])}"
     assert want <= set(rows)
