@@ -24,11 +24,13 @@ that guid, and each status a device publishes.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import sys
 import time
+import urllib.request
 from collections import Counter
 
 import nats
@@ -224,9 +226,32 @@ def warnings_in(tmp_path) -> str:
     """The services' warnings and errors, to tell from a CI log which part failed."""
     out = []
     for log in sorted(tmp_path.glob("server*.log")) + sorted(tmp_path.glob("listener*.log")):
-        lines = [ln for ln in log.read_text(errors="replace").splitlines()
-                 if " WARNING " in ln or " ERROR " in ln or "ready" in ln or "lease" in ln]
+        text = log.read_text(errors="replace")
+        lines = [ln for ln in text.splitlines()
+                 if any(w in ln for w in (" WARNING ", " ERROR ", "ready", "lease", "restored",
+                                          "serving"))]
         out += [f"{log.name}: {ln[:200]}" for ln in lines[-40:]]
+        if log.name.startswith("listener"):  # which device channels it subscribed to
+            out.append(f"{log.name}: following {text.count(' following ')} device channels")
+    return "\n".join(out)
+
+
+def subscriptions_of(servers, channel: str) -> str:
+    """The channel's subscriptions as each streaming server's monitor has them
+    (its -m port; a standby or a dead one says so): who holds the readings."""
+    out = []
+    for i, s in enumerate(servers):
+        port = s.args[s.args.index("-m") + 1]
+        url = f"http://127.0.0.1:{port}/streaming/channelsz?channel={channel}&subs=1"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                doc = json.load(r)
+            subs = doc.get("subscriptions", [])
+            out.append(f"server{i} {channel} last_seq={doc.get('last_seq')}: " + "; ".join(
+                f"{m['client_id']} inbox={m['inbox'][-8:]} pending={m['pending_count']} "
+                f"last_sent={m['last_sent']} offline={m.get('is_offline')}" for m in subs))
+        except Exception as e:  # noqa: BLE001 - a diagnosis: say what the monitor said
+            out.append(f"server{i}: {type(e).__name__}: {e}")
     return "\n".join(out)
 
 
@@ -340,7 +365,8 @@ async def test_site_loses_parts_while_a_release_rolls_out(cluster, tls, tmp_path
                 missing = sorted(want - set(stored(db)))
                 raise AssertionError(f"{len(missing)} acked readings not in the database: "
                                      f"{by_device(missing)}\n{', '.join(faults)}\n"
-                                     f"{warnings_in(tmp_path)}")
+                                     f"{subscriptions_of(servers, f'devices.{missing[0][0]}.events')}"
+                                     f"\n{warnings_in(tmp_path)}")
             await asyncio.sleep(1)  # the database offers nothing to await
         rc, out = await cli("release", "status", NEW, "--config", config)
         assert rc == 0 and f"{DEVICES}/{DEVICES} installed" in out, out
