@@ -22,6 +22,7 @@ from .test_limits import (  # noqa: F401  (run again on family channels)
     test_max_subs_per_channel,
 )
 from .test_protocol import (  # noqa: F401
+    announced,
     test_durable_queue_group_keeps_position_across_all_members_closing,
     test_durable_resumes_after_close_with_unacked_first,
     test_durable_survives_client_close_but_not_unsubscribe,
@@ -117,6 +118,50 @@ async def test_a_new_channel_starts_at_one_unless_another_writer_was_first(stan_
         sub = await c.subscribe(channel, f"in.{channel}", start_position=pb.First)
         got = [await sub.next() for _ in want]
         assert [(m.sequence, m.data) for m in got] == want
+
+
+async def test_a_channel_is_announced_before_its_first_message_is_stored(stan_server):
+    """A channel with a message is in the registry, whichever server stored
+    it; while its entry cannot be stored, its publishes are refused."""
+    c = await connect(stan_server)
+    store = stan_server.server.channels
+    announce = store._announce
+    failing = {"devices.F.events"}
+
+    async def flaky(name):
+        if name in failing:
+            failing.discard(name)
+            return "registry unavailable"
+        return await announce(name)
+    store._announce = flaky
+    refused = await c.publish("devices.F.events", b"1")
+    assert "not announced: registry unavailable" in refused.error
+    assert (await c.publish("devices.F.events", b"2")).error == ""  # announced this time
+    assert "devices.F.events" in await announced(stan_server, c)
+    sub = await c.subscribe("devices.F.events", "in.f", start_position=pb.First)
+    m = await sub.next()
+    assert (m.sequence, m.data) == (1, b"2")
+
+
+async def test_a_channel_a_stopped_server_left_unannounced_is_announced_by_the_next(
+        make_stan_server):
+    """Created by a durable subscription on a server that stopped before its
+    registry entry was stored (seen: an FT active killed seconds after a
+    fleet came up; the listeners never heard of the devices): the next server
+    announces it before storing its first message."""
+    stan = await make_stan_server()
+    c = await connect(stan)
+
+    async def lost(name):
+        return "server stopped first"
+    stan.server.channels._announce = lost
+    dur = await c.subscribe("devices.U.events", "in.u", durable_name="d")
+    assert dur.error == ""
+    await stan.server.stop()
+    again = await make_stan_server()
+    c2 = await connect(again, "c2")
+    assert (await c2.publish("devices.U.events", b"first")).error == ""
+    assert "devices.U.events" in await announced(again, c2)
 
 
 async def test_a_restarted_server_continues_each_channels_sequence(make_stan_server):
@@ -278,9 +323,10 @@ async def test_a_family_store_lost_in_an_election_is_sent_again(stan_server, los
     gone = asyncio.Event()
     if lost == "store":
         send = store.relay.send
+        t_store = store.subjects.store_subject("devices.T.events").encode()
 
-        def lossy_send(raw):
-            if not dropped and b"devices.T.events" in raw:
+        def lossy_send(raw):  # its store, not its registry entry (stored first)
+            if not dropped and t_store in raw:
                 dropped.append(raw)
                 gone.set()
                 return

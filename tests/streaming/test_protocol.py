@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nats
 import pytest
+from nats.js.errors import NotFoundError
 from stanfleet.pb import protocol_pb2 as pb
 
 from ..waiting import eventually
@@ -39,10 +41,20 @@ async def test_publish_is_acked_after_store_and_sequences_have_no_gaps(stan_serv
     assert (info.state.first_seq, info.state.last_seq, info.state.messages) == (1, 5, 5)
 
 
-async def test_publishes_held_for_a_new_channels_stream_go_before_later_ones(stan_server):
-    # The first publishes to a new channel wait for its stream. Once it exists
-    # the channel is announced (an await); publishes arriving meanwhile must
-    # not overtake the held ones. The announcement is held open here.
+async def announced(stan, c) -> list[str]:
+    """The channels in the server's registry (stanfleet.channels), in order."""
+    jsm = c.nc.jsm()
+    stream = stan.server.channels.channels["stanfleet.channels"].stream
+    info = await jsm.stream_info(stream)
+    return [json.loads((await jsm.get_msg(stream, seq)).data)["channel"]
+            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+
+
+async def test_a_new_channel_is_announced_before_its_stream_exists(stan_server):
+    """A server found the channel's stream at a restart (or a takeover) does
+    not announce it again, so its registry entry is stored first; the
+    publishes waiting meanwhile are stored after, in order. The entry is held
+    open here."""
     c = await client(stan_server)
     channels = stan_server.server.channels
     entered, release = asyncio.Event(), asyncio.Event()
@@ -52,17 +64,33 @@ async def test_publishes_held_for_a_new_channels_stream_go_before_later_ones(sta
         if name == "order":
             entered.set()
             await release.wait()
-        await announce(name)
+        return await announce(name)
     channels._announce = held_announce
-    first = [asyncio.create_task(c.publish("order", b"m%d" % i)) for i in range(5)]
+    first = [asyncio.create_task(c.publish("order", b"m%d" % i)) for i in range(10)]
     await entered.wait()
-    for i in range(5, 10):
-        assert (await c.publish("order", b"m%d" % i)).error == ""
+    with pytest.raises(NotFoundError):
+        await c.nc.jsm().stream_info(channels.channels["order"].stream)
     release.set()
-    assert [(await t).error for t in first] == [""] * 5
+    assert [(await t).error for t in first] == [""] * 10
+    assert "order" in await announced(stan_server, c)
     sub = await c.subscribe("order", "in.order", start_position=pb.First)
     got = [(await sub.next()).data for _ in range(10)]
     assert got == [b"m%d" % i for i in range(10)]
+
+
+async def test_a_channel_that_cannot_be_announced_is_not_created(stan_server):
+    c = await client(stan_server)
+    channels = stan_server.server.channels
+
+    async def failing(name):
+        return "registry unavailable"
+    channels._announce = failing
+    refused = await c.publish("unlisted", b"m")
+    assert "not announced: registry unavailable" in refused.error
+    assert "unlisted" not in channels.channels  # the next use tries again
+    del channels._announce
+    assert (await c.publish("unlisted", b"m")).error == ""
+    assert "unlisted" in await announced(stan_server, c)
 
 
 async def test_republished_guid_is_stored_once(stan_server):

@@ -109,6 +109,11 @@ class Channel:
     storing: bool = False
     loading: bool = False
     queue: deque = field(default_factory=deque)
+    # A family channel new to this server: its registry entry is stored
+    # before its first message (_announce_family_channel), so a channel with
+    # messages is always announced, whichever server stored them.
+    unannounced: bool = False
+    announcing: bool = False
     # A stream of its own: the stores taken since the last flush, sent as one
     # group (_send_groups); how many stores were sent to the stream; and the
     # stream's last seq once all of them are stored, if known (see
@@ -211,6 +216,11 @@ class ChannelStore:
         self._pub_prefix_len = len(subjects.pub_prefix) + 1
         self._sweeper: asyncio.Task | None = None
         self._reaper: asyncio.Task | None = None
+        # Announcements awaiting their store's PubAck, by the reply subject
+        # they were stored with: "<our inbox>.<n>".
+        self._announced_prefix = nc.new_inbox()
+        self._announced: dict[str, asyncio.Future] = {}
+        self._announced_sub = None
         self.msgs_in = 0
         self.bytes_in = 0
 
@@ -226,6 +236,8 @@ class ChannelStore:
         and each device opened a new session (989 of 1,000 in fleet_load)."""
         self._ack_sub = await self.inline.subscribe(
             self.subjects.js_ack_prefix + ".*", self._on_store_ack, **INGRESS_LIMITS)
+        self._announced_sub = await self.inline.subscribe(self._announced_prefix + ".*",
+                                                          self._on_announced)
         self._pub_sid = self.relay.subscribe(self.subjects.pub_prefix + ".>", self._on_pub_msg)
         await self.relay.ping()  # subscribed at nats-server before we say ready
         self._sweeper = asyncio.create_task(self._sweep_pending())
@@ -249,9 +261,10 @@ class ChannelStore:
             await asyncio.sleep(0.01)
         log.info("stopped taking publishes: %d stores were in flight, %d still unanswered",
                  waiting, len(self._pending))
-        if self._ack_sub is not None:
-            self.inline.forget(self._ack_sub)
-            await self._ack_sub.unsubscribe()
+        for sub in (self._ack_sub, self._announced_sub):
+            if sub is not None:
+                self.inline.forget(sub)
+                await sub.unsubscribe()
         if self._sweeper:
             self._sweeper.cancel()
         if self._reaper:
@@ -378,17 +391,42 @@ class ChannelStore:
         ch = Channel(name, fam.stream, self.subjects.store_subject(name), fam.ready,
                      family=pattern)
         ch.fresh = True
+        # Not in the family's listing at load (or created since): no message
+        # stored, so perhaps never announced (its first server died first).
+        # Announced now if asked, else before its first store (_pump).
+        ch.unannounced = True
         self.channels[name] = ch
         if announce:
-            asyncio.create_task(self._announce_when_ready(ch))
+            self._start_announcing(ch)
         return ch
 
-    async def _announce_when_ready(self, ch: Channel) -> None:
+    def _start_announcing(self, ch: Channel) -> None:
+        if not ch.announcing:
+            ch.announcing = True
+            asyncio.create_task(self._announce_family_channel(ch))
+
+    async def _announce_family_channel(self, ch: Channel) -> None:
+        """Store the channel's registry entry, then let its stores go; if it
+        cannot be stored, its queued publishes are refused (the next one
+        tries again): a message stored unannounced would never reach a
+        service that discovers channels in the registry."""
         try:
             await asyncio.shield(ch.ready)
-        except Exception:
+            error = await self._announce(ch.name)
+        except Exception as e:  # the family's stream is not there: as a store would fail
+            error = str(e)
+        ch.announcing = False
+        if not error:
+            ch.unannounced = False
+            self._pump(ch)
             return
-        await self._announce(ch.name)
+        log.error("channel=%s not announced: %s", ch.name, error)
+        while ch.queue:
+            reply, guid, _, owner = ch.queue.popleft()
+            self._waiting -= 1
+            self.answered(owner)
+            self._pub_ack(reply, guid, f"channel {ch.name!r} not announced: {error}")
+        self._maybe_resume()
 
     async def ensure(self, name: str) -> Channel:
         ch = self.lookup_or_create(name)
@@ -434,6 +472,12 @@ class ChannelStore:
                                   self._stream_limits(self.limits.for_channel(ch.name)),
                                   {"stan_channel": ch.name})
         try:
+            # Announced first: a stream found at a restart or a takeover is
+            # not announced again, so its entry must be stored before it exists.
+            if ch.name != REGISTRY_CHANNEL:
+                error = await self._announce(ch.name)
+                if error:
+                    raise ChannelError(f"not announced: {error}")
             info = await self.jsm.add_stream(cfg)
         except Exception as e:  # JetStream refused: tell every waiting publisher
             log.error("channel=%s stream=%s cannot be created: %s", ch.name, ch.stream, e)
@@ -449,11 +493,8 @@ class ChannelStore:
         ch.next_seq = info.state.last_seq
         ch.ready.set_result(True)
         # Before anything that awaits: from here a new publish is stored at
-        # once, so the held ones must be on their way first (announcing first
-        # let a pipelined burst's later messages overtake its first ones).
+        # once, so the held ones must be on their way first.
         self._store_waiting(ch)
-        if ch.name != REGISTRY_CHANNEL:
-            await self._announce(ch.name)
 
     async def _create_family_stream(self, fam: Family) -> None:
         cfg = self._stream_config(
@@ -480,14 +521,34 @@ class ChannelStore:
         for ch in members():
             self._store_waiting(ch)
 
-    async def _announce(self, name: str) -> None:
+    async def _announce(self, name: str) -> str:
+        """Store the channel's entry in the registry: "" once stored, else why
+        not. Stored as a publish is, with its PubAck sent to an inbox of ours."""
         try:
             registry = await self.ensure(REGISTRY_CHANNEL)
         except (ChannelError, InvalidName) as e:
-            log.error("channel=%s not announced: %s", name, e)
+            return str(e)
+        self._next_token += 1
+        reply = f"{self._announced_prefix}.{self._next_token}"
+        answer = self._announced[reply] = asyncio.get_running_loop().create_future()
+        try:
+            # The guid makes a repeated announcement (e.g. after a restart) a no-op.
+            self._store(registry, reply, "channel:" + name,
+                        json.dumps({"channel": name}).encode())
+            # The store is answered within pub_ack_timeout, by JetStream or the sweep.
+            return await answer
+        finally:
+            self._announced.pop(reply, None)
+
+    def _on_announced(self, subject: bytes, reply: bytes, data: bytes,
+                      headers: bytes | None) -> None:
+        answer = self._announced.get(subject.decode())
+        if answer is None or answer.done():
             return
-        # The guid makes a repeated announcement (e.g. after a restart) a no-op.
-        self._store(registry, None, "channel:" + name, json.dumps({"channel": name}).encode())
+        try:
+            answer.set_result(pb.PubAck.FromString(data).error)
+        except Exception:  # not a PubAck: ours are; say so rather than hang
+            answer.set_result("malformed answer to the registry store")
 
     # -- publish hot path --------------------------------------------------
 
@@ -678,6 +739,9 @@ class ChannelStore:
     def _pump(self, ch: Channel) -> None:
         """Store a family channel's next queued message, if none is in flight."""
         if ch.storing or not ch.queue or self.channels.get(ch.name) is not ch:
+            return
+        if ch.unannounced:
+            self._start_announcing(ch)  # then pumped
             return
         if ch.last_seq is None and ch.fresh:
             ch.fresh = False
