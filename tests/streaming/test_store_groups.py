@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from stanfleet.pb import protocol_pb2 as pb
+from stanfleet.streaming import channels as channels_mod
 
 from .test_protocol import client
 
@@ -134,3 +136,28 @@ async def test_a_pipelined_burst_with_a_republished_guid_is_stored_once_in_order
     assert all(a.error == "" for a in acks)
     expected = [(b"m0", "g0")] + [(b"%d" % i, g) for i, g in enumerate(guids) if i != 120]
     assert await stored(stan_server, c, "burst") == expected
+
+
+@pytest.mark.parametrize("lost", ["group", "single"])
+async def test_a_store_lost_in_an_election_is_sent_again(stan_server, monkeypatch, lost):
+    """JetStream loses stores in a leader election, without an answer. A lost
+    group is sent again store by store, a lost store again as it was, once
+    unanswered for RESEND_AFTER (short here), not after pub_ack_timeout as a
+    failure: the registry's stores have no publisher to retry them, and every
+    new channel's first message waits for its registry entry."""
+    monkeypatch.setattr(channels_mod, "RESEND_AFTER", 0.5)
+    c = await started(stan_server, "lossy")
+    store = stan_server.server.channels
+    send = store.relay.send
+    dropped = []
+
+    def lossy_send(raw):
+        if not dropped and store.channels["lossy"].store_subject_b in raw:
+            dropped.append(raw)
+            return
+        send(raw)
+    store.relay.send = lossy_send
+    msgs = [("a", b"a"), ("b", b"b"), ("c", b"c")] if lost == "group" else [("a", b"a")]
+    acks = await store_group(stan_server, c, "lossy", msgs)
+    assert dropped and [(a.guid, a.error) for a in acks] == [(g, "") for g, _ in msgs]
+    assert await stored(stan_server, c, "lossy") == [(b"m0", "g0")] + [(d, g) for g, d in msgs]

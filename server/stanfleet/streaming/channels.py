@@ -71,15 +71,17 @@ INGRESS_LIMITS = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 512 * 
 # after the clients' ack_wait although the messages were stored.
 DEFAULT_MAX_STORES_IN_FLIGHT = 1024
 DEFAULT_RESUME_STORES_IN_FLIGHT = 512
-# A family channel's store is sent again (same bytes: a second copy is refused
-# as a duplicate or out of sequence) once a store sent after it to the same
-# stream was answered and it was not (JetStream answers a stream's stores in
-# order: it was lost, as in a leader election), or after this long without an
-# answer, then twice as long, and so on. Lost, it held every later publish of
-# its channel for pub_ack_timeout. Not sooner on time alone: at 2 s, the
-# copies of stores only slow doubled the work of a fleet's recovery (every
-# device publishing 48.8 s after a restart against 24.0 s without).
-FAMILY_RESEND_AFTER = 10.0
+# A store is sent again (same bytes: a second copy is refused as a duplicate,
+# or for a family channel as out of sequence) once a store sent after it to
+# the same stream was answered and it was not (JetStream answers a stream's
+# stores in order: it was lost, as in a leader election), or after this long
+# without an answer, then twice as long, and so on; a group unanswered this
+# long is sent again store by store. Lost, a family store held every later
+# publish of its channel for pub_ack_timeout, and a registry store every new
+# channel's first message (each waits for its entry). Not sooner on time
+# alone: at 2 s, the copies of stores only slow doubled the work of a fleet's
+# recovery (every device publishing 48.8 s after a restart against 24.0 s).
+RESEND_AFTER = 10.0
 
 
 class ChannelError(Exception):
@@ -709,7 +711,8 @@ class ChannelStore:
         self._next_token += 1
         token = b"%d" % self._next_token
         self._pending[token] = _PendingStore(reply, guid, started, owner, own=ch,
-                                             no=ch.sent, group=group)
+                                             no=ch.sent, group=group, sent_at=started,
+                                             wait=RESEND_AFTER)
         hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\nNats-Expected-Last-Sequence: %d\r\n\r\n" % (
             guid.encode(), ch.next_seq - 1)
         out.append(b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
@@ -729,12 +732,15 @@ class ChannelStore:
             ch.next_seq += 1
         self._next_token += 1
         token = b"%d" % self._next_token
-        self._pending[token] = _PendingStore(reply, guid, started, owner, own=ch, no=ch.sent)
         # The HPUB in one formatting: this runs once per message.
         hdr = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % guid.encode()
-        self.relay.send(b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+        raw = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
             ch.store_subject_b, self._ack_prefix_b, token, len(hdr), len(hdr) + len(data),
-            hdr, data))
+            hdr, data)
+        self._pending[token] = _PendingStore(reply, guid, started, owner, own=ch, no=ch.sent,
+                                             raw=raw, sent_at=time.monotonic(),
+                                             wait=RESEND_AFTER, mark=self._next_token)
+        self.relay.send(raw)
 
     def _pump(self, ch: Channel) -> None:
         """Store a family channel's next queued message, if none is in flight."""
@@ -777,7 +783,7 @@ class ChannelStore:
             ch.store_subject_b, self._ack_prefix_b, token, len(hdr), len(hdr) + len(data),
             hdr, data)
         self._pending[token] = _PendingStore(reply or "", guid, now, owner, ch, seq,
-                                             raw=raw, sent_at=now, wait=FAMILY_RESEND_AFTER,
+                                             raw=raw, sent_at=now, wait=RESEND_AFTER,
                                              mark=self._next_token)
         self.relay.send(raw)
 
@@ -874,18 +880,20 @@ class ChannelStore:
             error = "no JetStream stream for this channel"
         elif b'"error"' in data:
             error = _js_error_text(data)
+        ch = p.channel if p.channel is not None else p.own
+        if ch is not None:  # what was sent before it to its stream was answered, or lost
+            token = int(subject[self._ack_prefix_len:])
+            if token > self._answered_upto.get(ch.stream, 0):
+                self._answered_upto[ch.stream] = token
         if p.group is not None:
             self._group_stored(p, data, error)
             return
-        if p.resent and error and ERR_WRONG_LAST in data:
+        if p.resent and error and ERR_WRONG_LAST in data and p.channel is not None:
             # Sent again, and refused because the channel moved on: by the
             # first copy, or by another writer. The channel waits while we look.
             asyncio.create_task(self._settle_resent(p))
             return
         if p.channel is not None:
-            token = int(subject[self._ack_prefix_len:])
-            if token > self._answered_upto.get(p.channel.stream, 0):
-                self._answered_upto[p.channel.stream] = token
             error = self._family_stored(p, data, error)
         elif p.own is not None:
             self._count_from(p, data, error)
@@ -957,16 +965,31 @@ class ChannelStore:
             ack = pub_ack.encode("", error)  # a guid this long cannot be echoed in one NATS message
         return ack
 
-    def _resend_family_stores(self, now: float) -> None:
-        """Send again the family stores lost (a later store of their stream was
-        answered) or unanswered for their wait (doubled each time)."""
+    def _resend_lost_stores(self, now: float) -> None:
+        """Send again the stores lost (a later store of their stream was
+        answered) or unanswered for their wait (doubled each time); a group
+        unanswered for its wait, store by store (its late answer is ignored)."""
         upto = self._answered_upto
-        for p in self._pending.values():
+        for token, p in list(self._pending.items()):
+            ch = p.channel if p.channel is not None else p.own
+            if ch is None:
+                continue
+            if p.group is not None:
+                if now - p.sent_at >= p.wait:
+                    log.debug("channel=%s group of %d unanswered for %.0fs: sent again one by "
+                              "one", ch.name, len(p.group), now - p.sent_at)
+                    del self._pending[token]
+                    if self.channels.get(ch.name) is ch:
+                        ch.next_seq = None
+                    for entry in p.group:
+                        self._send_one(ch, entry)
+                    self._group_answered(ch)
+                continue
             if not p.raw:
                 continue
-            lost = p.mark < upto.get(p.channel.stream, 0)
+            lost = p.mark < upto.get(ch.stream, 0)
             if lost or now - p.sent_at >= p.wait:
-                log.debug("channel=%s store of guid=%s %s: sent again", p.channel.name, p.guid,
+                log.debug("channel=%s store of guid=%s %s: sent again", ch.name, p.guid,
                           "lost" if lost else f"unanswered for {now - p.started:.0f}s")
                 p.sent_at, p.mark, p.resent = now, self._next_token, True
                 if not lost:
@@ -977,7 +1000,7 @@ class ChannelStore:
         """Answer publishes whose store-ack never came (JetStream down or leader lost)."""
         while True:
             await asyncio.sleep(1.0)
-            self._resend_family_stores(time.monotonic())
+            self._resend_lost_stores(time.monotonic())
             cutoff = time.monotonic() - self.pub_ack_timeout
             while self._pending:
                 token = next(iter(self._pending))
