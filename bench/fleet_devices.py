@@ -509,10 +509,21 @@ async def _serve(conn, fleet: Fleet) -> None:
         conn.send(out)
 
 
+def _quiet_closed_dials(loop, context) -> None:
+    """uvloop prints a traceback for every TLS dial whose socket closed before
+    its handshake began: a storm kills the server mid-dial, thousands of them
+    (20,000 lines in one run). The dial fails and is retried like any other."""
+    exc = context.get("exception")
+    if isinstance(exc, RuntimeError) and "handler is closed" in str(exc):
+        return
+    loop.default_exception_handler(context)
+
+
 def worker(conn, args, port: int, ca: str | None, passwords: dict,
            ids: list[tuple[int, str]]) -> None:
     """A worker process's entry point."""
     async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(_quiet_closed_dials)
         tls = None
         if ca:
             from stanfleet.security.certs import client_context
