@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import pytest
+from stanfleet import ordered_flush
 from stanfleet.broker import Broker, BrokerConfig
 from stanfleet.streaming import ServerOptions, StreamingServer
 
 from .pg import make_postgres_server, pg_url, postgres_server  # noqa: F401  (a real PostgreSQL)
+
+# The tests' own nats-py clients too: `subscribe(); await flush()` must mean
+# the subscription is in place before another connection publishes.
+ordered_flush.install()
 
 
 @pytest.fixture

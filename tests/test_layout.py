@@ -13,12 +13,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "server" / "stanfleet"
 # folder (or top-level module) -> what it may import; the README's Layout map.
 ALLOWED = {
     "defaults": set(), "errors": set(), "signals": set(), "pb": set(),
+    # nats-py's flush() kept in order, for every process that uses nats-py
+    "ordered_flush": set(),
     # what every long-running process shares: deployment config, logs, endpoints, signals
     "ops": {"defaults", "errors", "signals"},
     "broker": {"signals", "errors", "defaults"},
     "security": {"broker", "defaults", "errors"},
-    "client": {"pb", "defaults"},
-    "streaming": {"pb", "broker", "security", "ops", "defaults", "errors", "signals"},
+    "client": {"pb", "defaults", "ordered_flush"},
+    "streaming": {"pb", "broker", "security", "ops", "defaults", "errors", "signals",
+                  "ordered_flush"},
     "fleet": {"security", "defaults", "errors", "signals"},
     # services use the STAN client, never the server's internals but its
     # duration syntax (streaming.limits), shared so both read "30s" alike

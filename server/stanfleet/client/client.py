@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.nuid import NUID
 
+from stanfleet import ordered_flush
 from stanfleet.pb import protocol_pb2 as pb
 
 from .errors import (
@@ -577,6 +578,7 @@ def _as_bytes(payload) -> bytes:
 async def _open_nats(servers: list[str] | str | None, nats_kwargs: dict[str, Any] | None) -> NATS:
     options = dict(nats_kwargs or {})
     options["servers"] = servers or DEFAULT_SERVERS
+    ordered_flush.install()  # the session's flush() round trips, in order
     try:
         return await nats.connect(**options)
     except (NatsError, OSError) as exc:

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from .. import ordered_flush
 from ..broker import Broker
 from ..pb import protocol_pb2 as pb
 from . import authz, families
@@ -121,6 +122,9 @@ class StreamingServer:
         # A comma-separated list names several servers of one cluster.
         servers = [u.strip() for u in self.nats_url.split(",") if u.strip()]
         tls = nats_tls(self.opts)
+        # "ready" follows a flush() after the request subscriptions: it must
+        # mean they reached nats-server (ordered_flush.py).
+        ordered_flush.install()
         self.nc = await nats.connect(**tls,
             servers=servers, name=f"_STAN-{self.opts.cluster_id}", user=self.opts.user,
             password=self.opts.password, token=self.opts.token, max_reconnect_attempts=-1,
