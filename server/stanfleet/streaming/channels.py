@@ -423,11 +423,7 @@ class ChannelStore:
             self._pump(ch)
             return
         log.error("channel=%s not announced: %s", ch.name, error)
-        while ch.queue:
-            reply, guid, _, owner = ch.queue.popleft()
-            self._waiting -= 1
-            self.answered(owner)
-            self._pub_ack(reply, guid, f"channel {ch.name!r} not announced: {error}")
+        self._refuse(ch.queue, f"channel {ch.name!r} not announced: {error}")
         self._maybe_resume()
 
     async def ensure(self, name: str) -> Channel:
@@ -456,11 +452,15 @@ class ChannelStore:
 
     def _refuse_waiting(self, ch: Channel, err: ChannelError) -> None:
         """PubAck with `err` every publish held until the channel's stream existed."""
-        while ch.waiting:
-            reply, guid, _, owner = ch.waiting.popleft()
+        self._refuse(ch.waiting, str(err))
+
+    def _refuse(self, held: deque, error: str) -> None:
+        """PubAck with `error` every publish held there (a channel's waiting or queue)."""
+        while held:
+            reply, guid, _, owner = held.popleft()
             self._waiting -= 1
             self.answered(owner)
-            self._pub_ack(reply, guid, str(err))
+            self._pub_ack(reply, guid, error)
 
     def _store_waiting(self, ch: Channel) -> None:
         """Store, in order, every publish held until the channel's stream existed."""
@@ -810,12 +810,7 @@ class ChannelStore:
                               ch.name)
         except Exception as e:
             log.error("channel=%s last sequence not read: %s", ch.name, _api_text(e))
-            err = f"cannot read channel {ch.name!r}: {_api_text(e)}"
-            while ch.queue:
-                reply, guid, _, owner = ch.queue.popleft()
-                self._waiting -= 1
-                self.answered(owner)
-                self._pub_ack(reply, guid, err)
+            self._refuse(ch.queue, f"cannot read channel {ch.name!r}: {_api_text(e)}")
         finally:
             ch.loading = False
         self._maybe_resume()
@@ -930,14 +925,9 @@ class ChannelStore:
         """A group's store-ack: every store of it answered, or all sent again."""
         ch = p.own
         if error or b'"duplicate"' in data:
-            if self.channels.get(ch.name) is ch:
-                ch.next_seq = None
             log.debug("channel=%s group of %d not stored as counted (%s): sent again one by one",
                       ch.name, len(p.group), error or "duplicate")
-            now = time.monotonic()
-            for reply, guid, data_, owner, _ in p.group:
-                self._send_one(ch, (reply, guid, data_, owner, now))
-            self._group_answered(ch)  # after them: taken after them
+            self._send_group_again(ch, p.group, time.monotonic())
             return
         self._in_flight -= len(p.group)
         self._maybe_resume()
@@ -953,6 +943,17 @@ class ChannelStore:
             if reply:  # a guid fits in a PubAck: longer ones were refused
                 acks.append((reply, pub_ack.encode(guid)))
         self.inline.publish_many(acks)
+
+    def _send_group_again(self, ch: Channel, group: list, started: float | None = None) -> None:
+        """Every store of a group on its own, each with a reply: the Nats-Msg-Id
+        makes those already stored duplicates, so each gets its true answer.
+        The count is unknown until one of them tells it; what the channel took
+        meanwhile goes after them. `started` restarts their timeouts."""
+        if self.channels.get(ch.name) is ch:
+            ch.next_seq = None
+        for reply, guid, data, owner, first in group:
+            self._send_one(ch, (reply, guid, data, owner, started or first))
+        self._group_answered(ch)
 
     def _pub_ack(self, reply: str | None, guid: str, error: str) -> None:
         """A PubAck that answers no store (a refusal): on the relay, written at once."""
@@ -979,11 +980,7 @@ class ChannelStore:
                     log.debug("channel=%s group of %d unanswered for %.0fs: sent again one by "
                               "one", ch.name, len(p.group), now - p.sent_at)
                     del self._pending[token]
-                    if self.channels.get(ch.name) is ch:
-                        ch.next_seq = None
-                    for entry in p.group:
-                        self._send_one(ch, entry)
-                    self._group_answered(ch)
+                    self._send_group_again(ch, p.group)
                 continue
             if not p.raw:
                 continue
