@@ -154,8 +154,9 @@ class _PendingStore:
     # A group's last store: every store of the group, (reply, guid, data,
     # owner, started), all answered by this one's store-ack.
     group: list | None = None
-    # A family channel's store as sent, sent again while unanswered (sent_at: when
-    # last; wait: until the next time), since the channel's next publishes wait for it.
+    # A single store as sent, sent again while unanswered (sent_at: when last;
+    # wait: until the next time; a group has sent_at and wait, and is sent
+    # again store by store): a lost store otherwise waited pub_ack_timeout.
     raw: bytes = b""
     sent_at: float = 0.0
     wait: float = 0.0
@@ -204,7 +205,7 @@ class ChannelStore:
         self.channels: dict[str, Channel] = {}
         self._pending: dict[bytes, _PendingStore] = {}  # by token, the store's reply suffix
         self._waiting = 0  # PubMsgs waiting for their channel's stream, all channels
-        # By family stream: the highest token of a store of it that was answered.
+        # By stream: the highest token of a store of it that was answered.
         self._answered_upto: dict[str, int] = {}
         self._in_flight = 0  # stores taken and not answered yet, all channels
         self._grouping: list[Channel] = []  # channels with stores to send at the flush
