@@ -11,6 +11,13 @@ JetStream publisher (a plain socket, PUBs with a reply inbox each, up to
 stream of a fresh nats-server, with the same CPU figures. If that ceiling is
 under 0.6x of Go's STAN figure, nats-server, not our relay, is the bound.
 
+With --sync, a floor for any relay of ours: nats-server's request-reply
+round trip through a minimal Python responder (a plain socket requester, an
+asyncio Protocol on uvloop answering each request at once: the two passes
+client -> relay -> client) plus the raw JetStream round trip (one in flight:
+the two passes relay -> JetStream -> relay). However little our server did,
+one publish awaiting its PubAck could not be faster than their sum here.
+
 --py-spy FILE records our server during one extra run (py-spy from PyPI, not
 a dependency): raw collapsed stacks, summarised here by own and total time.
 """
@@ -180,6 +187,95 @@ def raw_publish(port: int, subject: str, n: int, size: int, window: int) -> floa
     return n / (time.perf_counter() - t0)
 
 
+class _Echo(asyncio.Protocol):
+    """Answers every message on `echo` at once: our relay with nothing to do."""
+
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+        transport.write(b'CONNECT {"verbose":false}\r\nSUB echo 1\r\nPING\r\n')
+
+    def data_received(self, data):
+        self.buf += data
+        while (i := self.buf.find(b"\r\n")) >= 0:
+            line = self.buf[:i]
+            if not line.startswith(b"MSG "):
+                self.buf = self.buf[i + 2:]
+                if line == b"PING":
+                    self.transport.write(b"PONG\r\n")
+                continue
+            _, _, _, reply, size = line.split(b" ")
+            end = i + 2 + int(size) + 2
+            if len(self.buf) < end:
+                return
+            payload, self.buf = self.buf[i + 2:end - 2], self.buf[end:]
+            self.transport.write(b"PUB %s %d\r\n%s\r\n" % (reply, len(payload), payload))
+
+
+def echo_responder(port: int) -> None:
+    """The responder process (--echo-responder PORT): uvloop, as our server runs."""
+    import uvloop
+
+    async def serve():
+        await asyncio.get_running_loop().create_connection(_Echo, "127.0.0.1", port)
+        await asyncio.Event().wait()
+    uvloop.run(serve())
+
+
+def echo_requests(port: int, n: int, size: int) -> float:
+    """Requests one at a time from a plain socket; their rate."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b'CONNECT {"verbose":false}\r\nSUB r 1\r\nPING\r\n')
+    buf = b""
+    while b"PONG" not in buf:
+        buf += s.recv(65536)
+    payload = os.urandom(size)
+    request = b"PUB echo r %d\r\n%s\r\n" % (size, payload)
+    answer_len = len(b"MSG r 1 %d\r\n" % size) + size + 2
+    # Until one is answered the responder may not be subscribed yet (a request
+    # before its SUB is dropped): asked again each 0.2 s. Then the timed ones.
+    s.settimeout(0.2)
+    while True:
+        s.sendall(request)
+        try:
+            if b"MSG r" in s.recv(65536):
+                break
+        except socket.timeout:
+            continue
+    s.settimeout(None)
+    time.sleep(0.3)  # a late answer to a repeated request comes and goes
+    s.setblocking(False)
+    try:
+        while s.recv(65536):
+            pass
+    except BlockingIOError:
+        pass
+    s.setblocking(True)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        s.sendall(request)
+        got = 0
+        while got < answer_len:
+            got += len(s.recv(65536))
+    s.close()
+    return n / (time.perf_counter() - t0)
+
+
+async def echo_run(tmp: str, n: int, size: int) -> float:
+    broker = Broker(BrokerConfig(store_dir=tempfile.mkdtemp(dir=tmp))).start()
+    responder = None
+    try:
+        port = int(broker.url.rsplit(":", 1)[1])
+        responder = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--echo-responder", str(port))
+        return await asyncio.to_thread(echo_requests, port, n, size)
+    finally:
+        if responder is not None:
+            responder.kill()
+            await responder.wait()
+        broker.stop()
+
+
 async def ceiling_run(tmp: str, n: int, size: int, window: int) -> tuple[float, dict]:
     broker = Broker(BrokerConfig(store_dir=tempfile.mkdtemp(dir=tmp))).start()
     try:
@@ -249,7 +345,10 @@ async def main(args) -> None:
           f"(range), {os.cpu_count()} cores:")
     with tempfile.TemporaryDirectory(prefix="stanfleet-bound-") as tmp:
         results = {k: ([], []) for k in args.only.split(",")}
+        echo = []
         for _ in range(args.rounds):
+            if args.sync and "ceiling" in results:
+                echo.append(await echo_run(tmp, args.msgs, args.size))
             for kind in results:
                 if kind == "go":
                     r, c = await go_run(tmp, args.msgs, args.size)
@@ -267,12 +366,24 @@ async def main(args) -> None:
             go = statistics.median(results["go"][0])
             print("  " + "; ".join(f"{k} / Go: {statistics.median(results[k][0]) / go:.2f}x"
                                    for k in results if k != "go"))
+        if echo:
+            rt_echo = 1e6 / statistics.median(echo)
+            rt_js = 1e6 / statistics.median(results["ceiling"][0])
+            floor = 1e6 / (rt_echo + rt_js)
+            print(f"  request-reply through a bare responder {statistics.median(echo):>7,.0f} "
+                  f"msgs/s ({min(echo):,.0f}-{max(echo):,.0f}) = {rt_echo:.0f} us a round trip")
+            print(f"  floor for any relay: {rt_echo:.0f} + {rt_js:.0f} us = {floor:,.0f} msgs/s"
+                  + (f" = {floor / statistics.median(results['go'][0]):.2f}x Go"
+                     if "go" in results else ""))
         if args.py_spy:
             await ours_run(tmp, args.msgs, args.size, spy=args.py_spy)
             summarise(args.py_spy)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--echo-responder"]:
+        echo_responder(int(sys.argv[2]))
+        raise SystemExit(0)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--msgs", type=int, default=50000)
     p.add_argument("--size", type=int, default=128)
