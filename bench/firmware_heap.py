@@ -312,6 +312,9 @@ async def main(args) -> None:
         except mpbuild.Unavailable as e:
             raise SystemExit(f"firmware_heap: {e}")
     os.environ["SIM_HEAP_TRACE"] = "1"
+    # The simulator's pollable TLS sockets (sim/tls_poll.py) are not the
+    # firmware's: a board's sockets wake its event loop in C, on no heap.
+    os.environ["SIM_TLS_POLL"] = "0"
     results = []
     with tempfile.TemporaryDirectory(prefix="heap-bench-") as tmp:
         extra = {} if args.gc_threshold is None else {"gc_threshold": args.gc_threshold}

@@ -63,6 +63,14 @@ def _run(name):
     exec(src, g)
 
 
+if os.getenv("SIM_TLS_POLL") != "0":
+    # TLS sockets an idle device sleeps on (tls_poll.py). SIM_TLS_POLL=0
+    # leaves them out where the firmware's own heap is measured: a board's
+    # sockets need no such layer (bench/firmware_heap.py).
+    import tls_poll
+
+    tls_poll.install()
+
 import esp32  # noqa: E402 - the stand-in, found on the path set above
 
 esp32.bootloader()
