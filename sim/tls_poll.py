@@ -46,14 +46,13 @@ class _Socket(io.IOBase):
         self._fd = fd
         self._talked = False  # a read has returned data: the handshake is over
         self._more = True  # mbedTLS may hold decrypted bytes not taken yet
-        self._tcp = None  # a poller of the descriptor alone
-        self._hs = None  # a poller of the TLS socket, for the handshake
+        self._p = None  # a poller of what POLL asks about (_polled)
+        self._p_talked = False  # what _talked was when _p was made
 
     def _took(self, data, full):
         # full: the read filled what it asked for, so more may be waiting
         if data:
             self._talked = True
-            self._hs = None
         self._more = bool(data) and full
         return data
 
@@ -80,29 +79,27 @@ class _Socket(io.IOBase):
     def close(self):
         self._s.close()
 
+    def _polled(self, arg):
+        # The events ready now: during the handshake of the TLS socket (mbedTLS
+        # knows which way it is waiting), then of the descriptor alone.
+        on = self._fd if self._talked else self._s
+        if self._p is None or self._p_talked != self._talked:
+            self._p = select.poll()
+            self._p.register(on, arg)
+            self._p_talked = self._talked
+        else:
+            self._p.modify(on, arg)
+        r = self._p.poll(0)
+        return r[0][1] if r else 0
+
     def ioctl(self, request, arg):
         if request == _GET_FILENO:
             # Asked when asyncio starts waiting on the socket: a descriptor
             # means a poll that blocks; an error, the 1 ms loop of POLLs.
             return self._fd if self._talked and not self._more else -_EINVAL
         if request == _POLL:
-            if not self._talked:
-                # The handshake: mbedTLS knows which way it is waiting.
-                if self._hs is None:
-                    self._hs = select.poll()
-                    self._hs.register(self._s, arg)
-                else:
-                    self._hs.modify(self._s, arg)
-                r = self._hs.poll(0)
-                return r[0][1] if r else 0
-            ready = _RD if self._more and arg & _RD else 0
-            if self._tcp is None:
-                self._tcp = select.poll()
-                self._tcp.register(self._fd, arg)
-            else:
-                self._tcp.modify(self._fd, arg)
-            r = self._tcp.poll(0)
-            return ready | (r[0][1] if r else 0)
+            pending = _RD if self._talked and self._more and arg & _RD else 0
+            return pending | self._polled(arg)
         if request == _CLOSE:
             self._s.close()
             return 0
