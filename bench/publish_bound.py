@@ -155,16 +155,23 @@ async def ours_run(tmp: str, n: int, size: int, spy: str | None = None) -> tuple
         await server.stop()
 
 
-def raw_publish(port: int, subject: str, n: int, size: int, window: int) -> float:
-    """JetStream publishes from a plain socket, `window` in flight: the store
-    path of our relay without STAN in front (one JSON ack per message)."""
+def raw_client(port: int, subject: str) -> socket.socket:
+    """A plain-socket NATS client subscribed to `subject` (sid 1), once the
+    server has answered its PING."""
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.sendall(b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\n'
-              b"SUB ceil.ack.* 1\r\nPING\r\n")
+              b"SUB %s 1\r\nPING\r\n" % subject.encode())
     buf = b""
     while b"PONG" not in buf:
         buf += s.recv(65536)
+    return s
+
+
+def raw_publish(port: int, subject: str, n: int, size: int, window: int) -> float:
+    """JetStream publishes from a plain socket, `window` in flight: the store
+    path of our relay without STAN in front (one JSON ack per message)."""
+    s = raw_client(port, "ceil.ack.*")
     payload = os.urandom(size)
     sent = acked = 0
     t0 = time.perf_counter()
@@ -223,12 +230,7 @@ def echo_responder(port: int) -> None:
 
 def echo_requests(port: int, n: int, size: int) -> float:
     """Requests one at a time from a plain socket; their rate."""
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(b'CONNECT {"verbose":false}\r\nSUB r 1\r\nPING\r\n')
-    buf = b""
-    while b"PONG" not in buf:
-        buf += s.recv(65536)
+    s = raw_client(port, "r")
     payload = os.urandom(size)
     request = b"PUB echo r %d\r\n%s\r\n" % (size, payload)
     answer_len = len(b"MSG r 1 %d\r\n" % size) + size + 2
